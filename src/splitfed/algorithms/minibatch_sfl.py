@@ -1,0 +1,40 @@
+"""MiniBatch-SFL (spec §2): clients train the client side FL-style; the main server trains ONE server-side
+model on all clients' smashed data of an iteration as one giant mini-batch, one step per iteration."""
+
+import torch
+
+from ..engine.side import weighted_average
+from .base import ALGORITHMS, Algorithm
+
+
+@ALGORITHMS.register("minibatch_sfl")
+class MiniBatchSFL(Algorithm):
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.clients = ctx.client_side(copies=ctx.copies_per_round)  # w_{c,n}, one per participant
+        self.main_server = ctx.server_side(copies=1)  # the one w_s: never copied, never averaged
+
+    def run_round(self, rnd: int, clients: list[int]) -> None:
+        ctx, link = self.ctx, self.ctx.link
+        for i, n in enumerate(clients):  # fed server: every participant sets w_{c,n} := w_c^r
+            self.clients.load(i, link.down("global_client_weights", n, self.w_c))
+        self.main_server.load(0, self.w_s)
+        for _ in range(ctx.tau):
+            smashed, labels = [], []
+            for i, n in enumerate(clients):  # each client: z_n := f_c(x_n; w_{c,n}), sent with y_n
+                x, y = ctx.batch(n)
+                smashed.append(link.up("smashed", n, self.clients.forward(i, x)))
+                labels.append(link.up("labels", n, y))
+            # Main server: Z, Y = the giant mini-batch (size B); one step of w_s on its mean loss,
+            # and ∂L/∂Z at the same w_s, cut back into each client's slice.
+            giant = torch.cat(smashed).requires_grad_()
+            smashed_grad = self.main_server.train_step(0, giant, torch.cat(labels))
+            for i, (n, a) in enumerate(
+                zip(clients, smashed_grad.split([len(y) for y in labels]), strict=True)
+            ):
+                a = a * ctx.grad_scale(len(a), len(giant))
+                self.clients.backward(i, link.down("smashed_grad", n, a))  # client n steps w_{c,n}
+        self.w_s = self.main_server.state(0).clone()
+        # fed server: w_c^{r+1} := Σ_n p_n w_{c,n}
+        uploads = [link.up("client_weights", n, self.clients.state(i)) for i, n in enumerate(clients)]
+        self.w_c = weighted_average(uploads, ctx.weights(clients))

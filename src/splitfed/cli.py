@@ -1,0 +1,140 @@
+"""The ``splitfed`` command: ``run`` an experiment, ``list`` what is registered."""
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import Config, coerce, read_toml
+from .errors import SplitfedError
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"splitfed: error: {message} (see '{self.prog} --help')\n")
+
+
+def _flag(name: str) -> str:
+    return "--" + FIELDS[name].metadata.get("flag", name.replace("_", "-"))
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML file of config fields; flags override it")
+    for name, f in FIELDS.items():
+        help_text = f.metadata["help"]
+        if f.type is bool:
+            p.add_argument(
+                _flag(name), dest=name, action="store_true", default=argparse.SUPPRESS, help=help_text
+            )
+        elif name == "model_args":
+            p.add_argument(
+                _flag(name),
+                dest=name,
+                action="append",
+                metavar="KEY=VALUE",
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        else:
+            p.add_argument(_flag(name), dest=name, metavar="X", default=argparse.SUPPRESS, help=help_text)
+
+
+def _parse_model_args(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SplitfedError(f"--model-arg takes KEY=VALUE, got {item!r}")
+        value: Any = text
+        for convert in (int, float):
+            try:
+                value = convert(text)
+                break
+            except ValueError:
+                pass
+        out[key] = {"true": True, "false": False}.get(text, value)
+    return out
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """TOML file (or, with --resume, the run's own config.toml), then the flags given, in that order."""
+    given = {k: v for k, v in vars(args).items() if k in FIELDS}
+    overrides = {
+        name: _parse_model_args(v)
+        if name == "model_args"
+        else v
+        if isinstance(v, bool)
+        else coerce(FIELDS[name], v, _flag(name))
+        for name, v in given.items()
+    }
+    base = Config.from_toml(args.config) if args.config else Config()
+    if overrides.get("resume"):
+        out = overrides.get("out") or base.out
+        if not out:
+            raise SplitfedError("--resume needs --out DIR naming the run to continue")
+        saved_file = Path(out) / "config.toml"
+        if not saved_file.is_file():
+            raise SplitfedError(f"nothing to resume in {out}: it has no config.toml")
+        # The run's own config, with what this command line changes on top (checked in run()).
+        file_values = read_toml(args.config) if args.config else {}
+        base = Config.from_toml(saved_file).replace(**{k: getattr(base, k) for k in file_values})
+    return base.replace(**overrides)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    run(config_from_args(args))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .algorithms import ALGORITHMS
+    from .data import DATASETS, PARTITIONS
+    from .models import MODELS
+
+    for title, reg in (("algorithms", ALGORITHMS), ("datasets", DATASETS), ("partitions", PARTITIONS)):
+        print(f"{title}: {', '.join(reg)}")
+    print("models:")
+    for name in MODELS:
+        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<12} {doc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="splitfed", description="Split federated learning: MiniBatch-SFL and its baselines."
+    )
+    parser.add_argument("--version", action="version", version=f"splitfed {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p_run = sub.add_parser("run", help="train and compare algorithms (default: all six on digits)")
+    _add_config_flags(p_run)
+    p_run.set_defaults(func=_cmd_run)
+    p_list = sub.add_parser("list", help="list algorithms, models, datasets and partitions")
+    p_list.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    try:
+        return args.func(args)
+    except SplitfedError as e:
+        print(f"splitfed: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

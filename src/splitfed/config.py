@@ -1,0 +1,269 @@
+"""The run configuration: one frozen dataclass, defaults in one place, TOML file plus flag overrides.
+
+Every field is a CLI flag of the same name (``cut_layer`` is ``--cut-layer``); an unknown key, a value of
+the wrong type or out of range is a SplitfedError naming the key and what is accepted.
+"""
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SplitfedError
+
+ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
+
+# Knobs that belong to one partition: (partition, field, default).
+PARTITION_OPTIONS = {
+    "non_iid_ratio": ("non_iid_ratio", 0.8),
+    "dirichlet": ("dirichlet_alpha", 0.5),
+    "shards": ("shards_per_client", 2),
+}
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    meta = {"help": help, **kw}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Defaults: the embedded demo (digits, 10 clients, p = 0.8)."""
+
+    # what to run
+    algorithm: tuple[str, ...] = _f(ALL_ALGORITHMS, "algorithms to run, in order (comma-separated)")
+    dataset: str = _f("digits", "digits | fmnist | cifar10 | synthetic")
+    data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)")
+    model: str | None = _f(None, "model name; default: the data set's (digits_cnn, cnn4, resnet18)")
+    model_args: dict = _f(  # noqa: RUF009 (_f builds a default_factory)
+        {}, "extra model arguments, e.g. norm=group width=16", flag="model-arg"
+    )
+    cut_layer: int | None = _f(None, "cut layer Lc; default: the model's middle cut")
+    # clients and their data
+    clients: int = _f(10, "number of clients N")
+    clients_per_round: int | None = _f(None, "clients sampled per round; default: all (full participation)")
+    partition: str = _f("non_iid_ratio", "non_iid_ratio | dirichlet | shards | iid")
+    non_iid_ratio: float | None = _f(None, "non-IID ratio p in [0, 1] (spec §4); default 0.8")
+    dirichlet_alpha: float | None = _f(None, "Dirichlet concentration for partition=dirichlet; default 0.5")
+    shards_per_client: int | None = _f(None, "label shards per client for partition=shards; default 2")
+    batch_size: int = _f(32, "per-client batch size b")
+    batch_alloc: str = _f("equal", "equal (b_n = b) | proportional (b_n ∝ |D_n|, B = N·b)")
+    # schedule and optimizer
+    rounds: int = _f(20, "rounds (fed-server aggregations)")
+    local_epochs: int = _f(5, "local epochs E per round: τ = E·⌈mean |D_n| / b⌉ iterations")
+    local_iters: int | None = _f(None, "local iterations τ per round; replaces local_epochs when set")
+    lr: float = _f(0.01, "learning rate of both sides")
+    client_lr: float | None = _f(None, "client-side learning rate η_c; default: lr")
+    server_lr: float | None = _f(None, "server-side learning rate η_s; default: lr")
+    momentum: float = _f(0.0, "SGD momentum (state kept per side, averaged with the weights)")
+    weight_decay: float = _f(0.0, "SGD weight decay")
+    client_grad_scale: str = _f("local_mean", "local_mean | global_mean: gradient sent back (spec §2)")
+    sflv2_schedule: str = _f("client_sequential", "client_sequential | interleaved (spec §3)")
+    # measurement
+    divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
+    divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
+    synthetic_shape: tuple[int, ...] | None = _f(None, "synthetic data: C,H,W; default 1,28,28")
+    synthetic_samples: int | None = _f(None, "synthetic data: training samples; default 2000")
+    # reproducibility and output
+    seed: int = _f(0, "seed of partition, init and sampling")
+    partition_seed: int | None = _f(None, "seed of the partition alone; default: seed")
+    init_seed: int | None = _f(None, "seed of the initial model alone; default: seed")
+    sampling_seed: int | None = _f(None, "seed of batches, client order and augmentation; default: seed")
+    device: str = _f("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    out: str | None = _f(None, "run directory; default: runs/<date>-<time>")
+    resume: bool = _f(False, "continue the run in --out from its last checkpoint")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # types first (Python callers skip the TOML/CLI parsing)
+            object.__setattr__(self, f.name, coerce(f, getattr(self, f.name), f.name))
+        _validate(self)
+
+    # --- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            if key not in known:
+                raise SplitfedError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(known)}")
+            kwargs[key] = coerce(known[key], value, f"{key} in {source}")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Config":
+        return cls.from_dict(read_toml(path), source=str(path))
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_toml(self) -> str:
+        return dump_toml({k: v for k, v in self.to_dict().items() if v is not None})
+
+    # --- derived values -----------------------------------------------------------------------------
+    @property
+    def partition_option(self) -> float | int | None:
+        opt = PARTITION_OPTIONS.get(self.partition)
+        return None if opt is None else getattr(self, opt[0])
+
+    def seed_for(self, purpose: str) -> int:
+        own = {"partition": self.partition_seed, "init": self.init_seed, "sampling": self.sampling_seed}[
+            purpose
+        ]
+        return self.seed if own is None else own
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise SplitfedError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SplitfedError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(type without None, whether None is allowed)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Check and convert a TOML value or a command-line string to the field's type.
+
+    ``where`` names the value in the error, e.g. "rounds in exp.toml" or "--rounds".
+    """
+    tp, optional = _base_type(f.type)
+    from_cli = isinstance(value, str)
+    if optional and (value is None or (from_cli and value.lower() == "none")):
+        return None
+    try:
+        if tp is bool:
+            if from_cli and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if isinstance(value, bool):
+                return value
+        elif tp is int:
+            if from_cli:
+                return int(value)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        elif tp is float:
+            if from_cli:
+                return float(value)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+        elif tp is str:
+            if isinstance(value, str):
+                return value
+        elif typing.get_origin(tp) is tuple:
+            item = typing.get_args(tp)[0]
+            if from_cli:  # "a,b,c"; integer lists may also be written 3x32x32
+                text = value.replace("x", ",") if item is int else value
+                return tuple(item(v.strip()) for v in text.split(","))
+            if isinstance(value, str) and item is str:
+                return (value,)
+            if isinstance(value, list | tuple) and all(
+                isinstance(v, item) and not isinstance(v, bool) for v in value
+            ):
+                return tuple(value)
+        elif (
+            tp is dict
+            and isinstance(value, dict)
+            and all(isinstance(v, int | float | str | bool) for v in value.values())
+        ):
+            return dict(value)
+    except ValueError:
+        pass
+    raise SplitfedError(f"{where} must be {_type_name(f.type)}, got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _base_type(tp)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    name = names.get(base) or ("a list of integers" if typing.get_args(base)[0] is int else "a list of names")
+    return name + (" or none" if optional else "")
+
+
+def _validate(c: Config) -> None:
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise SplitfedError(msg)
+
+    for name in ("clients", "batch_size", "rounds", "local_epochs", "divergence_samples"):
+        need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
+    for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples"):
+        v = getattr(c, name)
+        need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
+    for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha"):
+        v = getattr(c, name)
+        need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v}")
+    need(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum}")
+    need(
+        c.weight_decay >= 0 and math.isfinite(c.weight_decay),
+        f"weight_decay must be >= 0, got {c.weight_decay}",
+    )
+    need(c.divergence_every >= 0, f"divergence_every must be >= 0, got {c.divergence_every}")
+    p = c.non_iid_ratio
+    need(p is None or 0.0 <= p <= 1.0, f"non_iid_ratio must be in [0, 1], got {p}")
+    need(len(c.algorithm) > 0, "algorithm must name at least one algorithm")
+    need(len(set(c.algorithm)) == len(c.algorithm), f"algorithm lists a name twice: {','.join(c.algorithm)}")
+    if c.clients_per_round is not None:
+        need(
+            c.clients_per_round <= c.clients,
+            f"clients_per_round ({c.clients_per_round}) exceeds clients ({c.clients})",
+        )
+    need(c.cut_layer is None or c.cut_layer >= 1, f"cut_layer must be a positive integer, got {c.cut_layer}")
+    choices = {
+        "batch_alloc": ("equal", "proportional"),
+        "client_grad_scale": ("local_mean", "global_mean"),
+        "sflv2_schedule": ("client_sequential", "interleaved"),
+    }
+    for name, allowed in choices.items():
+        v = getattr(c, name)
+        need(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+    for part, (knob, _) in PARTITION_OPTIONS.items():
+        if getattr(c, knob) is not None and c.partition != part:
+            raise SplitfedError(f"{knob} applies to partition={part} only (partition is {c.partition})")
+    if c.dataset != "synthetic":
+        for knob in ("synthetic_shape", "synthetic_samples"):
+            need(getattr(c, knob) is None, f"{knob} applies to dataset=synthetic only")
+    if c.synthetic_shape is not None:
+        need(
+            len(c.synthetic_shape) == 3 and min(c.synthetic_shape) >= 1,
+            f"synthetic_shape must be three positive integers C,H,W; got {c.synthetic_shape}",
+        )
+    need(
+        c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
+        f"device must be cpu, cuda, cuda:N or auto; got {c.device!r}",
+    )
+
+
+def dump_toml(values: dict[str, Any]) -> str:
+    """A flat TOML document (scalars, lists, and inline tables) for the resolved config."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(fmt(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {fmt(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    return "".join(f"{k} = {fmt(v)}\n" for k, v in values.items())

@@ -1,0 +1,59 @@
+"""Per-client batch sampling by index from tensors held once (no DataLoader per client).
+
+Each client reads its data as an endless stream of epochs, every epoch a fresh permutation of its indices.
+A batch takes the next b indices of the stream, crossing into the next epoch when one runs out, so every
+batch has exactly b samples. Permutations are derived from (seed, client, epoch), so the sampler's whole
+state is two integers per stream, saved in checkpoints.
+"""
+
+import torch
+
+from .._rng import generator
+from .datasets import Dataset
+
+
+class ClientStreams:
+    """Batches for each stream (one per client, plus any extra such as centralized's union)."""
+
+    def __init__(self, data: Dataset, indices: list[torch.Tensor], seed: int) -> None:
+        self.data = data
+        self.indices = indices
+        self.seed = seed
+        self.epoch = [0] * len(indices)
+        self.pos = [0] * len(indices)
+        self._perm: dict[int, tuple[int, torch.Tensor]] = {}  # stream -> (epoch, its permutation)
+
+    def _order(self, s: int) -> torch.Tensor:
+        cached = self._perm.get(s)
+        if cached is None or cached[0] != self.epoch[s]:
+            g = generator(self.seed, "sample", s, self.epoch[s])
+            perm = self.indices[s][torch.randperm(len(self.indices[s]), generator=g)]
+            cached = self._perm[s] = (self.epoch[s], perm.to(self.data.train_x.device))
+        return cached[1]
+
+    def next_indices(self, s: int, size: int) -> torch.Tensor:
+        pieces, need = [], size
+        while need:
+            order = self._order(s)
+            take = min(need, len(order) - self.pos[s])
+            pieces.append(order[self.pos[s] : self.pos[s] + take])
+            self.pos[s] += take
+            need -= take
+            if self.pos[s] == len(order):
+                self.epoch[s], self.pos[s] = self.epoch[s] + 1, 0
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def batch(self, s: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next ``size`` training samples of stream ``s``, augmented if the data set says so."""
+        key = (self.epoch[s], self.pos[s])  # names this draw uniquely, for its augmentation
+        idx = self.next_indices(s, size)
+        x, y = self.data.train_x[idx], self.data.train_y[idx]
+        if self.data.augment is not None:
+            x = self.data.augment(x, generator(self.seed, "augment", s, *key))
+        return x, y
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"epoch": list(self.epoch), "pos": list(self.pos)}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        self.epoch, self.pos = list(state["epoch"]), list(state["pos"])

@@ -1,0 +1,107 @@
+"""Evaluation, gradient divergence (spec §6) and FLOP counts, on (client-side, server-side) states."""
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from .side import Layout, State
+
+_CHUNK = 500  # samples per forward in evaluation and divergence: bounds memory for ResNet-18
+
+
+class SplitModel:
+    """The two halves' template modules, run functionally on given (w_c, w_s) states."""
+
+    def __init__(self, client: nn.Module, server: nn.Module) -> None:
+        self.halves = ((client, Layout(client)), (server, Layout(server)))
+
+    def _forward(
+        self, states: tuple[State, State], x: torch.Tensor, params: tuple[list, list] | None = None
+    ) -> torch.Tensor:
+        for i, ((module, layout), state) in enumerate(zip(self.halves, states, strict=True)):
+            p = params[i] if params is not None else layout.param_views(state.params)
+            named = dict(zip(layout.param_names(), p, strict=True))
+            x = functional_call(module, (named, layout.buffer_dict(state.buffers)), (x,))
+        return x
+
+    def _mode(self, train: bool) -> None:
+        for module, _ in self.halves:
+            module.train(train)
+
+    @torch.no_grad()
+    def evaluate(self, w_c: State, w_s: State, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) of the assembled model on (x, y), in eval mode."""
+        self._mode(False)
+        correct, loss = 0, 0.0
+        for i in range(0, len(x), _CHUNK):
+            xb, yb = x[i : i + _CHUNK], y[i : i + _CHUNK]
+            logits = self._forward((w_c, w_s), xb)
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+        return correct / len(x), loss / len(x)
+
+    def gradients(
+        self, w_c: State, w_s: State, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat client-side and server-side gradients of the mean loss over (x, y) at (w_c, w_s).
+
+        Training mode, as in training; BatchNorm statistics update copies that are then dropped, so the
+        measured model is left as it was.
+        """
+        self._mode(True)
+        states = tuple(State(s.params, s.buffers.clone(), s.momentum) for s in (w_c, w_s))
+        total = [torch.zeros_like(w_c.params), torch.zeros_like(w_s.params)]
+        for i in range(0, len(x), _CHUNK):
+            xb, yb = x[i : i + _CHUNK], y[i : i + _CHUNK]
+            leaves = tuple(
+                [p.detach().requires_grad_() for p in layout.param_views(s.params)]
+                for (_, layout), s in zip(self.halves, states, strict=True)
+            )
+            loss = F.cross_entropy(self._forward(states, xb, leaves), yb) * (len(yb) / len(x))
+            grads = torch.autograd.grad(loss, leaves[0] + leaves[1])
+            total[0] += _flat(grads[: len(leaves[0])], total[0])
+            total[1] += _flat(grads[len(leaves[0]) :], total[1])
+        return total[0], total[1]
+
+
+def _flat(grads: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.cat([g.reshape(-1) for g in grads]) if grads else torch.zeros_like(like)
+
+
+def divergence(grads: list[torch.Tensor], weights: torch.Tensor) -> dict[str, float]:
+    """Σ_n p_n ‖g_n − Σ_m p_m g_m‖₂ and its normalised forms: relative to ‖Σ p_m g_m‖, per √dim."""
+    g = torch.stack(grads)
+    w = weights.to(g)
+    mean = w @ g
+    raw = float(w @ (g - mean).norm(dim=1))
+    norm = float(mean.norm())
+    return {
+        "raw": raw,
+        "relative": raw / norm if norm > 0 else math.nan,
+        "per_param": raw / math.sqrt(g.shape[1]) if g.shape[1] else math.nan,
+    }
+
+
+def train_flops_per_sample(
+    client: nn.Module, server: nn.Module, in_shape: tuple[int, ...]
+) -> tuple[float, float]:
+    """Training FLOPs per sample (forward + backward; convolutions and matrix products) of each side.
+
+    The client side back-propagates to its weights only; the server side also to its input, the
+    smashed data's gradient. Counted once on copies, on a batch of two (BatchNorm needs two samples).
+    """
+    client, server = copy.deepcopy(client).cpu().train(), copy.deepcopy(server).cpu().train()
+    x = torch.zeros(2, *in_shape)
+    with FlopCounterMode(display=False) as counter:
+        z = client(x)
+        z.sum().backward()
+    client_flops = counter.get_total_flops()
+    with FlopCounterMode(display=False) as counter:
+        out = server(z.detach().requires_grad_())
+        out.sum().backward()
+    return client_flops / 2, counter.get_total_flops() / 2

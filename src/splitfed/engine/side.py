@@ -1,0 +1,230 @@
+"""One side of a split model (client-side or server-side) held as K copies of flat state tensors.
+
+A ``Side`` owns no modules per copy: a single template module is run functionally
+(``torch.func.functional_call``) with the views of copy k's flat tensors, so K clients cost K flat
+parameter vectors, never K deep-copied modules. Averaging, broadcasting and checkpointing then act on a
+few flat tensors per copy.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+
+@dataclass
+class State:
+    """One copy of a side's state: parameters, buffers (BatchNorm statistics) and momentum, each flat.
+
+    ``momentum`` is empty when the optimizer has none. Buffers are kept as float, counters included.
+    """
+
+    params: torch.Tensor
+    buffers: torch.Tensor
+    momentum: torch.Tensor
+
+    def clone(self) -> "State":
+        return State(self.params.clone(), self.buffers.clone(), self.momentum.clone())
+
+    def copy_(self, other: "State") -> None:
+        self.params.copy_(other.params)
+        self.buffers.copy_(other.buffers)
+        self.momentum.copy_(other.momentum)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes this state takes on the wire."""
+        return sum(t.numel() * t.element_size() for t in (self.params, self.buffers, self.momentum))
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {"params": self.params, "buffers": self.buffers, "momentum": self.momentum}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, torch.Tensor]) -> "State":
+        return cls(d["params"], d["buffers"], d["momentum"])
+
+
+class WeightedSum:
+    """Σ_k w_k · state_k, accumulated one state at a time (no need to hold every client's copy).
+
+    Parameters, buffers and momentum alike: momentum is averaged with the weights wherever the
+    algorithm averages (spec §7), which keeps the τ = 1 identities exact with momentum.
+    """
+
+    def __init__(self) -> None:
+        self.total: State | None = None
+
+    def add(self, state: State, weight: float) -> None:
+        if self.total is None:
+            self.total = State(*(torch.zeros_like(t) for t in state.to_dict().values()))
+        torch._foreach_add_(list(self.total.to_dict().values()), list(state.to_dict().values()), alpha=weight)
+
+    @property
+    def result(self) -> State:
+        assert self.total is not None, "nothing was added"
+        return self.total
+
+
+def weighted_average(states: Sequence[State], weights: Sequence[float]) -> State:
+    acc = WeightedSum()
+    for s, w in zip(states, weights, strict=True):
+        acc.add(s, w)
+    return acc.result
+
+
+class Layout:
+    """Where each named parameter and buffer of a module lives in its flat State tensors."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.params = [(n, p.shape) for n, p in module.named_parameters()]
+        self.buffers = [(n, b.shape) for n, b in module.named_buffers()]
+        self.num_params = sum(s.numel() for _, s in self.params)
+        self.num_buffers = sum(s.numel() for _, s in self.buffers)
+
+    def state_of(self, module: nn.Module, momentum: bool, device: torch.device | str = "cpu") -> State:
+        flat = [p.detach().reshape(-1).float() for p in module.parameters()]
+        bufs = [b.detach().reshape(-1).float() for b in module.buffers()]
+        params = torch.cat(flat).to(device) if flat else torch.zeros(0, device=device)
+        buffers = torch.cat(bufs).to(device) if bufs else torch.zeros(0, device=device)
+        mom = torch.zeros_like(params) if momentum else torch.zeros(0, device=device)
+        return State(params, buffers, mom)
+
+    @staticmethod
+    def _views(flat: torch.Tensor, entries: list[tuple[str, torch.Size]]) -> list[torch.Tensor]:
+        views, offset = [], 0
+        for _, shape in entries:
+            views.append(flat[offset : offset + shape.numel()].view(shape))
+            offset += shape.numel()
+        return views
+
+    def param_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return self._views(flat, self.params)
+
+    def buffer_dict(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return dict(zip([n for n, _ in self.buffers], self._views(flat, self.buffers), strict=True))
+
+    def param_names(self) -> list[str]:
+        return [n for n, _ in self.params]
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Plain SGD with optional momentum and weight decay, as torch.optim.SGD (dampening 0, no Nesterov)."""
+
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def step(
+        self, params: list[torch.Tensor], grads: Sequence[torch.Tensor], bufs: list[torch.Tensor]
+    ) -> None:
+        grads = list(grads)
+        if self.weight_decay:
+            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
+        if self.momentum:
+            # A zero buffer makes the first step's buffer equal the gradient, as torch.optim.SGD does.
+            torch._foreach_mul_(bufs, self.momentum)
+            torch._foreach_add_(bufs, grads)
+            grads = bufs
+        torch._foreach_add_(params, grads, alpha=-self.lr)
+
+
+class Meter:
+    """What a round did, for its metrics: training loss, samples trained, optimizer steps."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum: torch.Tensor | float = 0.0  # a tensor once used: no device sync per step
+        self.loss_count = 0
+
+    def add_loss(self, loss: torch.Tensor, n: int) -> None:
+        self.loss_sum = self.loss_sum + loss.detach() * n
+        self.loss_count += n
+
+    @property
+    def train_loss(self) -> float:
+        return float(self.loss_sum) / self.loss_count if self.loss_count else float("nan")
+
+
+class Side:
+    """K copies of one side of the model, trained with one optimizer configuration.
+
+    ``location`` says which role computes on it ("client" or "main_server"), for FLOP accounting.
+    """
+
+    def __init__(
+        self, module: nn.Module, init: State, copies: int, opt: SGD, location: str, meter: Meter
+    ) -> None:
+        self.module = module
+        self.layout = Layout(module)
+        self.opt = opt
+        self.location = location
+        self.meter = meter
+        # Separate allocations per copy: a view of a shared tensor would share its autograd version
+        # counter, and updating copy 0 would then invalidate the pending backward of copy 1.
+        self.copies = [init.clone() for _ in range(copies)]
+        self._views = [self._make_views(s) for s in self.copies]
+        self._pending: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self.samples = 0  # samples trained (forward + backward) since the last reset
+        self.steps = 0  # optimizer steps since the last reset
+
+    def _make_views(self, s: State) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
+        mom = self.layout.param_views(s.momentum) if s.momentum.numel() else []
+        return self.layout.param_views(s.params), self.layout.buffer_dict(s.buffers), mom
+
+    def state(self, k: int) -> State:
+        return self.copies[k]
+
+    def load(self, k: int, state: State) -> None:
+        self.copies[k].copy_(state)
+
+    def _graph_forward(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        params, buffers, _ = self._views[k]
+        leaves = [p.detach().requires_grad_() for p in params]
+        self.module.train()
+        names = self.layout.param_names()
+        out = functional_call(self.module, (dict(zip(names, leaves, strict=True)), buffers), (x,))
+        self.samples += len(x)
+        return out, leaves
+
+    def _step(self, k: int, grads: Sequence[torch.Tensor]) -> None:
+        params, _, mom = self._views[k]
+        self.opt.step(params, grads, mom)
+        self.steps += 1
+
+    def forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
+        """Copy k's output on x, detached (it is what travels); the graph waits for ``backward(k, ...)``."""
+        out, leaves = self._graph_forward(k, x)
+        self._pending[k] = (out, leaves)
+        return out.detach()
+
+    def backward(self, k: int, grad: torch.Tensor) -> None:
+        """Back-propagate the gradient of copy k's last output and take one optimizer step."""
+        out, leaves = self._pending.pop(k)
+        self._step(k, torch.autograd.grad(out, leaves, grad))
+
+    def train_step(self, k: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """One step of copy k on the mean cross-entropy of (x, y); returns ∂loss/∂x if x requires grad."""
+        out, leaves = self._graph_forward(k, x)
+        loss = F.cross_entropy(out, y)
+        self.meter.add_loss(loss, len(y))
+        inputs = [*leaves, x] if x.requires_grad else leaves
+        grads = torch.autograd.grad(loss, inputs)
+        self._step(k, grads[: len(leaves)])
+        return grads[-1] if x.requires_grad else None
+
+
+def joint_step(client: Side, server: Side, k: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One SGD step of the unsplit model (client side then server side, one autograd graph)."""
+    z, c_leaves = client._graph_forward(k, x)
+    out, s_leaves = server._graph_forward(k, z)
+    loss = F.cross_entropy(out, y)
+    server.meter.add_loss(loss, len(y))
+    grads = torch.autograd.grad(loss, c_leaves + s_leaves)
+    client._step(k, grads[: len(c_leaves)])
+    server._step(k, grads[len(c_leaves) :])

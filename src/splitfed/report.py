@@ -1,0 +1,122 @@
+"""Run outputs a person reads: the comparison table, summary rows and plots."""
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+SUMMARY_COLUMNS = [
+    ("algorithm", "algorithm", "{}"),
+    ("rounds", "rounds", "{}"),
+    ("final_accuracy", "final acc", "{:.4f}"),
+    ("best_accuracy", "best acc", "{:.4f}"),
+    ("final_test_loss", "test loss", "{:.4f}"),
+    ("final_train_loss", "train loss", "{:.4f}"),
+    ("divergence_client_relative", "div c (rel)", "{:.3f}"),
+    ("train_s_per_round", "s/round", "{:.3f}"),
+    ("mb_up_per_client_round", "MB up/cl/rd", "{:.3f}"),
+    ("mb_down_per_client_round", "MB dn/cl/rd", "{:.3f}"),
+    ("client_gflop_per_round", "client GFLOP/rd", "{:.3f}"),
+    ("server_gflop_per_round", "server GFLOP/rd", "{:.3f}"),
+]
+
+
+def summarize(history: list[dict[str, Any]], algorithms: list[str]) -> list[dict[str, Any]]:
+    """One row per algorithm: final and best accuracy, costs per round averaged over the run."""
+    rows = []
+    for name in algorithms:
+        recs = [r for r in history if r["algorithm"] == name]
+        if not recs:
+            continue
+        last = recs[-1]
+        divs = [r["divergence_client_relative"] for r in recs if "divergence_client_relative" in r]
+
+        def mean(key: str, scale: float = 1.0, recs: list = recs) -> float:
+            return sum(r[key] for r in recs) / len(recs) / scale
+
+        rows.append(
+            {
+                "algorithm": name,
+                "rounds": last["round"],
+                "final_accuracy": last["test_accuracy"],
+                "best_accuracy": max(r["test_accuracy"] for r in recs),
+                "final_test_loss": last["test_loss"],
+                "final_train_loss": last["train_loss"],
+                "divergence_client_relative": divs[-1] if divs else math.nan,
+                "train_s_per_round": mean("train_time_s"),
+                "mb_up_per_client_round": mean("bytes_up_per_client", 1e6),
+                "mb_down_per_client_round": mean("bytes_down_per_client", 1e6),
+                "client_gflop_per_round": mean("client_flops", 1e9),
+                "server_gflop_per_round": mean("server_flops", 1e9),
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    cells = [[title for _, title, _ in SUMMARY_COLUMNS]]
+    for row in rows:
+        cells.append([fmt.format(row[key]) for key, _, fmt in SUMMARY_COLUMNS])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(SUMMARY_COLUMNS))]
+    lines = [  # first column left-aligned, numbers right-aligned
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))
+        )
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in SUMMARY_COLUMNS])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_run(history: list[dict[str, Any]], algorithms: list[str], out_dir: Path, title: str) -> list[Path]:
+    """accuracy.png (test accuracy and train loss vs round) and divergence.png (client/server side)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def series(name: str, key: str) -> tuple[list[int], list[float]]:
+        recs = [r for r in history if r["algorithm"] == name and r.get(key) is not None]
+        return [r["round"] for r in recs], [r[key] for r in recs]
+
+    paths = []
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in algorithms:
+        axes[0].plot(*series(name, "test_accuracy"), marker=".", label=name)
+        axes[1].plot(*series(name, "train_loss"), marker=".", label=name)
+    axes[0].set(xlabel="round", ylabel="test accuracy", title="Test accuracy of the aggregated model")
+    axes[1].set(xlabel="round", ylabel="train loss", title="Training loss", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    paths.append(out_dir / "accuracy.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    if any("divergence_client" in r for r in history):
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, side in zip(axes, ("client", "server"), strict=True):
+            for name in algorithms:
+                ax.plot(*series(name, f"divergence_{side}_relative"), marker=".", label=name)
+            ax.set(
+                xlabel="round",
+                ylabel=f"δ_{side[0]} / ‖∇F‖",
+                title=f"{side.title()}-side gradient divergence (relative), at round start",
+            )
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        paths.append(out_dir / "divergence.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths

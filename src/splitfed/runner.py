@@ -1,0 +1,274 @@
+"""``run(Config)``: check everything, then train each algorithm on the same setup and write the run dir.
+
+A run directory holds: config.toml (resolved), partition.csv/.txt, checkpoints/<algorithm>.pt (every
+round), metrics.jsonl (one object per round per algorithm), and, once every algorithm has finished,
+summary.csv, accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--resume`` it.
+"""
+
+import copy
+import csv
+import datetime
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._rng import derive_seed, generator
+from .algorithms import ALGORITHMS
+from .config import PARTITION_OPTIONS, Config, dump_toml
+from .data import DATASETS, PARTITIONS, Dataset, class_histogram, format_histogram, make_partition
+from .engine.loop import Setup, load_checkpoint, train
+from .engine.metrics import train_flops_per_sample
+from .engine.side import Layout, State
+from .errors import SplitfedError
+from .models import MODELS, build_model, split
+from .report import format_table, plot_run, summarize, write_summary_csv
+
+log = logging.getLogger("splitfed")
+
+DEFAULT_MODEL = {"digits": "digits_cnn", "fmnist": "cnn4", "cifar10": "resnet18", "synthetic": "cnn4"}
+# Fields a resumed run may change: they do not alter what has been computed so far.
+RESUMABLE_CHANGES = {"rounds", "device", "out", "resume"}
+
+
+@dataclass
+class RunResult:
+    """What ``run`` returns: every round's metrics, the final model of each algorithm, the summary."""
+
+    config: Config
+    out_dir: Path
+    history: list[dict[str, Any]]
+    models: dict[str, nn.Module]
+    summary: list[dict[str, Any]]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SplitfedError(f"device {name} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def load_data(cfg: Config) -> Dataset:
+    loader = DATASETS.get(cfg.dataset)
+    if cfg.dataset == "synthetic":
+        return loader(
+            cfg.data_dir,
+            shape=tuple(cfg.synthetic_shape or (1, 28, 28)),
+            samples=cfg.synthetic_samples or 2000,
+        )
+    return loader(cfg.data_dir)
+
+
+def prepare(cfg: Config) -> Setup:
+    """Validate the whole config against data and model, and build the shared setup. Touches no files."""
+    for name in cfg.algorithm:
+        ALGORITHMS.get(name)
+    DATASETS.get(cfg.dataset)
+    PARTITIONS.get(cfg.partition)
+    model_name = cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4")
+    MODELS.get(model_name)
+    device = resolve_device(cfg.device)
+    data = load_data(cfg)
+
+    # The initial model: its own seed, and the global RNG left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed_for("init"), "init"))
+        model = build_model(model_name, data.num_classes, data.in_shape, cfg.model_args)
+    cut_layer = cfg.cut_layer if cfg.cut_layer is not None else model.middle_cut
+    model.check_cut(cut_layer)
+    try:
+        with torch.no_grad():
+            model.eval()(data.train_x[:2])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise SplitfedError(  # noqa: B904 (the cause is in the message; no traceback for a user mistake)
+            f"model {model_name} cannot take {cfg.dataset} inputs {list(data.in_shape)}: {first}"
+        )
+
+    changes: dict[str, Any] = {"model": model_name, "cut_layer": cut_layer}
+    knob = PARTITION_OPTIONS.get(cfg.partition)
+    if knob is not None and getattr(cfg, knob[0]) is None:
+        changes[knob[0]] = knob[1]
+    if cfg.dataset == "synthetic":
+        changes["synthetic_shape"] = tuple(cfg.synthetic_shape or (1, 28, 28))
+        changes["synthetic_samples"] = cfg.synthetic_samples or 2000
+    cfg = cfg.replace(**changes)
+
+    parts = make_partition(
+        cfg.partition, data.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
+    )
+    client_module, server_module = split(model, cut_layer)
+    momentum = cfg.momentum > 0
+    init_c = Layout(client_module).state_of(client_module, momentum, device)
+    init_s = Layout(server_module).state_of(server_module, momentum, device)
+    flops = train_flops_per_sample(client_module, server_module, data.in_shape)
+    client_module.to(device)
+    server_module.to(device)
+    div_idx = []
+    for n, p in enumerate(parts):
+        order = torch.randperm(len(p), generator=generator(cfg.seed_for("sampling"), "divergence", n))
+        div_idx.append(p[order[: cfg.divergence_samples]].to(device))
+    parts = [p.to(device) for p in parts]
+    return Setup(
+        cfg, data.to(device), parts, model, client_module, server_module, init_c, init_s, flops, div_idx
+    )
+
+
+def assemble(setup: Setup, w_c: State, w_s: State) -> nn.Module:
+    """The full model (a CutModel) holding the given client-side and server-side states."""
+    model = copy.deepcopy(setup.model).to(w_c.params.device)
+    for half, state in zip(split(model, setup.cfg.cut_layer), (w_c, w_s), strict=True):
+        layout = Layout(half)
+        with torch.no_grad():
+            for p, v in zip(half.parameters(), layout.param_views(state.params), strict=True):
+                p.copy_(v)
+            for b, v in zip(half.buffers(), layout.buffer_dict(state.buffers).values(), strict=True):
+                b.copy_(v.to(b.dtype))
+    return model
+
+
+class RunDir:
+    """The run directory: created for a new run, checked against the config for a resumed one."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        if cfg.resume and not cfg.out:
+            raise SplitfedError("--resume needs --out DIR naming the run to continue")
+        if cfg.out:
+            self.path = Path(cfg.out)
+        else:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            self.path = Path("runs") / stamp
+            suffix = 1
+            while self.path.exists():
+                suffix += 1
+                self.path = Path("runs") / f"{stamp}-{suffix}"
+        config_file = self.path / "config.toml"
+        if cfg.resume:
+            if not config_file.is_file():
+                raise SplitfedError(f"nothing to resume in {self.path}: it has no config.toml")
+            self._check_same(Config.from_toml(config_file))
+        elif self.path.exists() and any(self.path.iterdir()):
+            raise SplitfedError(
+                f"{self.path} already holds a run; pass --resume to continue it or choose another --out"
+            )
+
+    def _check_same(self, saved: Config) -> None:
+        diffs = [
+            f"{k} ({v!r} -> {getattr(self.cfg, k)!r})"
+            for k, v in saved.to_dict().items()
+            if k not in RESUMABLE_CHANGES and v != getattr(self.cfg, k)
+        ]
+        if diffs:
+            raise SplitfedError(f"cannot resume {self.path} with a different config: {', '.join(diffs)}")
+
+    def checkpoint(self, algorithm: str) -> Path:
+        return self.path / "checkpoints" / f"{algorithm}.pt"
+
+    def start(self, setup: Setup, histogram: torch.Tensor) -> None:
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
+        _write_atomic(
+            self.path / "config.toml",
+            dump_toml({k: v for k, v in self.cfg.to_dict().items() if v is not None}),
+        )
+        with (self.path / "partition.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])
+            for n, row in enumerate(histogram.tolist()):
+                writer.writerow([n, sum(row), *row])
+        _write_atomic(
+            self.path / "partition.txt", format_histogram(histogram, max_rows=histogram.shape[0]) + "\n"
+        )
+        # metrics.jsonl is rebuilt from the checkpoints, which are written before their line is appended:
+        # a kill between the two never leaves a missing or doubled round.
+        lines = []
+        for name in self.cfg.algorithm:
+            if self.checkpoint(name).exists():
+                history = load_checkpoint(self.checkpoint(name))["history"][: self.cfg.rounds]
+                lines += [json.dumps(r) + "\n" for r in history]
+        _write_atomic(self.path / "metrics.jsonl", "".join(lines))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with (self.path / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class Progress:
+    """One line per round with accuracy and an ETA for the whole run."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.rounds_timed = 0
+        self.seconds = 0.0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        cfg = self.cfg
+        self.rounds_timed += 1
+        self.seconds += record["round_time_s"]
+        later_algorithms = len(cfg.algorithm) - 1 - cfg.algorithm.index(record["algorithm"])
+        remaining = cfg.rounds - record["round"] + cfg.rounds * later_algorithms
+        eta = self.seconds / self.rounds_timed * remaining
+        div = record.get("divergence_client_relative")
+        div_text = f"  div_c {div:.3f}" if div is not None else ""
+        log.info(
+            f"[{record['algorithm']:>13}] round {record['round']:>3}/{cfg.rounds}  "
+            f"acc {record['test_accuracy']:.4f}  test_loss {record['test_loss']:.4f}  "
+            f"train_loss {record['train_loss']:.4f}{div_text}  "
+            f"{record['round_time_s']:.2f}s  ETA {_clock(eta)}"
+        )
+
+
+def _clock(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
+
+
+def run(config: Config) -> RunResult:
+    """Run every algorithm of ``config`` on one shared setup; see the module docstring for outputs."""
+    setup = prepare(config)
+    cfg = setup.cfg
+    run_dir = RunDir(cfg)
+    histogram = class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu()
+    run_dir.start(setup, histogram)
+    log.info(
+        f"splitfed: {cfg.dataset} ({len(setup.data.train_y)} train / {len(setup.data.test_y)} test), "
+        f"model {cfg.model} cut at layer {cfg.cut_layer}, {cfg.clients} clients, partition {cfg.partition}"
+        + (f" ({cfg.partition_option})" if cfg.partition_option is not None else "")
+        + f", τ = {setup.tau()} iterations/round, device {setup.init_c.params.device}; writing {run_dir.path}"
+    )
+    log.info("client class histogram:\n" + format_histogram(histogram))
+    progress = Progress(cfg)
+    history: list[dict[str, Any]] = []
+    models: dict[str, nn.Module] = {}
+    for name in cfg.algorithm:
+
+        def on_round(record: dict[str, Any]) -> None:
+            run_dir.append_metrics(record)
+            progress(record)
+
+        algo, algo_history, _ = train(name, setup, run_dir.checkpoint(name), on_round)
+        history += algo_history
+        models[name] = assemble(setup, algo.w_c, algo.w_s)
+    summary = summarize(history, list(cfg.algorithm))
+    title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
+    if cfg.partition_option is not None:
+        title += f" {cfg.partition_option}"
+    plot_run(history, list(cfg.algorithm), run_dir.path, title)
+    write_summary_csv(summary, run_dir.path / "summary.csv")
+    log.info("\n" + format_table(summary))
+    log.info(f"results in {run_dir.path}: metrics.jsonl, summary.csv, accuracy.png, divergence.png")
+    return RunResult(cfg, run_dir.path, history, models, summary)
