@@ -58,6 +58,7 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2: harmless
     }
 
     def find_class(self, module: str, name: str) -> object:

@@ -26,7 +26,11 @@ class SplitModel:
         for i, ((module, layout), state) in enumerate(zip(self.halves, states, strict=True)):
             p = params[i] if params is not None else layout.param_views(state.params)
             named = dict(zip(layout.param_names(), p, strict=True))
-            x = functional_call(module, (named, layout.buffer_dict(state.buffers)), (x,))
+            # A training forward updates BatchNorm statistics: on copies, so the state is left as it was.
+            buffers = (
+                layout.buffer_copies(state.buffers) if module.training else layout.buffer_dict(state.buffers)
+            )
+            x = functional_call(module, (named, buffers), (x,))
         return x
 
     def _mode(self, train: bool) -> None:
@@ -50,11 +54,10 @@ class SplitModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat client-side and server-side gradients of the mean loss over (x, y) at (w_c, w_s).
 
-        Training mode, as in training; BatchNorm statistics update copies that are then dropped, so the
-        measured model is left as it was.
+        Training mode, as in training (BatchNorm normalises with the batch's statistics).
         """
         self._mode(True)
-        states = tuple(State(s.params, s.buffers.clone(), s.momentum) for s in (w_c, w_s))
+        states = (w_c, w_s)
         total = [torch.zeros_like(w_c.params), torch.zeros_like(w_s.params)]
         for i in range(0, len(x), _CHUNK):
             xb, yb = x[i : i + _CHUNK], y[i : i + _CHUNK]

@@ -106,6 +106,15 @@ class Layout:
     def buffer_dict(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         return dict(zip([n for n, _ in self.buffers], self._views(flat, self.buffers), strict=True))
 
+    def buffer_copies(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Buffers as separate tensors, for a training forward.
+
+        BatchNorm saves its running statistics for backward and then updates them in place; views of one
+        flat tensor share one autograd version counter, so the second BatchNorm's update would invalidate
+        what the first one saved. Separate tensors do not.
+        """
+        return {n: v.clone() for n, v in self.buffer_dict(flat).items()}
+
     def param_names(self) -> list[str]:
         return [n for n, _ in self.params]
 
@@ -188,7 +197,10 @@ class Side:
         leaves = [p.detach().requires_grad_() for p in params]
         self.module.train()
         names = self.layout.param_names()
-        out = functional_call(self.module, (dict(zip(names, leaves, strict=True)), buffers), (x,))
+        updated = self.layout.buffer_copies(self.copies[k].buffers)
+        out = functional_call(self.module, (dict(zip(names, leaves, strict=True)), updated), (x,))
+        if buffers:
+            torch._foreach_copy_(list(buffers.values()), list(updated.values()))
         self.samples += len(x)
         return out, leaves
 

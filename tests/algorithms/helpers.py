@@ -1,0 +1,41 @@
+import copy
+
+import torch
+
+from splitfed.engine.loop import Setup, train
+from splitfed.runner import assemble, prepare
+
+
+def train_one(cfg, name):
+    """Prepare cfg and train algorithm ``name`` in memory (no run directory)."""
+    setup = prepare(cfg)
+    algo, history, ctx = train(name, setup)
+    return setup, algo, history, ctx
+
+
+def final_model(setup: Setup, algo) -> torch.nn.Module:
+    return assemble(setup, algo.w_c, algo.w_s)
+
+
+def reference_sgd(setup: Setup, batches, lr, momentum=0.0, weight_decay=0.0) -> torch.nn.Module:
+    """torch.optim.SGD on the unsplit initial model, one step per (x, y) in ``batches``."""
+    model = copy.deepcopy(setup.model).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for x, y in batches:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model
+
+
+def assert_same_model(a: torch.nn.Module, b: torch.nn.Module, atol=1e-6):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        diff = (sa[k].double() - sb[k].double()).abs().max().item() if sa[k].numel() else 0.0
+        assert diff <= atol, f"{k} differs by {diff}"
+
+
+def assert_different_model(a, b, atol=1e-4):
+    diffs = [(a.state_dict()[k].double() - v.double()).abs().max().item() for k, v in b.state_dict().items()]
+    assert max(diffs) > atol

@@ -1,0 +1,65 @@
+import math
+
+import torch
+
+from splitfed.engine.loop import measure_divergence
+from splitfed.engine.metrics import SplitModel, divergence, train_flops_per_sample
+from splitfed.models import build_model, split
+from splitfed.runner import prepare
+
+from ..conftest import small_config
+
+
+def test_divergence_is_zero_when_every_client_has_the_same_data():
+    setup = prepare(small_config(model="resnet18", model_args={"width": 4}, synthetic_shape=(3, 16, 16)))
+    same = setup.divergence_idx[0]
+    setup.divergence_idx = [same] * len(setup.divergence_idx)
+    buffers_before = setup.init_c.buffers.clone()
+    split_model = SplitModel(setup.client_module, setup.server_module)
+    div = measure_divergence(setup, split_model, setup.init_c, setup.init_s)
+    assert div["divergence_client"] == 0.0 and div["divergence_server"] == 0.0
+    assert torch.equal(setup.init_c.buffers, buffers_before)  # BatchNorm statistics left as they were
+
+
+def test_divergence_grows_with_the_non_iid_ratio():
+    values = []
+    for p in (0.0, 1.0):
+        setup = prepare(small_config(non_iid_ratio=p, divergence_samples=100))
+        split_model = SplitModel(setup.client_module, setup.server_module)
+        values.append(measure_divergence(setup, split_model, setup.init_c, setup.init_s))
+    assert values[1]["divergence_client"] > 2 * values[0]["divergence_client"] > 0
+    assert values[1]["divergence_server"] > 2 * values[0]["divergence_server"] > 0
+
+
+def test_divergence_formula_and_normalised_forms():
+    g = [torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([1.0, 1.0])]
+    w = torch.tensor([0.5, 0.25, 0.25])
+    mean = 0.5 * g[0] + 0.25 * g[1] + 0.25 * g[2]  # [0.75, 0.5]
+    raw = sum(float(wi) * float((gi - mean).norm()) for wi, gi in zip(w, g))
+    out = divergence(g, w)
+    assert math.isclose(out["raw"], raw, rel_tol=1e-6)
+    assert math.isclose(out["relative"], raw / float(mean.norm()), rel_tol=1e-6)
+    assert math.isclose(out["per_param"], raw / math.sqrt(2), rel_tol=1e-6)
+
+
+def test_gradients_match_autograd_on_the_full_model():
+    setup = prepare(small_config())
+    idx = setup.divergence_idx[1]
+    x, y = setup.data.train_x[idx], setup.data.train_y[idx]
+    gc, gs = SplitModel(setup.client_module, setup.server_module).gradients(setup.init_c, setup.init_s, x, y)
+    model = setup.model.train()
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    expected = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    torch.testing.assert_close(torch.cat([gc, gs]), expected)
+
+
+def test_training_flops_per_sample_of_cnn4():
+    model = build_model("cnn4", 10, (1, 28, 28))
+    conv1_forward = 2 * 1 * 5 * 5 * 16 * 28 * 28
+    client, server = split(model, 1)
+    c, _ = train_flops_per_sample(client, server, (1, 28, 28))
+    assert c == 2 * conv1_forward  # forward + weight gradient; no input gradient on the client's first layer
+    fc2_forward = 2 * 1000 * 10
+    _, s = train_flops_per_sample(*split(model, 3), (1, 28, 28))
+    assert s == 3 * fc2_forward  # forward + weight gradient + gradient of the smashed data

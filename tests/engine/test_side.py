@@ -1,0 +1,86 @@
+import pytest
+import torch
+from torch import nn
+
+from splitfed.engine.side import SGD, Layout, Meter, Side, State, WeightedSum, joint_step, weighted_average
+
+
+def make_module():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)
+    )
+
+
+@pytest.mark.parametrize(("momentum", "weight_decay"), [(0.0, 0.0), (0.9, 0.0), (0.9, 5e-4), (0.0, 1e-2)])
+def test_side_sgd_matches_torch_optim_sgd(momentum, weight_decay):
+    module = make_module()
+    reference = make_module()
+    side = Side(
+        module,
+        Layout(module).state_of(module, momentum > 0),
+        2,
+        SGD(0.1, momentum, weight_decay),
+        "c",
+        Meter(),
+    )
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=momentum, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        x, y = torch.randn(6, 1, 8, 8, generator=g), torch.randint(0, 3, (6,), generator=g)
+        side.train_step(1, x, y)
+        opt.zero_grad()
+        nn.functional.cross_entropy(reference(x), y).backward()
+        opt.step()
+    expected = Layout(reference).state_of(reference, False)
+    torch.testing.assert_close(side.state(1).params, expected.params, rtol=0, atol=1e-6)
+    torch.testing.assert_close(side.state(1).buffers, expected.buffers, rtol=0, atol=1e-6)  # BN statistics
+    assert torch.equal(
+        side.state(0).params, Layout(module).state_of(make_module(), False).params
+    )  # untouched
+    assert side.steps == 4 and side.samples == 24
+
+
+def test_copies_forward_then_backward_in_any_order():
+    # MiniBatch-SFL runs every client's forward before any backward: copies must not disturb each other.
+    module = make_module()
+    side = Side(module, Layout(module).state_of(module, False), 3, SGD(0.1), "c", Meter())
+    x = torch.randn(3, 5, 1, 8, 8)
+    outs = [side.forward(k, x[k]) for k in range(3)]
+    for k in (2, 0, 1):
+        side.backward(k, torch.ones_like(outs[k]))
+    single = Side(module, Layout(module).state_of(module, False), 1, SGD(0.1), "c", Meter())
+    single.backward(0, torch.ones_like(single.forward(0, x[1])))
+    assert torch.equal(side.state(1).params, single.state(0).params)
+
+
+def test_joint_step_equals_split_step_with_gradient_passing():
+    torch.manual_seed(0)
+    client, server = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh()), nn.Sequential(nn.Linear(8, 3))
+    init_c, init_s = Layout(client).state_of(client, False), Layout(server).state_of(server, False)
+    x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    meter = Meter()
+    jc, js = Side(client, init_c, 1, SGD(0.5), "c", meter), Side(server, init_s, 1, SGD(0.5), "s", meter)
+    joint_step(jc, js, 0, x, y)
+    sc, ss = Side(client, init_c, 1, SGD(0.5), "c", meter), Side(server, init_s, 1, SGD(0.5), "s", meter)
+    smashed = sc.forward(0, x).requires_grad_()
+    sc.backward(0, ss.train_step(0, smashed, y))
+    torch.testing.assert_close(jc.state(0).params, sc.state(0).params)
+    torch.testing.assert_close(js.state(0).params, ss.state(0).params)
+
+
+def test_weighted_average_covers_params_buffers_and_momentum():
+    a = State(torch.tensor([1.0, 2.0]), torch.tensor([4.0]), torch.tensor([1.0, 1.0]))
+    b = State(torch.tensor([3.0, 6.0]), torch.tensor([0.0]), torch.tensor([3.0, 5.0]))
+    avg = weighted_average([a, b], [0.25, 0.75])
+    assert (
+        avg.params.tolist() == [2.5, 5.0]
+        and avg.buffers.tolist() == [1.0]
+        and avg.momentum.tolist() == [2.5, 4.0]
+    )
+    acc = WeightedSum()
+    acc.add(a, 0.5)
+    acc.add(b, 0.5)
+    assert acc.result.params.tolist() == [2.0, 4.0]
+    assert a.params.tolist() == [1.0, 2.0]  # inputs untouched
+    assert a.nbytes == 5 * 4

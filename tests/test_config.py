@@ -1,0 +1,79 @@
+import pytest
+
+from splitfed import Config, SplitfedError
+from splitfed.config import ALL_ALGORITHMS
+
+
+def test_defaults_are_the_embedded_demo():
+    c = Config()
+    assert c.dataset == "digits" and c.clients == 10 and c.algorithm == ALL_ALGORITHMS
+    assert (c.batch_size, c.lr, c.local_epochs, c.momentum) == (32, 0.01, 5, 0.0)  # spec §7
+
+
+def test_toml_round_trip(tmp_path):
+    c = Config(
+        algorithm=("minibatch_sfl", "fedavg"),
+        model_args={"norm": "group", "width": 8},
+        partition="dirichlet",
+        dirichlet_alpha=0.3,
+        lr=0.05,
+        cut_layer=2,
+        dataset="synthetic",
+        synthetic_shape=(3, 32, 32),
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(c.to_toml())
+    assert Config.from_toml(path) == c
+
+
+def test_python_values_are_type_checked_and_normalised():
+    assert Config(lr=1).lr == 1.0 and isinstance(Config(lr=1).lr, float)
+    assert Config(algorithm="fedavg").algorithm == ("fedavg",)
+    with pytest.raises(SplitfedError, match="rounds must be an integer"):
+        Config(rounds=2.5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"rounds": 0}, "rounds must be a positive integer"),
+        ({"batch_size": -1}, "batch_size must be a positive integer"),
+        ({"lr": 0.0}, "lr must be a positive number"),
+        ({"lr": float("nan")}, "lr must be a positive number"),
+        ({"non_iid_ratio": 1.01}, r"non_iid_ratio must be in \[0, 1\]"),
+        ({"non_iid_ratio": -0.1}, r"non_iid_ratio must be in \[0, 1\]"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+        ({"clients_per_round": 11}, "exceeds clients"),
+        ({"client_grad_scale": "sum"}, "client_grad_scale must be one of local_mean, global_mean"),
+        ({"sflv2_schedule": "x"}, "sflv2_schedule must be one of"),
+        ({"partition": "iid", "non_iid_ratio": 0.5}, "non_iid_ratio applies to partition=non_iid_ratio"),
+        ({"dirichlet_alpha": 0.5}, "dirichlet_alpha applies to partition=dirichlet"),
+        ({"synthetic_samples": 10}, "synthetic_samples applies to dataset=synthetic"),
+        ({"device": "tpu"}, "device must be cpu, cuda"),
+        ({"algorithm": ("sl", "sl")}, "lists a name twice"),
+        ({"cut_layer": 0}, "cut_layer must be a positive integer"),
+    ],
+)
+def test_out_of_range_values_are_refused(changes, message):
+    with pytest.raises(SplitfedError, match=message):
+        Config(**changes)
+
+
+def test_unknown_key_and_bad_type_in_toml(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("rounds = 3\nroundz = 4\n")
+    with pytest.raises(SplitfedError, match="unknown config key 'roundz'"):
+        Config.from_toml(path)
+    path.write_text('rounds = "many"\n')
+    with pytest.raises(SplitfedError, match="rounds in .* must be an integer, got 'many'"):
+        Config.from_toml(path)
+    path.write_text("rounds = [\n")
+    with pytest.raises(SplitfedError, match="not valid TOML"):
+        Config.from_toml(path)
+    with pytest.raises(SplitfedError, match="cannot read config file"):
+        Config.from_toml(tmp_path / "missing.toml")
+
+
+def test_seeds_per_purpose_default_to_the_seed():
+    c = Config(seed=3, init_seed=9)
+    assert (c.seed_for("partition"), c.seed_for("init"), c.seed_for("sampling")) == (3, 9, 3)
