@@ -24,5 +24,8 @@ def small_config(**changes) -> Config:
 
 @pytest.fixture(autouse=True)
 def _quiet_logs():
-    logging.getLogger("splitfed").setLevel(logging.WARNING)
+    """Library calls log progress at INFO; keep test output to what fails (the CLI sets its own level)."""
+    log = logging.getLogger("splitfed")
+    log.setLevel(logging.WARNING)
     yield
+    log.setLevel(logging.WARNING)

@@ -104,7 +104,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
         print(f"{title}: {', '.join(reg)}")
     print("models:")
     for name in MODELS:
-        doc = (MODELS.get(name).__doc__ or "").strip().splitlines()[0]
+        doc = next(iter((MODELS.get(name).__doc__ or "").strip().splitlines()), "")
         print(f"  {name:<12} {doc}")
     return 0
 
@@ -125,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
+    log = logging.getLogger("splitfed")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     try:
         return args.func(args)
     except SplitfedError as e:
@@ -134,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
         return 130
+    finally:
+        log.removeHandler(handler)
 
 
 if __name__ == "__main__":

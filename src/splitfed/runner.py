@@ -263,6 +263,8 @@ def run(config: Config) -> RunResult:
         algo, algo_history, _ = train(name, setup, run_dir.checkpoint(name), on_round)
         history += algo_history
         models[name] = assemble(setup, algo.w_c, algo.w_s)
+    # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
+    _write_atomic(run_dir.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     summary = summarize(history, list(cfg.algorithm))
     title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
     if cfg.partition_option is not None:

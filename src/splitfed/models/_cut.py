@@ -33,6 +33,12 @@ class CutModel(nn.Sequential):
         names = list(blocks)
         return cls(blocks, {k: names[k - 1] for k in range(1, len(names))})
 
+    def __getitem__(self, idx: int | slice) -> nn.Module:
+        # A slice of blocks is a plain Sequential: its cut points would not carry over.
+        if isinstance(idx, slice):
+            return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
+        return super().__getitem__(idx)
+
     @property
     def middle_cut(self) -> int:
         cuts = list(self.cut_points)

@@ -1,0 +1,215 @@
+"""End to end: the run directory, determinism, checkpoint/resume (with real kills), the Python API."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from splitfed import Config, SplitfedError, run
+from splitfed.config import ALL_ALGORITHMS
+from splitfed.runner import RunDir
+
+from .conftest import small_config
+
+TIME_FIELDS = {"train_time_s", "round_time_s", "wall_time_s"}
+
+
+def metrics(path):
+    """metrics.jsonl without its wall-clock fields, the only ones that may differ between two runs."""
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIME_FIELDS} for line in lines]
+
+
+def test_a_run_writes_its_directory_and_returns_history_and_models(tmp_path):
+    cfg = small_config(algorithm=ALL_ALGORITHMS, out=str(tmp_path / "run"))
+    result = run(cfg)
+    out = tmp_path / "run"
+    for name in ("config.toml", "metrics.jsonl", "summary.csv", "partition.csv", "partition.txt"):
+        assert (out / name).is_file(), name
+    assert (out / "accuracy.png").stat().st_size > 10_000 and (out / "divergence.png").stat().st_size > 10_000
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == sorted(
+        f"{a}.pt" for a in ALL_ALGORITHMS
+    )
+    # config.toml is the resolved config: it reloads to the config the run used
+    assert Config.from_toml(out / "config.toml") == result.config
+    assert (
+        result.config.model == "digits_cnn"
+        and result.config.cut_layer == 2
+        and result.config.non_iid_ratio == 0.8
+    )
+    lines = metrics(out)
+    assert len(lines) == len(result.history) == 2 * len(ALL_ALGORITHMS)
+    for rec in result.history:
+        for key in (
+            "algorithm",
+            "round",
+            "test_accuracy",
+            "test_loss",
+            "train_loss",
+            "divergence_client",
+            "divergence_server_relative",
+            "client_bytes_up",
+            "client_flops",
+            "server_flops",
+            "wall_time_s",
+        ):
+            assert key in rec, key
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["algorithm"] for r in rows] == list(ALL_ALGORITHMS)
+    # .models: the final model of each algorithm, whose accuracy is the one reported
+    data_x, data_y = _test_set(cfg)
+    for name, model in result.models.items():
+        model.eval()
+        with torch.no_grad():
+            acc = (model(data_x).argmax(1) == data_y).float().mean().item()
+        last = [r for r in result.history if r["algorithm"] == name][-1]
+        assert abs(acc - last["test_accuracy"]) < 1e-6, name
+    hist = list(csv.reader((out / "partition.csv").open()))
+    assert hist[0][:2] == ["client", "samples"] and len(hist) == 1 + cfg.clients
+
+
+def _test_set(cfg):
+    from splitfed.runner import load_data
+
+    ds = load_data(cfg)
+    return ds.test_x, ds.test_y
+
+
+def test_bytes_on_the_link_match_the_analytic_count(tmp_path):
+    cfg = small_config(algorithm=("minibatch_sfl", "fedavg"), local_iters=3, rounds=1, divergence_every=0)
+    result = run(cfg.replace(out=str(tmp_path / "r")))
+    mb, fl = result.history
+    smashed = 32 * 4 * 4  # digits_cnn cut 2 on 8x8 inputs
+    client_state = sum(p.numel() for p in result.models["minibatch_sfl"][:2].parameters()) * 4
+    full_state = sum(p.numel() for p in result.models["fedavg"].parameters()) * 4
+    b, tau = cfg.batch_size, 3
+    assert mb["client_bytes_up"] == [tau * b * (smashed * 4 + 8) + client_state] * cfg.clients
+    assert mb["client_bytes_down"] == [tau * b * smashed * 4 + client_state] * cfg.clients
+    assert mb["bytes"] == {
+        "client_weights": cfg.clients * client_state,
+        "global_client_weights": cfg.clients * client_state,
+        "labels": cfg.clients * tau * b * 8,
+        "smashed": cfg.clients * tau * b * smashed * 4,
+        "smashed_grad": cfg.clients * tau * b * smashed * 4,
+    }
+    assert fl["client_bytes_up"] == fl["client_bytes_down"] == [full_state] * cfg.clients
+    # FLOPs: FedAvg does on the client what MiniBatch-SFL splits between client and main server
+    assert fl["client_flops"] == mb["client_flops"] + mb["server_flops"] and fl["server_flops"] == 0
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(tmp_path):
+    cfg = small_config(algorithm=("minibatch_sfl", "sfl_v2", "sl"), rounds=3)
+    run(cfg.replace(out=str(tmp_path / "a")))
+    run(cfg.replace(out=str(tmp_path / "b")))
+    run(cfg.replace(out=str(tmp_path / "c"), seed=1))
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+    assert metrics(tmp_path / "a") != metrics(tmp_path / "c")
+
+
+def test_seed_per_purpose_changes_only_its_own_part(tmp_path):
+    base = small_config(algorithm=("fedavg",), rounds=1)
+    a = run(base.replace(out=str(tmp_path / "a")))
+    b = run(base.replace(out=str(tmp_path / "b"), init_seed=5))
+    assert (tmp_path / "a" / "partition.csv").read_text() == (tmp_path / "b" / "partition.csv").read_text()
+    assert (
+        a.history[0]["test_accuracy"] != b.history[0]["test_accuracy"]
+        or a.history[0]["test_loss"] != b.history[0]["test_loss"]
+    )
+    run(base.replace(out=str(tmp_path / "c"), partition_seed=5))
+    assert (tmp_path / "a" / "partition.csv").read_text() != (tmp_path / "c" / "partition.csv").read_text()
+
+
+def test_batchnorm_models_train_in_every_algorithm(tmp_path):
+    cfg = small_config(
+        model="resnet18",
+        model_args={"width": 4},
+        synthetic_shape=(3, 16, 16),
+        rounds=1,
+        algorithm=ALL_ALGORITHMS,
+        momentum=0.9,
+        out=str(tmp_path / "r"),
+    )
+    result = run(cfg)
+    assert all(0 <= r["test_accuracy"] <= 1 and r["train_loss"] == r["train_loss"] for r in result.history)
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_between_checkpoint_and_metrics_line_resumes_exactly(tmp_path, monkeypatch):
+    cfg = small_config(algorithm=("minibatch_sfl", "sfl_v1"), rounds=4, momentum=0.5)
+    run(cfg.replace(out=str(tmp_path / "whole")))
+    calls = {"n": 0}
+    original = RunDir.append_metrics
+
+    def crash_on_fifth(self, record):
+        calls["n"] += 1
+        if calls["n"] == 5:  # round 1 of sfl_v1: its checkpoint is written, its metrics line is not
+            raise _Crash
+        original(self, record)
+
+    monkeypatch.setattr(RunDir, "append_metrics", crash_on_fifth)
+    with pytest.raises(_Crash):
+        run(cfg.replace(out=str(tmp_path / "cut")))
+    assert not (tmp_path / "cut" / "summary.csv").exists()  # not complete-looking
+    monkeypatch.setattr(RunDir, "append_metrics", original)
+    run(cfg.replace(out=str(tmp_path / "cut"), resume=True))
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+
+
+def test_resume_can_extend_a_finished_run(tmp_path):
+    cfg = small_config(algorithm=("sfl_v2", "fedavg"), rounds=4)
+    run(cfg.replace(out=str(tmp_path / "whole")))
+    run(cfg.replace(out=str(tmp_path / "grown"), rounds=2))
+    run(cfg.replace(out=str(tmp_path / "grown"), resume=True))
+    assert metrics(tmp_path / "grown") == metrics(tmp_path / "whole")
+
+
+def test_resume_refuses_a_different_config_and_new_runs_refuse_a_used_directory(tmp_path):
+    cfg = small_config(algorithm=("fedavg",), rounds=1, out=str(tmp_path / "r"))
+    run(cfg)
+    with pytest.raises(SplitfedError, match=r"cannot resume .* different config: lr \(0.01 -> 0.1\)"):
+        run(cfg.replace(lr=0.1, resume=True))
+    with pytest.raises(SplitfedError, match="already holds a run; pass --resume"):
+        run(cfg)
+    with pytest.raises(SplitfedError, match="nothing to resume"):
+        run(cfg.replace(out=str(tmp_path / "empty"), resume=True))
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "splitfed.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
+    config = tmp_path / "exp.toml"
+    cfg = small_config(algorithm=("minibatch_sfl", "sl"), rounds=6, local_iters=25)
+    config.write_text(cfg.to_toml())
+    whole = _cli("run", "--config", str(config), "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    for kill_after in (2, 8):  # mid first algorithm; mid second
+        out = tmp_path / f"killed{kill_after}"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "splitfed.cli", "run", "--config", str(config), "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            lines = (out / "metrics.jsonl").read_text().count("\n") if (out / "metrics.jsonl").exists() else 0
+            if lines >= kill_after or proc.poll() is not None:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+        assert not (out / "summary.csv").exists()
+        resumed = _cli("run", "--out", str(out), "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert metrics(out) == metrics(tmp_path / "whole")
