@@ -77,3 +77,12 @@ def test_unknown_key_and_bad_type_in_toml(tmp_path):
 def test_seeds_per_purpose_default_to_the_seed():
     c = Config(seed=3, init_seed=9)
     assert (c.seed_for("partition"), c.seed_for("init"), c.seed_for("sampling")) == (3, 9, 3)
+
+
+def test_every_shipped_experiment_config_is_valid():
+    from pathlib import Path
+
+    files = sorted(Path(__file__).resolve().parents[1].glob("experiments/**/*.toml"))
+    assert files
+    for path in files:
+        Config.from_toml(path)

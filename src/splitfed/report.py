@@ -86,11 +86,13 @@ def plot_run(history: list[dict[str, Any]], algorithms: list[str], out_dir: Path
         recs = [r for r in history if r["algorithm"] == name and r.get(key) is not None]
         return [r["round"] for r in recs], [r[key] for r in recs]
 
+    # Distinct line styles keep algorithms with identical curves (SFL-V1 and FedAvg) both visible.
+    styles = {name: ("-", "--", "-.", ":")[i % 4] for i, name in enumerate(algorithms)}
     paths = []
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in algorithms:
-        axes[0].plot(*series(name, "test_accuracy"), marker=".", label=name)
-        axes[1].plot(*series(name, "train_loss"), marker=".", label=name)
+        axes[0].plot(*series(name, "test_accuracy"), styles[name], marker=".", label=name)
+        axes[1].plot(*series(name, "train_loss"), styles[name], marker=".", label=name)
     axes[0].set(xlabel="round", ylabel="test accuracy", title="Test accuracy of the aggregated model")
     axes[1].set(xlabel="round", ylabel="train loss", title="Training loss", yscale="log")
     for ax in axes:
@@ -106,7 +108,7 @@ def plot_run(history: list[dict[str, Any]], algorithms: list[str], out_dir: Path
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for ax, side in zip(axes, ("client", "server"), strict=True):
             for name in algorithms:
-                ax.plot(*series(name, f"divergence_{side}_relative"), marker=".", label=name)
+                ax.plot(*series(name, f"divergence_{side}_relative"), styles[name], marker=".", label=name)
             ax.set(
                 xlabel="round",
                 ylabel=f"δ_{side[0]} / ‖∇F‖",
