@@ -213,3 +213,24 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
         resumed = _cli("run", "--out", str(out), "--resume")
         assert resumed.returncode == 0, resumed.stderr
         assert metrics(out) == metrics(tmp_path / "whole")
+
+
+def test_resume_refuses_fewer_rounds_and_damaged_checkpoints(tmp_path):
+    cfg = small_config(algorithm=("fedavg",), rounds=2, out=str(tmp_path / "r"))
+    run(cfg)
+    with pytest.raises(SplitfedError, match=r"fewer rounds \(1\) than it was set to \(2\)"):
+        run(cfg.replace(rounds=1, resume=True))
+    (tmp_path / "r" / "checkpoints" / "fedavg.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SplitfedError, match="fedavg.pt is unreadable .*delete it"):
+        run(cfg.replace(resume=True))
+
+
+def test_client_sampling_is_seeded_and_varies_by_round():
+    from splitfed.engine.loop import participants
+
+    cfg = small_config(clients=10, clients_per_round=3)
+    rounds = [participants(cfg, r) for r in range(1, 6)]
+    assert all(len(p) == 3 and p == sorted(set(p)) for p in rounds)
+    assert len({tuple(p) for p in rounds}) > 1
+    assert rounds == [participants(cfg, r) for r in range(1, 6)]
+    assert participants(cfg.replace(clients_per_round=None), 1) == list(range(10))

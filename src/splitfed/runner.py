@@ -20,7 +20,7 @@ from torch import nn
 
 from ._rng import derive_seed, generator
 from .algorithms import ALGORITHMS
-from .config import PARTITION_OPTIONS, Config, dump_toml
+from .config import PARTITION_OPTIONS, Config
 from .data import DATASETS, PARTITIONS, Dataset, class_histogram, format_histogram, make_partition
 from .engine.loop import Setup, load_checkpoint, train
 from .engine.metrics import train_flops_per_sample
@@ -168,6 +168,11 @@ class RunDir:
         ]
         if diffs:
             raise SplitfedError(f"cannot resume {self.path} with a different config: {', '.join(diffs)}")
+        if self.cfg.rounds < saved.rounds:
+            raise SplitfedError(
+                f"cannot resume {self.path} with fewer rounds ({self.cfg.rounds}) "
+                f"than it was set to ({saved.rounds})"
+            )
 
     def checkpoint(self, algorithm: str) -> Path:
         return self.path / "checkpoints" / f"{algorithm}.pt"
@@ -175,10 +180,7 @@ class RunDir:
     def start(self, setup: Setup, histogram: torch.Tensor) -> None:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
-        _write_atomic(
-            self.path / "config.toml",
-            dump_toml({k: v for k, v in self.cfg.to_dict().items() if v is not None}),
-        )
+        _write_atomic(self.path / "config.toml", self.cfg.to_toml())
         with (self.path / "partition.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])

@@ -18,6 +18,7 @@ from .._rng import generator
 from ..algorithms import ALGORITHMS, Algorithm
 from ..config import Config
 from ..data import ClientStreams, Dataset
+from ..errors import SplitfedError
 from .context import Context
 from .link import Link
 from .metrics import SplitModel, divergence
@@ -116,7 +117,15 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged file: say which, and how to go on without it
+        raise SplitfedError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to retrain that algorithm"
+        ) from None
+    if not isinstance(saved, dict) or saved.get("version") != CHECKPOINT_VERSION:
+        raise SplitfedError(f"checkpoint {path} is not a splitfed v{CHECKPOINT_VERSION} checkpoint")
+    return saved
 
 
 def train(
