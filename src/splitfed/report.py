@@ -88,37 +88,40 @@ def plot_run(history: list[dict[str, Any]], algorithms: list[str], out_dir: Path
 
     # Distinct line styles keep algorithms with identical curves (SFL-V1 and FedAvg) both visible.
     styles = {name: ("-", "--", "-.", ":")[i % 4] for i, name in enumerate(algorithms)}
-    paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in algorithms:
-        axes[0].plot(*series(name, "test_accuracy"), styles[name], marker=".", label=name)
-        axes[1].plot(*series(name, "train_loss"), styles[name], marker=".", label=name)
-    axes[0].set(xlabel="round", ylabel="test accuracy", title="Test accuracy of the aggregated model")
-    axes[1].set(xlabel="round", ylabel="train loss", title="Training loss", yscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    paths.append(out_dir / "accuracy.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
 
-    if any("divergence_client" in r for r in history):
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        for ax, side in zip(axes, ("client", "server"), strict=True):
+    def figure(filename: str, panels: list[tuple[str, str, str, str]]) -> Path:
+        """One figure, a panel per (metric key, y label, panel title, y scale), a line per algorithm."""
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5))
+        for ax, (key, ylabel, panel_title, yscale) in zip(axes, panels, strict=True):
             for name in algorithms:
-                ax.plot(*series(name, f"divergence_{side}_relative"), styles[name], marker=".", label=name)
-            ax.set(
-                xlabel="round",
-                ylabel=f"δ_{side[0]} / ‖∇F‖",
-                title=f"{side.title()}-side gradient divergence (relative), at round start",
-            )
+                ax.plot(*series(name, key), styles[name], marker=".", label=name)
+            ax.set(xlabel="round", ylabel=ylabel, title=panel_title, yscale=yscale)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle(title)
         fig.tight_layout()
-        paths.append(out_dir / "divergence.png")
-        fig.savefig(paths[-1], dpi=120)
+        fig.savefig(out_dir / filename, dpi=120)
         plt.close(fig)
+        return out_dir / filename
+
+    paths = [
+        figure(
+            "accuracy.png",
+            [
+                ("test_accuracy", "test accuracy", "Test accuracy of the aggregated model", "linear"),
+                ("train_loss", "train loss", "Training loss", "log"),
+            ],
+        )
+    ]
+    if any("divergence_client" in r for r in history):
+        panels = [
+            (
+                f"divergence_{side}_relative",
+                f"δ_{side[0]} / ‖∇F‖",
+                f"{side.title()}-side gradient divergence (relative), at round start",
+                "linear",
+            )
+            for side in ("client", "server")
+        ]
+        paths.append(figure("divergence.png", panels))
     return paths
