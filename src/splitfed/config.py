@@ -65,6 +65,9 @@ class Config:
     weight_decay: float = _f(0.0, "SGD weight decay")
     client_grad_scale: str = _f("local_mean", "local_mean | global_mean: gradient sent back (spec §2)")
     sflv2_schedule: str = _f("client_sequential", "client_sequential | interleaved (spec §3)")
+    execution: str = _f(
+        "loop", "loop | vmap: how lockstep clients (MiniBatch-SFL) run; see docs/performance.md"
+    )
     # measurement
     divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
@@ -229,10 +232,15 @@ def _validate(c: Config) -> None:
         "batch_alloc": ("equal", "proportional"),
         "client_grad_scale": ("local_mean", "global_mean"),
         "sflv2_schedule": ("client_sequential", "interleaved"),
+        "execution": ("loop", "vmap"),
     }
     for name, allowed in choices.items():
         v = getattr(c, name)
         need(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+    need(
+        c.execution == "loop" or c.batch_alloc == "equal",
+        "execution=vmap batches the clients together and needs equal batches (batch_alloc=equal)",
+    )
     for part, (knob, _) in PARTITION_OPTIONS.items():
         if getattr(c, knob) is not None and c.partition != part:
             raise SplitfedError(f"{knob} applies to partition={part} only (partition is {c.partition})")

@@ -20,20 +20,24 @@ class MiniBatchSFL(Algorithm):
             self.clients.load(i, link.down("global_client_weights", n, self.w_c))
         self.main_server.load(0, self.w_s)
         for _ in range(ctx.tau):
-            smashed, labels = [], []
-            for i, n in enumerate(clients):  # each client: z_n := f_c(x_n; w_{c,n}), sent with y_n
-                x, y = ctx.batch(n)
-                smashed.append(link.up("smashed", n, self.clients.forward(i, x)))
-                labels.append(link.up("labels", n, y))
+            # Each client, in parallel: draw (x_n, y_n); z_n := f_c(x_n; w_{c,n}); send (z_n, y_n).
+            batches = [ctx.batch(n) for n in clients]
+            smashed = self.clients.forward_all([x for x, _ in batches])
+            smashed = [link.up("smashed", n, z) for n, z in zip(clients, smashed, strict=True)]
+            labels = [link.up("labels", n, y) for n, (_, y) in zip(clients, batches, strict=True)]
             # Main server: Z, Y = the giant mini-batch (size B); one step of w_s on its mean loss,
             # and ∂L/∂Z at the same w_s, cut back into each client's slice.
             giant = torch.cat(smashed).requires_grad_()
-            smashed_grad = self.main_server.train_step(0, giant, torch.cat(labels))
-            for i, (n, a) in enumerate(
-                zip(clients, smashed_grad.split([len(y) for y in labels]), strict=True)
-            ):
-                a = a * ctx.grad_scale(len(a), len(giant))
-                self.clients.backward(i, link.down("smashed_grad", n, a))  # client n steps w_{c,n}
+            smashed_grad = self.main_server.train_step(0, giant, torch.cat(labels)).split(
+                [len(y) for y in labels]
+            )
+            # Each client: back-propagate its slice (scaled per client_grad_scale) and step w_{c,n}.
+            self.clients.backward_all(
+                [
+                    link.down("smashed_grad", n, a * ctx.grad_scale(len(a), len(giant)))
+                    for n, a in zip(clients, smashed_grad, strict=True)
+                ]
+            )
         self.w_s = self.main_server.state(0).clone()
         # fed server: w_c^{r+1} := Σ_n p_n w_{c,n}
         uploads = [link.up("client_weights", n, self.clients.state(i)) for i, n in enumerate(clients)]

@@ -38,15 +38,24 @@ class Context:
         """How many clients take part in a round (so how many client-side copies can be live at once)."""
         return self.cfg.clients_per_round or self.num_clients
 
-    def _side(self, module: nn.Module, init: State, copies: int, lr: float | None, location: str) -> Side:
+    def _side(
+        self,
+        module: nn.Module,
+        init: State,
+        copies: int,
+        lr: float | None,
+        location: str,
+        vectorised: bool = False,
+    ) -> Side:
         opt = SGD(lr or self.cfg.lr, self.cfg.momentum, self.cfg.weight_decay)
-        side = Side(module, init, copies, opt, location, self.meter)
+        side = Side(module, init, copies, opt, location, self.meter, vectorised)
         self.sides.append(side)
         return side
 
     def client_side(self, copies: int, location: str = "client") -> Side:
         """Copies of the client-side model, trained with η_c; starts at w_c^0."""
-        return self._side(self.client_module, self.init_c, copies, self.cfg.client_lr, location)
+        vectorised = self.cfg.execution == "vmap"
+        return self._side(self.client_module, self.init_c, copies, self.cfg.client_lr, location, vectorised)
 
     def server_side(self, copies: int, location: str = "main_server") -> Side:
         """Copies of the server-side model, trained with η_s; starts at w_s^0."""

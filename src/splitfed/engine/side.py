@@ -94,9 +94,10 @@ class Layout:
 
     @staticmethod
     def _views(flat: torch.Tensor, entries: list[tuple[str, torch.Size]]) -> list[torch.Tensor]:
+        """Views of the last dimension cut into the entries' shapes ([P] -> shape, [K, P] -> [K, *shape])."""
         views, offset = [], 0
         for _, shape in entries:
-            views.append(flat[offset : offset + shape.numel()].view(shape))
+            views.append(flat[..., offset : offset + shape.numel()].view((*flat.shape[:-1], *shape)))
             offset += shape.numel()
         return views
 
@@ -160,44 +161,65 @@ class Meter:
         return float(self.loss_sum) / self.loss_count if self.loss_count else float("nan")
 
 
+_ALL_COPIES = -1  # the pending-graph key of a vectorised forward over every copy
+
+
 class Side:
     """K copies of one side of the model, trained with one optimizer configuration.
 
-    ``location`` says which role computes on it ("client" or "main_server"), for FLOP accounting.
+    The copies live stacked in one State of [K, P] tensors; copy k is row k. ``location`` says which role
+    computes on it ("client" or "main_server"), for FLOP accounting. ``vectorised`` runs ``forward_all``
+    as one batched computation (``torch.func.vmap``) instead of a loop over the copies.
     """
 
     def __init__(
-        self, module: nn.Module, init: State, copies: int, opt: SGD, location: str, meter: Meter
+        self,
+        module: nn.Module,
+        init: State,
+        copies: int,
+        opt: SGD,
+        location: str,
+        meter: Meter,
+        vectorised: bool = False,
     ) -> None:
         self.module = module
         self.layout = Layout(module)
         self.opt = opt
         self.location = location
         self.meter = meter
-        # Separate allocations per copy: a view of a shared tensor would share its autograd version
-        # counter, and updating copy 0 would then invalidate the pending backward of copy 1.
-        self.copies = [init.clone() for _ in range(copies)]
-        self._views = [self._make_views(s) for s in self.copies]
+        self.vectorised = vectorised
+        self.store = State(
+            *(t.unsqueeze(0).repeat(copies, 1) for t in (init.params, init.buffers, init.momentum))
+        )
+        self.rows = [
+            State(self.store.params[k], self.store.buffers[k], self.store.momentum[k]) for k in range(copies)
+        ]
+        self._views = [self._make_views(r) for r in self.rows]
+        self._stacked = self._make_views(self.store)  # [K, *shape] views, for the vectorised path
         self._pending: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self.samples = 0  # samples trained (forward + backward) since the last reset
         self.steps = 0  # optimizer steps since the last reset
 
     def _make_views(self, s: State) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
-        mom = self.layout.param_views(s.momentum) if s.momentum.numel() else []
+        mom = self.layout.param_views(s.momentum) if s.momentum.shape[-1] else []
         return self.layout.param_views(s.params), self.layout.buffer_dict(s.buffers), mom
 
+    @property
+    def num_copies(self) -> int:
+        return len(self.rows)
+
     def state(self, k: int) -> State:
-        return self.copies[k]
+        return self.rows[k]
 
     def load(self, k: int, state: State) -> None:
-        self.copies[k].copy_(state)
+        self.rows[k].copy_(state)
 
     def _graph_forward(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         params, buffers, _ = self._views[k]
         leaves = [p.detach().requires_grad_() for p in params]
         self.module.train()
         names = self.layout.param_names()
-        updated = self.layout.buffer_copies(self.copies[k].buffers)
+        updated = self.layout.buffer_copies(self.rows[k].buffers)
         out = functional_call(self.module, (dict(zip(names, leaves, strict=True)), updated), (x,))
         if buffers:
             torch._foreach_copy_(list(buffers.values()), list(updated.values()))
@@ -219,6 +241,47 @@ class Side:
         """Back-propagate the gradient of copy k's last output and take one optimizer step."""
         out, leaves = self._pending.pop(k)
         self._step(k, torch.autograd.grad(out, leaves, grad))
+
+    def forward_all(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Copy k's output on xs[k] for every copy, as each client does in parallel; see ``backward_all``."""
+        if self.vectorised and len(xs) == self.num_copies and len({x.shape for x in xs}) == 1:
+            return self._vmap_forward(torch.stack(xs))
+        return [self.forward(k, x) for k, x in enumerate(xs)]
+
+    def backward_all(self, grads: list[torch.Tensor]) -> None:
+        """Back-propagate grads[k] through copy k's pending output, then step every copy."""
+        if _ALL_COPIES in self._pending:
+            out, leaves = self._pending.pop(_ALL_COPIES)
+            self.opt.step(
+                self._stacked[0], torch.autograd.grad(out, leaves, torch.stack(grads)), self._stacked[2]
+            )
+            self.steps += self.num_copies
+            return
+        # Every gradient before any update: the copies share one storage, whose version counter an
+        # update bumps, which would invalidate the other copies' pending graphs.
+        all_grads = []
+        for k, grad in enumerate(grads):
+            out, leaves = self._pending.pop(k)
+            all_grads.append(torch.autograd.grad(out, leaves, grad))
+        for k, g in enumerate(all_grads):
+            self._step(k, g)
+
+    def _vmap_forward(self, xs: torch.Tensor) -> list[torch.Tensor]:
+        params, buffers, _ = self._stacked
+        leaves = [p.detach().requires_grad_() for p in params]
+        updated = {n: b.clone() for n, b in buffers.items()}  # see Layout.buffer_copies
+        names = self.layout.param_names()
+        self.module.train()
+
+        def one_copy(p: list[torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.module, (dict(zip(names, p, strict=True)), b), (x,))
+
+        out = torch.func.vmap(one_copy)(leaves, updated, xs)
+        if buffers:
+            torch._foreach_copy_(list(buffers.values()), list(updated.values()))
+        self.samples += xs.shape[0] * xs.shape[1]
+        self._pending[_ALL_COPIES] = (out, leaves)
+        return list(out.detach().unbind(0))
 
     def train_step(self, k: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """One step of copy k on the mean cross-entropy of (x, y); returns ∂loss/∂x if x requires grad."""
