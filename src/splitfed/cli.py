@@ -118,12 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="train and compare algorithms (default: all six on digits)")
     _add_config_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
+    # `splitfed bench ...` goes to the benchmark's own parser (see main); listed here for --help.
+    sub.add_parser("bench", help="time every algorithm against centralized training (see bench --help)")
     p_list = sub.add_parser("list", help="list algorithms, models, datasets and partitions")
     p_list.set_defaults(func=_cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
     log = logging.getLogger("splitfed")

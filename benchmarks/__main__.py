@@ -1,0 +1,5 @@
+import sys
+
+from splitfed.bench import main
+
+sys.exit(main())
