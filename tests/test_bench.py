@@ -23,6 +23,7 @@ def test_the_benchmark_runs_and_writes_its_json(tmp_path, capsys):
     variants = [r["variant"] for r in result["results"]]
     assert variants == [
         "centralized",
+        "torch",
         "minibatch_sfl",
         "minibatch_sfl[vmap]",
         "sfl_v1",
@@ -34,5 +35,5 @@ def test_the_benchmark_runs_and_writes_its_json(tmp_path, capsys):
     assert central["ratio_to_centralized"] == 1.0
     # every variant processed the same samples per round: the comparison is like for like
     assert {r["samples_per_round"] for r in result["results"]} == {64}
-    assert [r["factor"] for r in result["scaling"]] == [1, 1, 2, 2, 4, 4]
+    assert [r["factor"] for r in result["scaling"]] == [1, 1, 1, 2, 2, 2, 4, 4, 4]
     assert "cpu" in result["machine"] and "x central" in capsys.readouterr().out

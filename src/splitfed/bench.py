@@ -7,6 +7,7 @@ A round of every algorithm processes the same samples, τ·N·b (centralized: τ
 """
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -18,15 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from .algorithms import ALGORITHMS
 from .config import Config
 from .engine.loop import Setup, participants
+from .engine.side import State
 from .runner import prepare
 
 # (label, algorithm, execution); minibatch_sfl runs in both executions so their speeds can be compared.
+# "torch" is centralized training written the usual way (an nn.Module and torch.optim.SGD), to show
+# what the engine's own centralized costs against plain PyTorch.
 VARIANTS = [
     ("centralized", "centralized", "loop"),
+    ("torch", "torch", "loop"),
     ("minibatch_sfl", "minibatch_sfl", "loop"),
     ("minibatch_sfl[vmap]", "minibatch_sfl", "vmap"),
     ("sfl_v1", "sfl_v1", "loop"),
@@ -68,6 +74,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class PlainTorch:
+    """Centralized SGD without the engine: the model's own modules and torch.optim.SGD, same batches."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.model = copy.deepcopy(setup.model).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=setup.cfg.lr)
+        self.ctx = setup.context()
+        self.w_c = self.w_s = State(torch.zeros(0), torch.zeros(0), torch.zeros(0))
+
+    def run_round(self, rnd: int, clients: list[int]) -> None:
+        for _ in range(self.ctx.tau * len(clients)):
+            x, y = self.ctx.union_batch()
+            self.opt.zero_grad(set_to_none=True)
+            F.cross_entropy(self.model(x), y).backward()
+            self.opt.step()
+
+
 def bench_scenario(setup: Setup, repeats: int, variants: list[tuple[str, str, str]]) -> list[dict[str, Any]]:
     """Time one round of each variant ``repeats`` times (after one warm-up round), interleaved."""
     cfg = setup.cfg
@@ -75,7 +98,7 @@ def bench_scenario(setup: Setup, repeats: int, variants: list[tuple[str, str, st
     algos = {}
     for label, name, execution in variants:
         variant_setup = dataclasses.replace(setup, cfg=cfg.replace(execution=execution))
-        algos[label] = ALGORITHMS.get(name)(variant_setup.context())
+        algos[label] = PlainTorch(setup) if name == "torch" else ALGORITHMS.get(name)(variant_setup.context())
     times: dict[str, list[float]] = {label: [] for label in algos}
     peak: dict[str, int] = {}
     labels = list(algos)
@@ -98,6 +121,9 @@ def bench_scenario(setup: Setup, repeats: int, variants: list[tuple[str, str, st
         algo = algos[label]
         samples = sum(s.samples for s in algo.ctx.sides if s.module is setup.server_module) // (repeats + 1)
         state_bytes = sum(s.store.nbytes for s in algo.ctx.sides) + algo.w_c.nbytes + algo.w_s.nbytes
+        if isinstance(algo, PlainTorch):
+            samples = cfg.local_iters * len(participants(cfg, 1)) * cfg.batch_size
+            state_bytes = sum(p.numel() * p.element_size() for p in algo.model.parameters())
         ratios = [t / c for t, c in zip(times[label], times["centralized"], strict=True)]
         median = statistics.median(times[label])
         rows.append(
@@ -208,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for factor in (1, 2, 4):
         scaled = argparse.Namespace(**{**vars(args), "samples": args.samples * factor})
         setup = prepare(scenario_config(first_model, base_clients, scaled))
-        scaling += [{**r, "factor": factor} for r in bench_scenario(setup, args.repeats, VARIANTS[:2])]
+        scaling += [{**r, "factor": factor} for r in bench_scenario(setup, args.repeats, VARIANTS[:3])]
     print("\nTime per round against samples per round (linear if the time per 1k samples stays flat):")
     for r in scaling:
         per_k = 1000 * r["round_s"] / r["samples_per_round"]
