@@ -95,6 +95,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    sweep(args.grid, args.out, args.workers)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .sweep_report import report
+
+    path = report(args.sweep_dir)
+    logging.getLogger("splitfed").info(f"wrote {path} and its figures")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .algorithms import ALGORITHMS
     from .data import DATASETS, PARTITIONS
@@ -118,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", help="train and compare algorithms (default: all six on digits)")
     _add_config_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
+    p_sweep = sub.add_parser(
+        "sweep", help="run the cross product of config fields in a grid file (resumable)"
+    )
+    p_sweep.add_argument("grid", help="TOML: a base config plus [[grid]] tables of value lists")
+    p_sweep.add_argument("--out", help="sweep directory (default: runs/<grid file name>)")
+    p_sweep.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
+    p_sweep.set_defaults(func=_cmd_sweep)
+    p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
+    p_report.add_argument("sweep_dir")
+    p_report.set_defaults(func=_cmd_report)
     # `splitfed bench ...` goes to the benchmark's own parser (see main); listed here for --help.
     sub.add_parser("bench", help="time every algorithm against centralized training (see bench --help)")
     p_list = sub.add_parser("list", help="list algorithms, models, datasets and partitions")

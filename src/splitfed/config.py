@@ -79,6 +79,9 @@ class Config:
     init_seed: int | None = _f(None, "seed of the initial model alone; default: seed")
     sampling_seed: int | None = _f(None, "seed of batches, client order and augmentation; default: seed")
     device: str = _f("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    threads: int | None = _f(
+        None, "CPU threads for torch; default: torch's. Results repeat bit for bit at equal threads"
+    )
     out: str | None = _f(None, "run directory; default: runs/<date>-<time>")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
@@ -206,7 +209,7 @@ def _validate(c: Config) -> None:
 
     for name in ("clients", "batch_size", "rounds", "local_epochs", "divergence_samples"):
         need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
-    for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples"):
+    for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
         v = getattr(c, name)
         need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
     for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha"):

@@ -75,6 +75,9 @@ def prepare(cfg: Config) -> Setup:
     model_name = cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4")
     MODELS.get(model_name)
     device = resolve_device(cfg.device)
+    # CPU kernels sum in an order that depends on the thread count: it is part of what a run repeats.
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
 
     # The initial model: its own seed, and the global RNG left as it was.
@@ -92,7 +95,11 @@ def prepare(cfg: Config) -> Setup:
             f"model {model_name} cannot take {cfg.dataset} inputs {list(data.in_shape)}: {first}"
         )
 
-    changes: dict[str, Any] = {"model": model_name, "cut_layer": cut_layer}
+    changes: dict[str, Any] = {
+        "model": model_name,
+        "cut_layer": cut_layer,
+        "threads": torch.get_num_threads(),
+    }
     knob = PARTITION_OPTIONS.get(cfg.partition)
     if knob is not None and getattr(cfg, knob[0]) is None:
         changes[knob[0]] = knob[1]
@@ -241,6 +248,14 @@ def _clock(seconds: float) -> str:
 
 def run(config: Config) -> RunResult:
     """Run every algorithm of ``config`` on one shared setup; see the module docstring for outputs."""
+    if (
+        config.resume
+        and config.threads is None
+        and config.out
+        and (Path(config.out) / "config.toml").is_file()
+    ):
+        # continue with the thread count the run started with, so that it repeats bit for bit
+        config = config.replace(threads=Config.from_toml(Path(config.out) / "config.toml").threads)
     setup = prepare(config)
     cfg = setup.cfg
     run_dir = RunDir(cfg)

@@ -1,0 +1,117 @@
+"""splitfed sweep and report on a tiny grid: expansion, resuming an interrupted sweep, the report."""
+
+import csv
+import json
+import os
+import shutil
+
+import pytest
+
+from splitfed import SplitfedError, run
+from splitfed.cli import main
+from splitfed.sweep import expand
+
+GRID = """
+dataset = "synthetic"
+synthetic_shape = [1, 8, 8]
+synthetic_samples = 200
+model = "digits_cnn"
+cut_layer = 2
+clients = 2
+rounds = 4
+local_iters = 2
+batch_size = 8
+divergence_every = 2
+divergence_samples = 20
+device = "cpu"
+
+[[grid]]
+algorithm = ["minibatch_sfl", "sfl_v2", "fedavg"]
+non_iid_ratio = [0.0, 1.0]
+seed = [0, 1]
+
+[[grid]]
+algorithm = ["minibatch_sfl"]
+cut_layer = [1, 2]
+non_iid_ratio = [0.0, 1.0]
+seed = [0, 1]
+
+[[grid]]
+algorithm = ["centralized"]
+non_iid_ratio = [0.0]
+seed = [0, 1]
+"""
+
+
+def _without_times(text: str) -> list[dict]:
+    return [
+        {k: v for k, v in json.loads(line).items() if not k.endswith("_time_s")} for line in text.splitlines()
+    ]
+
+
+def test_grid_expansion_names_and_deduplicates_points(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID)
+    points = expand(grid, tmp_path / "s")
+    # 3 algorithms x 2 ratios x 2 seeds, + MiniBatch-SFL's cut 1 (cut 2 is already there), + centralized
+    assert len(points) == 12 + 4 + 2
+    names = {p.name for p in points}
+    assert "algorithm=minibatch_sfl__non_iid_ratio=1.0__seed=0__cut_layer=1" in names
+    assert all(p.config.out == str(tmp_path / "s" / p.name) for p in points)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rounds = 2\n", "no \\[\\[grid\\]\\] table"),
+        ("[[grid]]\nroundz = [1]\n", "'roundz' is not a config field"),
+        ("[[grid]]\nrounds = 3\n", "rounds must be a non-empty list"),
+        ("[[grid]]\nrounds = [0]\n", "rounds must be a positive integer"),
+        ("out = 'x'\n[[grid]]\nseed = [1]\n", "out is set by the sweep"),
+    ],
+)
+def test_bad_grids_are_refused(tmp_path, text, message):
+    grid = tmp_path / "g.toml"
+    grid.write_text(text)
+    with pytest.raises(SplitfedError, match=message):
+        expand(grid, tmp_path / "s")
+
+
+def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys):
+    grid = tmp_path / "tiny.toml"
+    grid.write_text(GRID)
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(grid), "--out", str(out), "--workers", "2"]) == 0
+    rows = list(csv.DictReader((out / "index.csv").open()))
+    assert len(rows) == 18 and {r["status"] for r in rows} == {"done"}
+    finished = {r["run"]: (out / r["run"] / "metrics.jsonl").read_text() for r in rows}
+
+    # One run interrupted after 2 of its 4 rounds, one never started: the sweep finishes both.
+    victim, fresh = rows[0]["run"], rows[1]["run"]
+    victim_config = next(p.config for p in expand(grid, out) if p.name == victim)
+    shutil.rmtree(out / victim)
+    shutil.rmtree(out / fresh)
+    run(victim_config.replace(rounds=2, threads=max(1, (os.cpu_count() or 1) // 2)))  # as a worker of 2
+    (out / victim / "summary.csv").unlink()  # as a kill before the end leaves it
+    capsys.readouterr()
+    assert main(["sweep", str(grid), "--out", str(out), "--workers", "2"]) == 0
+    log = capsys.readouterr().out
+    assert "16 already done" in log and "ETA" in log
+    rows = list(csv.DictReader((out / "index.csv").open()))
+    assert {r["status"] for r in rows} == {"done"} and {r["rounds_done"] for r in rows} == {"4"}
+    for name, text in finished.items():  # the re-run points match their first run exactly
+        assert _without_times((out / name / "metrics.jsonl").read_text()) == _without_times(text), name
+
+    assert main(["report", str(out)]) == 0
+    report = (out / "report" / "report.md").read_text()
+    assert "over SFL-V2" in report and "| 1.0 |" in report and "δ_c per parameter" in report
+    for figure in ("accuracy_vs_round", "accuracy_vs_noniid", "cut_layer", "divergence_vs_noniid"):
+        assert (out / "report" / f"{figure}_synthetic_digits_cnn_N2.png").stat().st_size > 10_000, figure
+    agg = list(csv.DictReader((out / "report" / "aggregate.csv").open()))
+    assert {a["algorithm"] for a in agg} == {"minibatch_sfl", "sfl_v2", "fedavg", "centralized"}
+    assert all(a["seeds"] == "2" for a in agg)
+
+
+def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no runs in" in capsys.readouterr().err
