@@ -65,6 +65,7 @@ class Config:
     weight_decay: float = _f(0.0, "SGD weight decay")
     client_grad_scale: str = _f("local_mean", "local_mean | global_mean: gradient sent back (spec §2)")
     sflv2_schedule: str = _f("client_sequential", "client_sequential | interleaved (spec §3)")
+    wire_dtype: str = _f("float32", "float32 | float16 | bfloat16: smashed data and gradients as sent")
     execution: str = _f(
         "loop", "loop | vmap: how lockstep clients (MiniBatch-SFL) run; see docs/performance.md"
     )
@@ -236,6 +237,7 @@ def _validate(c: Config) -> None:
         "client_grad_scale": ("local_mean", "global_mean"),
         "sflv2_schedule": ("client_sequential", "interleaved"),
         "execution": ("loop", "vmap"),
+        "wire_dtype": ("float32", "float16", "bfloat16"),
     }
     for name, allowed in choices.items():
         v = getattr(c, name)

@@ -44,3 +44,15 @@ def test_streams_differ_per_client_and_seed():
         ClientStreams(data, idx, 0).next_indices(0, 10).tolist()
         != ClientStreams(data, idx, 1).next_indices(0, 10).tolist()
     )
+
+
+def test_skip_to_lands_where_drawing_would():
+    data = tiny_dataset()
+    idx = [torch.arange(0, 7)]
+    a = ClientStreams(data, idx, seed=2)
+    for _ in range(5):
+        a.next_indices(0, 3)  # 15 samples: two epochs of 7 and one sample
+    b = ClientStreams(data, idx, seed=2)
+    b.skip_to(0, 15)
+    assert b.state_dict() == a.state_dict()
+    assert b.next_indices(0, 6).tolist() == a.next_indices(0, 6).tolist()

@@ -1,10 +1,28 @@
 """MiniBatch-SFL (spec §2): clients train the client side FL-style; the main server trains ONE server-side
 model on all clients' smashed data of an iteration as one giant mini-batch, one step per iteration."""
 
+from collections.abc import Callable
+
 import torch
 
-from ..engine.side import weighted_average
+from ..engine.side import Side, weighted_average
 from .base import ALGORITHMS, Algorithm
+
+
+def main_server_step(
+    server: Side,
+    smashed: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    grad_scale: Callable[[int, int], float],
+) -> list[torch.Tensor]:
+    """The main server's iteration, shared by the simulation and the networked main server.
+
+    Z, Y = the giant mini-batch (size B, clients in the order given); ONE step of w_s on its mean loss;
+    ∂L/∂Z at the same w_s, cut back into each client's slice and scaled per ``client_grad_scale``.
+    """
+    giant = torch.cat(smashed).requires_grad_()
+    grad = server.train_step(0, giant, torch.cat(labels))
+    return [a * grad_scale(len(a), len(giant)) for a in grad.split([len(y) for y in labels])]
 
 
 @ALGORITHMS.register("minibatch_sfl")
@@ -25,18 +43,11 @@ class MiniBatchSFL(Algorithm):
             smashed = self.clients.forward_all([x for x, _ in batches])
             smashed = [link.up("smashed", n, z) for n, z in zip(clients, smashed, strict=True)]
             labels = [link.up("labels", n, y) for n, (_, y) in zip(clients, batches, strict=True)]
-            # Main server: Z, Y = the giant mini-batch (size B); one step of w_s on its mean loss,
-            # and ∂L/∂Z at the same w_s, cut back into each client's slice.
-            giant = torch.cat(smashed).requires_grad_()
-            smashed_grad = self.main_server.train_step(0, giant, torch.cat(labels)).split(
-                [len(y) for y in labels]
-            )
+            # Main server: one step of the one w_s on the giant mini-batch; each client's slice of ∂L/∂Z.
+            smashed_grad = main_server_step(self.main_server, smashed, labels, ctx.grad_scale)
             # Each client: back-propagate its slice (scaled per client_grad_scale) and step w_{c,n}.
             self.clients.backward_all(
-                [
-                    link.down("smashed_grad", n, a * ctx.grad_scale(len(a), len(giant)))
-                    for n, a in zip(clients, smashed_grad, strict=True)
-                ]
+                [link.down("smashed_grad", n, a) for n, a in zip(clients, smashed_grad, strict=True)]
             )
         self.w_s = self.main_server.state(0).clone()
         # fed server: w_c^{r+1} := Σ_n p_n w_{c,n}

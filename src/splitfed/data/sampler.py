@@ -52,6 +52,10 @@ class ClientStreams:
             x = self.data.augment(x, generator(self.seed, "augment", s, *key))
         return x, y
 
+    def skip_to(self, s: int, consumed: int) -> None:
+        """Put stream s where it is after ``consumed`` samples (a client re-entering a round)."""
+        self.epoch[s], self.pos[s] = divmod(consumed, len(self.indices[s]))
+
     def state_dict(self) -> dict[str, list[int]]:
         return {"epoch": list(self.epoch), "pos": list(self.pos)}
 

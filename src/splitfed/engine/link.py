@@ -1,9 +1,10 @@
-"""The message path between roles. In simulation it delivers payloads unchanged and counts their bytes.
+"""The message path between roles. In simulation it delivers payloads and counts their bytes.
 
 Every message an algorithm sends goes through ``up`` (client -> server) or ``down`` (server -> client),
 named as in the spec: ``smashed``, ``labels``, ``client_weights`` up; ``smashed_grad``,
-``global_client_weights`` down. Byte accounting (and later compression) lives here once, not in every
-algorithm.
+``global_client_weights`` down. Byte accounting and compression live here once, not in every algorithm.
+Compression (``wire_dtype`` float16 or bfloat16) rounds smashed data and their gradients to that type as
+the networked roles do when they send them, so a simulation and a deployment compute the same numbers.
 """
 
 from typing import TypeVar
@@ -13,6 +14,8 @@ import torch
 from .side import State
 
 Payload = TypeVar("Payload", torch.Tensor, State)
+WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+COMPRESSED = ("smashed", "smashed_grad")  # the per-iteration traffic; weights travel in full precision
 
 
 def nbytes(payload: torch.Tensor | State) -> int:
@@ -21,9 +24,17 @@ def nbytes(payload: torch.Tensor | State) -> int:
     return payload.numel() * payload.element_size()
 
 
+def to_wire(kind: str, payload: torch.Tensor, wire_dtype: torch.dtype) -> torch.Tensor:
+    """The payload as it travels: compressed kinds in ``wire_dtype``, everything else as it is."""
+    if kind in COMPRESSED and payload.is_floating_point():
+        return payload.to(wire_dtype)
+    return payload
+
+
 class Link:
-    def __init__(self, num_clients: int) -> None:
+    def __init__(self, num_clients: int, wire_dtype: str = "float32") -> None:
         self.num_clients = num_clients
+        self.wire_dtype = WIRE_DTYPES[wire_dtype]
         self.reset()
 
     def reset(self) -> None:
@@ -31,19 +42,25 @@ class Link:
         self.received = [0] * self.num_clients
         self.by_kind: dict[str, int] = {}
 
-    def _count(self, kind: str, size: int) -> None:
+    def _deliver(self, kind: str, payload: Payload) -> tuple[Payload, int]:
+        if isinstance(payload, torch.Tensor):
+            wire = to_wire(kind, payload, self.wire_dtype)
+            size = nbytes(wire)
+            if wire.dtype != payload.dtype:
+                payload = wire.to(payload.dtype)
+        else:
+            size = nbytes(payload)
         self.by_kind[kind] = self.by_kind.get(kind, 0) + size
+        return payload, size
 
     def up(self, kind: str, client: int, payload: Payload) -> Payload:
         """Client ``client`` sends ``payload`` to a server."""
-        size = nbytes(payload)
+        payload, size = self._deliver(kind, payload)
         self.sent[client] += size
-        self._count(kind, size)
         return payload
 
     def down(self, kind: str, client: int, payload: Payload) -> Payload:
         """A server sends ``payload`` to client ``client``."""
-        size = nbytes(payload)
+        payload, size = self._deliver(kind, payload)
         self.received[client] += size
-        self._count(kind, size)
         return payload

@@ -81,7 +81,7 @@ class Setup:
             self.tau(),
             self.batch_sizes(),
             self.data_sizes,
-            Link(len(self.parts)),
+            Link(len(self.parts), self.cfg.wire_dtype),
         )
 
 
