@@ -95,6 +95,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_role(args: argparse.Namespace) -> int:
+    from .services import start_role
+
+    start_role(args.role, args.config, getattr(args, "id", None))
+    return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from .services import _generated
+    from .services.launch import launch
+
+    _generated()
+    given = {k for k in vars(args) if k in FIELDS}
+    config = config_from_args(args)
+    if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
+        config = config.replace(algorithm=("minibatch_sfl",))  # a deployment runs one algorithm
+    launch(config, args.workdir)
+    return 0
+
+
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
@@ -143,6 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
     p_report.add_argument("sweep_dir")
     p_report.set_defaults(func=_cmd_report)
+    for role, text in (
+        ("main-server", "the main server"),
+        ("fed-server", "the fed server"),
+        ("client", "one client"),
+    ):
+        p_role = sub.add_parser(role, help=f"run {text} of a deployment (see docs/deploy.md)")
+        p_role.add_argument(
+            "--config", required=True, help="deployment file: config fields and a [deploy] table"
+        )
+        if role == "client":
+            p_role.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
+        p_role.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
+    p_launch = sub.add_parser("launch", help="a whole deployment on loopback: servers and N clients, TLS")
+    _add_config_flags(p_launch)
+    p_launch.add_argument(
+        "--workdir", help="where certificates, tokens, state and logs go (default: a temp dir)"
+    )
+    p_launch.set_defaults(func=_cmd_launch)
     # `splitfed bench ...` goes to the benchmark's own parser (see main); listed here for --help.
     sub.add_parser("bench", help="time every algorithm against centralized training (see bench --help)")
     p_list = sub.add_parser("list", help="list algorithms, models, datasets and partitions")

@@ -1,0 +1,87 @@
+"""Where the roles run and how they talk: the ``[deploy]`` table of a deployment's config file.
+
+One TOML file serves every role: the experiment's config fields at top level (the same as ``splitfed
+run``) and a ``[deploy]`` table; relative paths are relative to the file. See docs/deploy.md.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, coerce, dump_toml, read_toml
+from ..errors import SplitfedError
+
+
+@dataclass(frozen=True)
+class Deployment:
+    main_server: str = "localhost:50051"  # host:port the main server listens on and clients dial
+    fed_server: str = "localhost:50052"  # host:port of the fed server
+    ca: str = "certs/ca.pem"  # CA certificate every party trusts
+    cert: str = "certs/server.pem"  # the servers' certificate (servers only)
+    key: str = "certs/server.key"  # its private key (servers only)
+    tokens: str = "certs/tokens.toml"  # token digests per identity (servers only)
+    token: str = ""  # this party's own token file (default: certs/<identity>.token)
+    state_dir: str = "state"  # where each server checkpoints every round
+    straggler_policy: str = "wait"  # wait: wait for every client; drop: go on without late ones
+    iteration_timeout_s: float = 30.0  # main server, policy drop: how long an iteration waits
+    round_timeout_s: float = 120.0  # fed server, policy drop: how long a round's uploads are awaited
+    retry_s: float = 120.0  # how long a party keeps retrying an unreachable server
+    max_frame_mb: float = 4.0  # the largest gRPC message accepted
+
+    def __post_init__(self) -> None:
+        if self.straggler_policy not in ("wait", "drop"):
+            raise SplitfedError(f"straggler_policy must be wait or drop, got {self.straggler_policy!r}")
+        for name in ("iteration_timeout_s", "round_timeout_s", "retry_s", "max_frame_mb"):
+            if not getattr(self, name) > 0:
+                raise SplitfedError(f"deploy.{name} must be positive, got {getattr(self, name)}")
+
+    def token_file(self, identity: str) -> str:
+        return self.token or str(Path(self.ca).parent / f"{identity.replace(':', '_')}.token")
+
+
+PATH_FIELDS = ("ca", "cert", "key", "tokens", "token", "state_dir")
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Config, Deployment]:
+    """The experiment Config and the Deployment of a deployment config file."""
+    raw = read_toml(path)
+    table = raw.pop("deploy", {})
+    if not isinstance(table, dict):
+        raise SplitfedError(f"[deploy] in {path} must be a table")
+    fields = {f.name: f for f in dataclasses.fields(Deployment)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise SplitfedError(f"unknown key {key!r} in [deploy] of {path}; valid keys: {', '.join(fields)}")
+        values[key] = coerce(fields[key], value, f"deploy.{key} in {path}")
+    base = Path(path).parent
+    for key in PATH_FIELDS:
+        if values.get(key):
+            values[key] = str(base / values[key])
+        elif key != "token":
+            values[key] = str(base / fields[key].default)
+    config = Config.from_dict(raw, source=str(path))
+    if overrides:
+        config = config.replace(**overrides)
+    if config.out is None:  # the fed server's run directory: fixed, so that a restart finds it
+        config = config.replace(out=str(base / "run"))
+    if len(config.algorithm) != 1 or config.algorithm[0] not in NETWORKED:
+        raise SplitfedError(
+            f"a deployment runs one algorithm of {', '.join(NETWORKED)}; "
+            f"the config names {', '.join(config.algorithm)}"
+        )
+    if config.clients_per_round is not None:
+        raise SplitfedError("a deployment trains every client every round: remove clients_per_round")
+    return config, Deployment(**values)
+
+
+NETWORKED = ("minibatch_sfl", "sfl_v2", "fedavg")
+
+
+def write_config(path: str | Path, config: Config, deploy: Deployment) -> Path:
+    """A deployment config file for ``config`` and ``deploy`` (paths written as given)."""
+    values = {k: v for k, v in config.to_dict().items() if v is not None and k != "resume"}
+    text = dump_toml(values) + "\n[deploy]\n" + dump_toml(dataclasses.asdict(deploy))
+    Path(path).write_text(text)
+    return Path(path)

@@ -1,0 +1,266 @@
+"""``splitfed main-server``: the main server as a network service.
+
+It trains the server-side model on the clients' smashed data exactly as the simulation does (the same
+``main_server_step`` and ``Side``): MiniBatch-SFL takes ONE step on the giant mini-batch of all clients'
+smashed data per iteration, behind a barrier; SFL-V2 takes one step per client batch, in the order the
+simulation draws. A round is a sequence of slots, each a set of (client, iteration) requests processed
+together: every client at one iteration (MiniBatch-SFL), or one client at a time (SFL-V2).
+
+Requests are checked before they touch state (token, identity, tensors, round and iteration). A retry of
+an answered request gets the same answer; a request behind the server is refused (FAILED_PRECONDITION:
+the round went on without that client); a request ahead of it, as after a restart of this server, is
+told to restart the server's round (ABORTED "restart round R"). With straggler_policy "drop", a slot whose
+clients do not all arrive within iteration_timeout_s goes ahead with those present; the others are out
+of that round and rejoin the next. The state is checkpointed at every round end.
+"""
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from ..algorithms.minibatch_sfl import main_server_step
+from ..engine.loop import Setup, load_checkpoint, save_checkpoint
+from ..engine.side import State
+from . import splitfed_pb2 as pb
+from . import splitfed_pb2_grpc as pb_grpc
+from ._common import ProtocolError, Shapes, abort, on_wire, serve, state_tensors
+from .deploy import Deployment
+from .security import Tokens, client_identity
+from .wire import WireError, decode, encode, header
+
+log = logging.getLogger("splitfed")
+FAILED, AHEAD = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED
+
+
+class MainServer(pb_grpc.MainServerServicer):
+    def __init__(self, setup: Setup, deploy: Deployment) -> None:
+        self.setup, self.deploy, self.cfg = setup, deploy, setup.cfg
+        self.ctx = setup.context()
+        self.server = self.ctx.server_side(copies=1)  # the one w_s
+        self.shapes = Shapes(setup)
+        self.tokens = Tokens.load(deploy.tokens)
+        self.clients = list(range(self.cfg.clients))
+        self.giant_batch = self.cfg.algorithm[0] == "minibatch_sfl"
+        self.state_file = Path(deploy.state_dir) / "main_server.pt"
+        self.cv = threading.Condition()
+        self.round = 1
+        self.w_s = setup.init_s.clone()  # w_s at the start of the current round
+        self.last: dict[
+            int, tuple[tuple[int, int], torch.Tensor]
+        ] = {}  # client -> (round, iteration), answer
+        self.snapshots: dict[
+            int, tuple[State, dict[str, float], list[int]]
+        ] = {}  # round -> w_s, info, dropped
+        self.wire_bytes: dict[int, dict[int, list[int]]] = {}  # round -> client -> [in, out]
+        self.finished = threading.Event()
+        if self.state_file.exists():
+            self._restore()
+        self._start_round()
+
+    # --- rounds and slots ---------------------------------------------------------------------------
+    def _start_round(self) -> None:
+        tau, r = self.ctx.tau, self.round
+        if self.giant_batch:
+            self.slots = [[(n, t) for n in self.clients] for t in range(1, tau + 1)]
+        elif self.cfg.sflv2_schedule == "interleaved":
+            self.slots = [[(n, t)] for t in range(1, tau + 1) for n in self.ctx.order(self.clients, r, t - 1)]
+        else:
+            self.slots = [[(n, t)] for n in self.ctx.order(self.clients, r) for t in range(1, tau + 1)]
+        self.slot_of = {req: k for k, slot in enumerate(self.slots) for req in slot}
+        self.pos = 0
+        self.arrived: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.dropped: set[int] = set()
+        self.done_iters = dict.fromkeys(self.clients, 0)
+        self.clock: float | None = None  # when someone started waiting on the current slot
+        self.ctx.meter.reset()
+        self.samples = 0
+        self.server.load(0, self.w_s)
+
+    def _end_round(self) -> None:
+        r = self.round
+        w_s = self.server.state(0).clone()
+        info = {"train_loss": self.ctx.meter.train_loss, "samples": float(self.samples)}
+        self.snapshots = {k: v for k, v in self.snapshots.items() if k >= r - 1}
+        self.snapshots[r] = (w_s, info, sorted(self.dropped))
+        self.w_s = w_s
+        save_checkpoint(
+            self.state_file,
+            {
+                "version": 1,
+                "round": r,
+                "w_s": w_s.to_dict(),
+                "info": info,
+                "dropped": sorted(self.dropped),
+                "last": {n: (key[0], key[1], grad) for n, (key, grad) in self.last.items()},
+            },
+        )
+        log.info(f"main server: round {r} done, train loss {info['train_loss']:.4f}")
+        self.round += 1
+        self._start_round()
+
+    def _restore(self) -> None:
+        saved = load_checkpoint(self.state_file)
+        device = self.setup.init_s.params.device
+        self.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
+        self.round = saved["round"] + 1
+        self.snapshots[saved["round"]] = (self.w_s, saved["info"], saved["dropped"])
+        self.last = {int(n): ((r, t), grad.to(device)) for n, (r, t, grad) in saved["last"].items()}
+        log.info(f"main server: resumed after round {saved['round']} from {self.state_file}")
+
+    def _process(self, members: list[tuple[int, int]]) -> None:
+        """Train on the slot's requests present; answer each; move to the next slot."""
+        batch = [self.arrived.pop(req) for req in members]
+        if members:
+            if self.giant_batch:
+                grads = main_server_step(
+                    self.server, [z for z, _ in batch], [y for _, y in batch], self.ctx.grad_scale
+                )
+            else:
+                z, y = batch[0]
+                grads = [self.server.train_step(0, z.requires_grad_(), y)]
+            for (n, t), grad in zip(members, grads, strict=True):
+                self.last[n] = ((self.round, t), grad.detach())
+                self.done_iters[n] += 1
+                self.samples += len(grad)
+        self.pos += 1
+        self.clock = time.monotonic() if self.arrived else None
+        if self.pos == len(self.slots):
+            self._end_round()
+        self.cv.notify_all()
+
+    def _advance(self) -> None:
+        """Process the current slot if all of it is here, or (policy drop) if its time is up."""
+        while self.pos < len(self.slots):
+            members = [req for req in self.slots[self.pos] if req[0] not in self.dropped]
+            present = [req for req in members if req in self.arrived]
+            if len(present) == len(members):
+                self._process(present)
+                continue
+            late = self.clock is not None and time.monotonic() - self.clock > self.deploy.iteration_timeout_s
+            if self.deploy.straggler_policy == "drop" and late:
+                missing = {n for n, t in members if (n, t) not in self.arrived}
+                log.info(f"main server: round {self.round} goes on without clients {sorted(missing)} (late)")
+                self.dropped |= missing
+                self._process(present)
+                continue
+            return
+
+    def submit(
+        self, n: int, r: int, t: int, smashed: torch.Tensor, labels: torch.Tensor, context: Any
+    ) -> torch.Tensor:
+        """Client n's smashed data for (r, t): wait for its slot to be processed; its smashed_grad."""
+        with self.cv:
+            last = self.last.get(n)
+            if last is not None and last[0] == (r, t):
+                return last[1]  # a retry of an answered request: the same answer
+            passed = r == self.round and (n, t) in self.slot_of and self.slot_of[(n, t)] < self.pos
+            if r < self.round or passed:
+                raise ProtocolError(FAILED, f"round {r} iteration {t} went on without client {n}")
+            if r > self.round or t != self.done_iters[n] + 1:
+                raise ProtocolError(AHEAD, f"restart round {self.round}")
+            if n in self.dropped:
+                raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
+            if (n, t) not in self.slot_of:
+                raise ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside 1..{self.ctx.tau}"
+                )
+            self.arrived[(n, t)] = (smashed, labels)
+            self.clock = self.clock or time.monotonic()
+            while True:
+                self._advance()
+                last = self.last.get(n)
+                if last is not None and last[0] == (r, t):
+                    return last[1]
+                if n in self.dropped or self.round > r:
+                    raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
+                if not context.is_active():
+                    self.arrived.pop((n, t), None)  # the caller gave up; it will send again
+                    raise ProtocolError(grpc.StatusCode.CANCELLED, "the caller went away")
+                self.cv.wait(timeout=0.5)
+
+    # --- RPCs -------------------------------------------------------------------------------------------
+    def Step(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+        identity = self.tokens.identify(context)
+        received = [0]
+
+        def counted(it: Any) -> Any:
+            for frame in it:
+                received[0] += frame.ByteSize()
+                yield frame
+
+        try:
+            head, tensors = decode(
+                counted(request_iterator), self.shapes.smashed_message(self.deploy.max_frame_mb)
+            )
+            n = head.client
+            if identity != client_identity(n):
+                raise ProtocolError(
+                    grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not speak for client {n}"
+                )
+            if not 0 <= n < self.cfg.clients:
+                raise WireError(f"client {n} is not among the {self.cfg.clients} clients")
+            self.shapes.check_batch(n, tensors["smashed"], tensors["labels"])
+            smashed = tensors["smashed"].float().to(self.setup.init_s.params.device)
+            labels = tensors["labels"].to(smashed.device)
+            grad = self.submit(n, head.round, head.iteration, smashed, labels, context)
+        except (WireError, ProtocolError) as e:
+            abort(context, e)
+        reply = list(
+            encode(
+                header(client=n, round=head.round, iteration=head.iteration, status="ok"),
+                {"smashed_grad": on_wire(grad, self.cfg.wire_dtype)},
+            )
+        )
+        with self.cv:
+            counts = self.wire_bytes.setdefault(head.round, {}).setdefault(n, [0, 0])
+            counts[0] += received[0]
+            counts[1] += sum(f.ByteSize() for f in reply)
+        return iter(reply)
+
+    def ServerWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
+        identity = self.tokens.identify(context)
+        if identity != "fed_server":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not read the server-side model")
+        r = request.round
+        with self.cv:
+            while r not in self.snapshots:
+                if r < self.round - 1 or r > self.cfg.rounds:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"no server-side model kept for round {r}")
+                if not context.is_active():
+                    return iter(())
+                self.cv.wait(timeout=0.5)
+            w_s, info, dropped = self.snapshots[r]
+            info = dict(info)
+            for n, (b_in, b_out) in self.wire_bytes.get(r, {}).items():
+                info[f"in:{n}"], info[f"out:{n}"] = b_in, b_out
+        if r == self.cfg.rounds:
+            self.finished.set()
+        return encode(
+            header(client=-1, round=r, status="ok", info=info, dropped=dropped), state_tensors("server", w_s)
+        )
+
+
+def run_main_server(setup: Setup, deploy: Deployment) -> None:
+    """Serve until the fed server has taken the final round's server-side model (or SIGTERM)."""
+    Path(deploy.state_dir).mkdir(parents=True, exist_ok=True)
+    service = MainServer(setup, deploy)
+    server = serve(
+        deploy,
+        deploy.main_server,
+        setup.cfg.clients + 8,
+        lambda s: pb_grpc.add_MainServerServicer_to_server(service, s),
+    )
+    log.info(
+        f"main server: listening on {deploy.main_server} (TLS), {setup.cfg.algorithm[0]}, "
+        f"{setup.cfg.clients} clients, round {service.round}"
+    )
+    try:
+        service.finished.wait()
+        time.sleep(1.0)
+    finally:
+        server.stop(grace=2.0)
