@@ -97,6 +97,7 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys):
     assert main(["sweep", str(grid), "--out", str(out), "--workers", "2"]) == 0
     log = capsys.readouterr().out
     assert "16 already done" in log and "ETA" in log
+    assert "sweep: 18/18 runs done, 72/72 rounds (100%)" in log
     rows = list(csv.DictReader((out / "index.csv").open()))
     assert {r["status"] for r in rows} == {"done"} and {r["rounds_done"] for r in rows} == {"4"}
     for name, text in finished.items():  # the re-run points match their first run exactly

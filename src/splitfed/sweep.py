@@ -94,10 +94,11 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
     return list(points.values())
 
 
-def _status(run_dir: Path, rounds: int) -> tuple[str, int]:
-    """("done" | "partial" | "pending", rounds written so far)."""
+def _status(point: Point) -> tuple[str, int]:
+    """("done" | "partial" | "pending", rounds it has written, over all its algorithms)."""
+    run_dir = Path(point.config.out or "")
     if (run_dir / "summary.csv").is_file():
-        return "done", rounds
+        return "done", point.config.rounds * len(point.config.algorithm)
     metrics = run_dir / "metrics.jsonl"
     done = metrics.read_text().count("\n") if metrics.is_file() else 0
     return ("partial" if (run_dir / "config.toml").is_file() else "pending"), done
@@ -132,7 +133,7 @@ def write_index(points: list[Point], out_dir: Path) -> list[dict[str, Any]]:
     rows = []
     varied_keys = list(dict.fromkeys(k for p in points for k in p.varied))
     for p in points:
-        status, done = _status(Path(p.config.out or ""), p.config.rounds)
+        status, done = _status(p)
         row: dict[str, Any] = {"run": p.name, "status": status, "rounds_done": done}
         row |= {k: _cell(p.varied.get(k, getattr(p.config, k))) for k in varied_keys}
         summary = Path(p.config.out or "") / "summary.csv"
@@ -168,9 +169,9 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     total_rounds = sum(p.config.rounds * len(p.config.algorithm) for p in points)
 
     def rounds_done() -> int:
-        return sum(_status(Path(p.config.out or ""), 0)[1] for p in points)
+        return sum(_status(p)[1] for p in points)
 
-    todo = [p for p in points if _status(Path(p.config.out or ""), p.config.rounds)[0] != "done"]
+    todo = [p for p in points if _status(p)[0] != "done"]
     log.info(
         f"sweep {grid_file}: {len(points)} runs in {out}, {len(points) - len(todo)} already done; "
         f"{workers} worker(s)"

@@ -103,10 +103,8 @@ def serve(deploy: Deployment, address: str, workers: int, add: Callable[[grpc.Se
     """A TLS-only gRPC server on ``address`` (host:port)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(deploy))
     add(server)
-    host, _, port = address.rpartition(":")
-    bind = f"[::]:{port}" if host in ("localhost", "") else address
     try:
-        bound = server.add_secure_port(bind, server_credentials(deploy.cert, deploy.key))
+        bound = server.add_secure_port(address, server_credentials(deploy.cert, deploy.key))
     except RuntimeError as e:
         raise SplitfedError(f"cannot listen on {address}: {e}") from None
     if not bound:

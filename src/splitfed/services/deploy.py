@@ -17,6 +17,8 @@ from ..errors import SplitfedError
 class Deployment:
     main_server: str = "localhost:50051"  # host:port the main server listens on and clients dial
     fed_server: str = "localhost:50052"  # host:port of the fed server
+    main_server_listen: str = ""  # where the main server binds, e.g. 0.0.0.0:50051 (default: main_server)
+    fed_server_listen: str = ""  # where the fed server binds (default: fed_server)
     ca: str = "certs/ca.pem"  # CA certificate every party trusts
     cert: str = "certs/server.pem"  # the servers' certificate (servers only)
     key: str = "certs/server.key"  # its private key (servers only)

@@ -188,6 +188,8 @@ class FedServer(pb_grpc.FedServerServicer):
     def GlobalClientWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
         try:
             n = self._client(context, request.client)
+            if request.round < 1:
+                raise WireError(f"rounds count from 1, got {request.round}")
             with self.cv:
                 while True:
                     if self.done:
@@ -270,7 +272,7 @@ def run_fed_server(setup: Setup, deploy: Deployment, run_dir: RunDir) -> None:
     service = FedServer(setup, deploy, run_dir)
     server = serve(
         deploy,
-        deploy.fed_server,
+        deploy.fed_server_listen or deploy.fed_server,
         setup.cfg.clients + 8,
         lambda s: pb_grpc.add_FedServerServicer_to_server(service, s),
     )

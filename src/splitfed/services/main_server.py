@@ -251,7 +251,7 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
     service = MainServer(setup, deploy)
     server = serve(
         deploy,
-        deploy.main_server,
+        deploy.main_server_listen or deploy.main_server,
         setup.cfg.clients + 8,
         lambda s: pb_grpc.add_MainServerServicer_to_server(service, s),
     )
