@@ -187,13 +187,13 @@ class RunDir:
     def start(self, setup: Setup, histogram: torch.Tensor) -> None:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
-        _write_atomic(self.path / "config.toml", self.cfg.to_toml())
+        write_atomic(self.path / "config.toml", self.cfg.to_toml())
         with (self.path / "partition.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])
             for n, row in enumerate(histogram.tolist()):
                 writer.writerow([n, sum(row), *row])
-        _write_atomic(
+        write_atomic(
             self.path / "partition.txt", format_histogram(histogram, max_rows=histogram.shape[0]) + "\n"
         )
         # metrics.jsonl is rebuilt from the checkpoints, which are written before their line is appended:
@@ -203,14 +203,14 @@ class RunDir:
             if self.checkpoint(name).exists():
                 history = load_checkpoint(self.checkpoint(name))["history"][: self.cfg.rounds]
                 lines += [json.dumps(r) + "\n" for r in history]
-        _write_atomic(self.path / "metrics.jsonl", "".join(lines))
+        write_atomic(self.path / "metrics.jsonl", "".join(lines))
 
     def append_metrics(self, record: dict[str, Any]) -> None:
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -281,7 +281,7 @@ def run(config: Config) -> RunResult:
         history += algo_history
         models[name] = assemble(setup, algo.w_c, algo.w_s)
     # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
-    _write_atomic(run_dir.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    write_atomic(run_dir.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     summary = summarize(history, list(cfg.algorithm))
     title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
     if cfg.partition_option is not None:

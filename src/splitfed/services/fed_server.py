@@ -11,6 +11,7 @@ State is checkpointed at every round end, before the new model is handed out, so
 continues where it was; a client whose upload it lost is asked to send it again.
 """
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from ..engine.loop import Setup, load_checkpoint, save_checkpoint
 from ..engine.metrics import SplitModel
 from ..engine.side import State, weighted_average
 from ..report import format_table, plot_run, summarize, write_summary_csv
-from ..runner import RunDir, _write_atomic
+from ..runner import RunDir, write_atomic
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import Caller, ProtocolError, Shapes, abort, dial, serve, state_from, state_tensors
@@ -54,6 +55,7 @@ class FedServer(pb_grpc.FedServerServicer):
             self.w_c = State.from_dict({k: v.to(self.device) for k, v in saved["w_c"].items()})
             self.w_s = State.from_dict({k: v.to(self.device) for k, v in saved["w_s"].items()})
             self.history = saved["history"]
+            write_atomic(run_dir.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
             log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
         self._new_round()
         self.finished = threading.Event()
@@ -67,6 +69,7 @@ class FedServer(pb_grpc.FedServerServicer):
         self.uploads: dict[int, tuple[State, State | None, dict[str, float]]] = {}
         self.left_out: set[int] = set()  # clients the main server dropped from this round
         self.clock: float | None = None
+        self.main_round: tuple[State, list[int]] | None = None  # w_s^r and who the main server left out
         self.round_started = time.perf_counter()
         self.wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
 
@@ -76,12 +79,26 @@ class FedServer(pb_grpc.FedServerServicer):
 
     # --- aggregation ------------------------------------------------------------------------------------
     def _maybe_aggregate(self) -> None:
-        expected = set(range(self.cfg.clients)) - self.left_out
-        late = self.clock is not None and time.monotonic() - self.clock > self.deploy.round_timeout_s
         if self.done or not self.uploads:
             return
+        # Not waited for: clients that said the main server left them out, and those the main server
+        # reports it went on without (split algorithms: its round must be over first).
+        expected = set(range(self.cfg.clients)) - self.left_out
+        if self.algorithm != "fedavg":
+            if self.main_round is None:
+                return
+            expected -= set(self.main_round[1])
+        late = self.clock is not None and time.monotonic() - self.clock > self.deploy.round_timeout_s
         if expected <= self.uploads.keys() or (self.deploy.straggler_policy == "drop" and late):
             self._aggregate()
+
+    def _fetch_main_round(self, r: int) -> None:
+        """Background: the main server's w_s^r and whom it left out of round r (once its round ends)."""
+        head, tensors = self._server_weights(r, weights=True)
+        with self.cv:
+            if self.round == r:
+                self.main_round = (state_from("server", tensors, self.device), list(head.dropped))
+                self._maybe_aggregate()
 
     def _aggregate(self) -> None:
         r, clients = self.round, sorted(self.uploads)
@@ -97,10 +114,10 @@ class FedServer(pb_grpc.FedServerServicer):
             )
             train_loss /= max(samples, 1)
         else:
-            head, tensors = self._server_weights(r)
-            w_s = state_from("server", tensors, self.device)
+            assert self.main_round is not None
+            w_s = self.main_round[0]
+            head, _ = self._server_weights(r, weights=False)  # the round's totals, now that replies are sent
             samples, train_loss = head.info["samples"], head.info["train_loss"]
-            dropped = sorted(set(dropped) | set(head.dropped))
             for key, value in head.info.items():
                 if ":" in key:
                     direction, n = key.split(":")
@@ -154,16 +171,18 @@ class FedServer(pb_grpc.FedServerServicer):
             self._finish()
         self.cv.notify_all()
 
-    def _server_weights(self, r: int) -> tuple[pb.Header, dict]:
+    def _server_weights(self, r: int, weights: bool) -> tuple[pb.Header, dict]:
         def fetch(**kw: Any) -> tuple[pb.Header, dict]:
-            frames = self.main.ServerWeights(header(client=-1, round=r), **kw)
-            return decode(frames, self.shapes.state_message(("server",)))
+            frames = self.main.ServerWeights(
+                header(client=-1, round=r, status="" if weights else "info"), **kw
+            )
+            return decode(frames, self.shapes.state_message(("server",)) if weights else None)
 
         return self.call(fetch)
 
     def _finish(self) -> None:
         path = self.run_dir.path
-        _write_atomic(path / "metrics.jsonl", "".join(_json(r) + "\n" for r in self.history))
+        write_atomic(path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
         summary = summarize(self.history, [self.algorithm])
         title = (
             f"{self.cfg.dataset}, {self.cfg.model} cut {self.cfg.cut_layer}, N={self.cfg.clients}, deployed"
@@ -248,6 +267,8 @@ class FedServer(pb_grpc.FedServerServicer):
                     )
                 self.uploads[n] = (w_c, w_s, dict(head.info))
                 self.wire["in"][n] += received[0]
+                if self.clock is None and self.algorithm != "fedavg":
+                    threading.Thread(target=self._fetch_main_round, args=(self.round,), daemon=True).start()
                 self.clock = self.clock or time.monotonic()
                 self._maybe_aggregate()
                 return header(client=n, round=head.round, status="ok")
@@ -258,12 +279,6 @@ class FedServer(pb_grpc.FedServerServicer):
         """Let a round's deadline pass even when no call comes in."""
         with self.cv:
             self._maybe_aggregate()
-
-
-def _json(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record)
 
 
 def run_fed_server(setup: Setup, deploy: Deployment, run_dir: RunDir) -> None:

@@ -238,11 +238,12 @@ class MainServer(pb_grpc.MainServerServicer):
             info = dict(info)
             for n, (b_in, b_out) in self.wire_bytes.get(r, {}).items():
                 info[f"in:{n}"], info[f"out:{n}"] = b_in, b_out
-        if r == self.cfg.rounds:
-            self.finished.set()
-        return encode(
-            header(client=-1, round=r, status="ok", info=info, dropped=dropped), state_tensors("server", w_s)
-        )
+        reply = header(client=-1, round=r, status="ok", info=info, dropped=dropped)
+        if request.status == "info":  # the round's numbers only, asked once its replies are all sent
+            if r == self.cfg.rounds:
+                self.finished.set()  # the fed server has all it needs from this server
+            return iter([pb.Frame(header=reply)])
+        return encode(reply, state_tensors("server", w_s))
 
 
 def run_main_server(setup: Setup, deploy: Deployment) -> None:

@@ -1,0 +1,117 @@
+"""Deployments for the tests: tiny configs, certificates, role processes, and in-process servers."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from splitfed import Config
+from splitfed.engine.loop import load_checkpoint, train
+from splitfed.engine.side import State
+from splitfed.runner import prepare
+from splitfed.services.deploy import Deployment, load, write_config
+from splitfed.services.launch import prepare_deployment, role_command
+
+TINY = dict(
+    dataset="synthetic",
+    synthetic_shape=(1, 8, 8),
+    synthetic_samples=240,
+    model="digits_cnn",
+    clients=3,
+    rounds=3,
+    local_iters=3,
+    batch_size=8,
+    divergence_every=0,
+    device="cpu",
+    threads=1,
+    algorithm=("minibatch_sfl",),
+)
+
+
+def tiny_config(tmp_path: Path, **changes) -> Config:
+    return Config(**(TINY | {"out": str(tmp_path / "run")} | changes))
+
+
+def deployment(tmp_path: Path, config: Config, **deploy_changes) -> tuple[Path, Config, Deployment]:
+    """Certificates, tokens, free ports and the deployment file (with ``deploy_changes``)."""
+    config_file = prepare_deployment(config, tmp_path)
+    config, deploy = load(config_file)
+    if deploy_changes:
+        deploy = dataclasses.replace(deploy, **deploy_changes)
+        write_config(config_file, config, deploy)
+    return config_file, config, deploy
+
+
+class Roles:
+    """The processes of one deployment; each role's output goes to logs/<role>.log."""
+
+    def __init__(self, config_file: Path, clients: int, with_main: bool = True) -> None:
+        self.config_file = config_file
+        self.logs = config_file.parent / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.start("fed_server")
+        if with_main:
+            self.start("main_server")
+        for k in range(clients):
+            self.start("client", k)
+
+    def start(self, role: str, k: int | None = None) -> None:
+        name = role if k is None else f"client_{k}"
+        log = (self.logs / f"{name}.log").open("a")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen(
+            role_command(role, self.config_file, k), stdout=log, stderr=log, env=env
+        )
+
+    def kill(self, name: str) -> None:
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait()
+
+    def wait(self, timeout: float = 240) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        codes = {}
+        try:
+            for name, p in self.procs.items():
+                codes[name] = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            for p in self.procs.values():
+                if p.poll() is None:
+                    p.kill()
+        return codes
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()
+
+
+def wait_for(predicate, timeout: float = 120.0, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(every)
+
+
+def metrics_lines(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count("\n") if path.exists() else 0
+
+
+def deployed_model(deploy: Deployment) -> tuple[State, State]:
+    saved = load_checkpoint(Path(deploy.state_dir) / "fed_server.pt")
+    return State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
+
+
+def simulated_model(config: Config) -> tuple[State, State]:
+    setup = prepare(config.replace(out=None))
+    algo, _, _ = train(config.algorithm[0], setup)
+    return algo.w_c, algo.w_s
+
+
+def assert_states_close(a: State, b: State, atol: float = 1e-5) -> None:
+    for x, y in zip(a.to_dict().values(), b.to_dict().values(), strict=True):
+        torch.testing.assert_close(x.cpu(), y.cpu(), rtol=1e-4, atol=atol)
