@@ -101,6 +101,7 @@ class FedServer(pb_grpc.FedServerServicer):
                 self._maybe_aggregate()
 
     def _aggregate(self) -> None:
+        trained = time.perf_counter()  # the round's training ends here; averaging and evaluation follow
         r, clients = self.round, sorted(self.uploads)
         weights = self.ctx.weights(clients)
         w_c = weighted_average([self.uploads[n][0] for n in clients], weights)  # w_c^{r+1} = Σ p_n w_{c,n}
@@ -148,7 +149,7 @@ class FedServer(pb_grpc.FedServerServicer):
                 "fed_server_in": sum(self.wire["in"]),
                 "fed_server_out": sum(self.wire["out"]),
             },
-            "train_time_s": now - self.round_started,
+            "train_time_s": trained - self.round_started,
             "round_time_s": now - self.round_started,
             "wall_time_s": now - self.started,
         }
