@@ -16,24 +16,15 @@ from splitfed.runner import prepare
 from splitfed.services.deploy import Deployment, load, write_config
 from splitfed.services.launch import prepare_deployment, role_command
 
-TINY = dict(
-    dataset="synthetic",
-    synthetic_shape=(1, 8, 8),
-    synthetic_samples=240,
-    model="digits_cnn",
-    clients=3,
-    rounds=3,
-    local_iters=3,
-    batch_size=8,
-    divergence_every=0,
-    device="cpu",
-    threads=1,
-    algorithm=("minibatch_sfl",),
-)
+from ..conftest import small_config
 
 
 def tiny_config(tmp_path: Path, **changes) -> Config:
-    return Config(**(TINY | {"out": str(tmp_path / "run")} | changes))
+    """A deployment that takes seconds: the tests' small config, 3 clients, one thread per process."""
+    base = {"clients": 3, "rounds": 3, "local_iters": 3, "synthetic_samples": 240, "divergence_every": 0}
+    return small_config(
+        **(base | {"threads": 1, "algorithm": ("minibatch_sfl",), "out": str(tmp_path / "run")} | changes)
+    )
 
 
 def deployment(tmp_path: Path, config: Config, **deploy_changes) -> tuple[Path, Config, Deployment]:

@@ -50,7 +50,7 @@ class Shapes:
         self.server_state = _sizes(setup.init_s)
         self.wire_dtype = self.cfg.wire_dtype
 
-    def smashed_message(self, frame_mb: float) -> Expect:
+    def smashed_message(self) -> Expect:
         b = max(self.batch_sizes)
         return Expect(
             {"smashed": ((self.wire_dtype,), (None, *self.smashed)), "labels": (("int64",), (None,))},

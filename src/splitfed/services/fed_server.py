@@ -30,7 +30,7 @@ from . import splitfed_pb2_grpc as pb_grpc
 from ._common import Caller, ProtocolError, Shapes, abort, dial, serve, state_from, state_tensors
 from .deploy import Deployment
 from .security import Tokens, read_token
-from .wire import WireError, decode, encode, header
+from .wire import Counting, WireError, decode, encode, header
 
 log = logging.getLogger("splitfed")
 
@@ -242,15 +242,9 @@ class FedServer(pb_grpc.FedServerServicer):
             abort(context, e)
 
     def UploadClientWeights(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.Header:
-        received = [0]
-
-        def counted(it: Any) -> Any:
-            for frame in it:
-                received[0] += frame.ByteSize()
-                yield frame
-
+        frames = Counting(request_iterator)
         try:
-            head, tensors = decode(counted(request_iterator), self.shapes.state_message(self.halves))
+            head, tensors = decode(frames, self.shapes.state_message(self.halves))
             n = self._client(context, head.client)
             for key in ("samples", "train_loss") if self.algorithm == "fedavg" else ():
                 if key not in head.info or not head.info[key] >= 0:
@@ -267,7 +261,7 @@ class FedServer(pb_grpc.FedServerServicer):
                         grpc.StatusCode.FAILED_PRECONDITION, f"round {head.round} has not started"
                     )
                 self.uploads[n] = (w_c, w_s, dict(head.info))
-                self.wire["in"][n] += received[0]
+                self.wire["in"][n] += frames.bytes
                 if self.clock is None and self.algorithm != "fedavg":
                     threading.Thread(target=self._fetch_main_round, args=(self.round,), daemon=True).start()
                 self.clock = self.clock or time.monotonic()

@@ -31,7 +31,7 @@ from . import splitfed_pb2_grpc as pb_grpc
 from ._common import ProtocolError, Shapes, abort, on_wire, serve, state_tensors
 from .deploy import Deployment
 from .security import Tokens, client_identity
-from .wire import WireError, decode, encode, header
+from .wire import Counting, WireError, decode, encode, header
 
 log = logging.getLogger("splitfed")
 FAILED, AHEAD = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED
@@ -186,17 +186,9 @@ class MainServer(pb_grpc.MainServerServicer):
     # --- RPCs -------------------------------------------------------------------------------------------
     def Step(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         identity = self.tokens.identify(context)
-        received = [0]
-
-        def counted(it: Any) -> Any:
-            for frame in it:
-                received[0] += frame.ByteSize()
-                yield frame
-
+        frames = Counting(request_iterator)
         try:
-            head, tensors = decode(
-                counted(request_iterator), self.shapes.smashed_message(self.deploy.max_frame_mb)
-            )
+            head, tensors = decode(frames, self.shapes.smashed_message())
             n = head.client
             if identity != client_identity(n):
                 raise ProtocolError(
@@ -218,7 +210,7 @@ class MainServer(pb_grpc.MainServerServicer):
         )
         with self.cv:
             counts = self.wire_bytes.setdefault(head.round, {}).setdefault(n, [0, 0])
-            counts[0] += received[0]
+            counts[0] += frames.bytes
             counts[1] += sum(f.ByteSize() for f in reply)
         return iter(reply)
 

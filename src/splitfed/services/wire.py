@@ -131,9 +131,16 @@ def decode(
     return header, out
 
 
-def message_bytes(frames: list["pb.Frame"]) -> int:
-    """Bytes of the serialized frames (what crosses the wire, before gRPC's own framing)."""
-    return sum(f.ByteSize() for f in frames)
+class Counting:
+    """Frames passed through, their serialized bytes counted: what crosses the wire, before gRPC's framing."""
+
+    def __init__(self, frames: Iterable["pb.Frame"]) -> None:
+        self.frames, self.bytes = frames, 0
+
+    def __iter__(self) -> Iterator["pb.Frame"]:
+        for frame in self.frames:
+            self.bytes += frame.ByteSize()
+            yield frame
 
 
 def header(**fields: Any) -> "pb.Header":
