@@ -10,12 +10,19 @@ def generate_grpc() -> None:
     from grpc_tools import protoc
 
     services = Path(__file__).parent / "src" / "splitfed" / "services"
-    args = ["protoc", f"-I{services}", f"--python_out={services}", f"--grpc_python_out={services}",
-            str(services / "splitfed.proto")]
+    args = [
+        "protoc",
+        f"-I{services}",
+        f"--python_out={services}",
+        f"--grpc_python_out={services}",
+        str(services / "splitfed.proto"),
+    ]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on splitfed.proto")
     grpc_module = services / "splitfed_pb2_grpc.py"  # protoc writes an absolute import; make it relative
-    grpc_module.write_text(grpc_module.read_text().replace("import splitfed_pb2 as", "from . import splitfed_pb2 as"))
+    grpc_module.write_text(
+        grpc_module.read_text().replace("import splitfed_pb2 as", "from . import splitfed_pb2 as")
+    )
 
 
 class BuildPyWithProto(build_py):
