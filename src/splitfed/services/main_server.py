@@ -50,13 +50,12 @@ class MainServer(pb_grpc.MainServerServicer):
         self.cv = threading.Condition()
         self.round = 1
         self.w_s = setup.init_s.clone()  # w_s at the start of the current round
-        self.last: dict[
-            int, tuple[tuple[int, int], torch.Tensor]
-        ] = {}  # client -> (round, iteration), answer
-        self.snapshots: dict[
-            int, tuple[State, dict[str, float], list[int]]
-        ] = {}  # round -> w_s, info, dropped
-        self.wire_bytes: dict[int, dict[int, list[int]]] = {}  # round -> client -> [in, out]
+        # client -> ((round, iteration), the answer): the last answer, for a retry of the same request
+        self.last: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
+        # round -> (w_s at its end, its train loss and samples, the clients left out): for the fed server
+        self.snapshots: dict[int, tuple[State, dict[str, float], list[int]]] = {}
+        # round -> client -> [bytes in, bytes out] on the wire
+        self.wire_bytes: dict[int, dict[int, list[int]]] = {}
         self.finished = threading.Event()
         if self.state_file.exists():
             self._restore()
