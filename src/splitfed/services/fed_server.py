@@ -94,7 +94,11 @@ class FedServer(pb_grpc.FedServerServicer):
 
     def _fetch_main_round(self, r: int) -> None:
         """Background: the main server's w_s^r and whom it left out of round r (once its round ends)."""
-        head, tensors = self._server_weights(r, weights=True)
+        try:
+            head, tensors = self._server_weights(r, weights=True)
+        except Exception as e:  # this thread's failure would otherwise vanish with it; the round waits
+            log.error(f"fed server: cannot get round {r}'s server-side model from the main server: {e}")
+            return
         with self.cv:
             if self.round == r:
                 self.main_round = (state_from("server", tensors, self.device), list(head.dropped))
