@@ -27,7 +27,8 @@ class ClientStreams:
         cached = self._perm.get(s)
         if cached is None or cached[0] != self.epoch[s]:
             g = generator(self.seed, "sample", s, self.epoch[s])
-            perm = self.indices[s][torch.randperm(len(self.indices[s]), generator=g)]
+            order = torch.randperm(len(self.indices[s]), generator=g)  # CPU generator: same on any device
+            perm = self.indices[s][order.to(self.indices[s].device)]
             cached = self._perm[s] = (self.epoch[s], perm.to(self.data.train_x.device))
         return cached[1]
 
