@@ -56,7 +56,7 @@ def summarize(history: list[dict[str, Any]], algorithms: list[str]) -> list[dict
 def format_table(rows: list[dict[str, Any]]) -> str:
     cells = [[title for _, title, _ in SUMMARY_COLUMNS]]
     for row in rows:
-        cells.append([fmt.format(row[key]) for key, _, fmt in SUMMARY_COLUMNS])
+        cells.append(["–" if _missing(row[key]) else fmt.format(row[key]) for key, _, fmt in SUMMARY_COLUMNS])
     widths = [max(len(r[i]) for r in cells) for i in range(len(SUMMARY_COLUMNS))]
     lines = [  # first column left-aligned, numbers right-aligned
         "  ".join(
@@ -66,6 +66,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _missing(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)  # e.g. divergence, never measured in a deployment
 
 
 def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
