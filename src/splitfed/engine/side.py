@@ -219,7 +219,7 @@ class Side:
         leaves = [p.detach().requires_grad_() for p in params]
         self.module.train()
         names = self.layout.param_names()
-        updated = self.layout.buffer_copies(self.rows[k].buffers)
+        updated = {n: b.clone() for n, b in buffers.items()}  # see Layout.buffer_copies
         out = functional_call(self.module, (dict(zip(names, leaves, strict=True)), updated), (x,))
         if buffers:
             torch._foreach_copy_(list(buffers.values()), list(updated.values()))
