@@ -63,17 +63,15 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _flag_value(name: str, value: Any) -> Any:
+    if name == "model_args":
+        return _parse_model_args(value)
+    return value if isinstance(value, bool) else coerce(FIELDS[name], value, _flag(name))
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """TOML file (or, with --resume, the run's own config.toml), then the flags given, in that order."""
-    given = {k: v for k, v in vars(args).items() if k in FIELDS}
-    overrides = {
-        name: _parse_model_args(v)
-        if name == "model_args"
-        else v
-        if isinstance(v, bool)
-        else coerce(FIELDS[name], v, _flag(name))
-        for name, v in given.items()
-    }
+    overrides = {name: _flag_value(name, v) for name, v in vars(args).items() if name in FIELDS}
     base = Config.from_toml(args.config) if args.config else Config()
     if overrides.get("resume"):
         out = overrides.get("out") or base.out
