@@ -136,7 +136,7 @@ class Setting:
     def accuracy_vs_round(self, plt: Any) -> list[str]:
         cols = min(len(self.ratios), 4)
         rows = (len(self.ratios) + cols - 1) // cols
-        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False, sharey=True)
         for ax, p in zip(axes.flat, self.ratios, strict=False):
             for a in self.algorithms:
                 g = self.group(a, p)
