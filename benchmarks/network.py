@@ -2,11 +2,12 @@
 
     python -m benchmarks.network [--clients 10] [--local-iters 20] [--rounds 4]
 
-Runs MiniBatch-SFL with cnn4 on FMNIST-shaped data (synthetic 1x28x28) twice with the same config and
-seed: in this process (`splitfed run`'s engine), and as a deployment on loopback (fed server, main
-server and N client processes, TLS). Reports the median training time per round (rounds 2.. so process
-start-up is left out) and per iteration, their ratio, and the bytes each role saw on the wire against
-the simulation's analytic count. Writes benchmarks/results/network.json.
+Runs MiniBatch-SFL with cnn4 on FMNIST-shaped data (synthetic 1x28x28) with the same config and
+seed: in this process (`splitfed run`'s engine; also held to one thread, for reference), and as a
+deployment on loopback (fed server, main server and N client processes, TLS). Reports the median
+training time per round (rounds 2.. so process start-up is left out) and per iteration, their ratio,
+and the bytes each role saw on the wire against the simulation's analytic count.
+Writes benchmarks/results/network.json.
 """
 
 import argparse
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         device="cpu",
     )
     simulated = run(config.replace(out=str(work / "sim")))
+    # For reference: the simulation held to one thread, as each client process of the deployment is.
+    one_thread = run(config.replace(out=str(work / "sim1"), threads=1))
     launch(config.replace(out=str(work / "net"), threads=1), str(work / "deploy"))
     deployed = [json.loads(line) for line in (work / "net" / "metrics.jsonl").read_text().splitlines()]
 
@@ -49,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return statistics.median(r["train_time_s"] for r in history[1:])
 
     sim_s, net_s = per_round(simulated.history), per_round(deployed)
+    sim1_s = per_round(one_thread.history)
     analytic = simulated.history[-1]["bytes"]
     wire = deployed[-1]["wire_bytes"]
     result = {
@@ -58,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         "simulated_iteration_ms": 1000 * sim_s / args.local_iters,
         "deployed_iteration_ms": 1000 * net_s / args.local_iters,
         "ratio": net_s / sim_s,
+        "simulated_threads": simulated.config.threads,
+        "simulated_one_thread_round_s": sim1_s,
+        "ratio_to_one_thread": net_s / sim1_s,
         "analytic_bytes_per_round": analytic,
         "wire_bytes_per_round": wire,
         "main_server_in_over_analytic": wire["main_server_in"] / (analytic["smashed"] + analytic["labels"]),

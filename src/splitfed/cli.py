@@ -96,7 +96,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_role(args: argparse.Namespace) -> int:
     from .services import start_role
 
-    start_role(args.role, args.config, getattr(args, "id", None))
+    start_role(args.role, args.config, getattr(args, "id", None), args.threads)
     return 0
 
 
@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if role == "client":
             p_role.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
+        p_role.add_argument(
+            "--threads", type=int, help="CPU threads of this process (default: the config's threads)"
+        )
         p_role.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
     p_launch = sub.add_parser("launch", help="a whole deployment on loopback: servers and N clients, TLS")
     _add_config_flags(p_launch)

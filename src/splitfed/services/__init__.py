@@ -22,13 +22,16 @@ def _generated() -> None:
         ) from None
 
 
-def start_role(role: str, config_file: str, client_id: int | None = None) -> None:
-    """Run ``role`` ("main_server", "fed_server" or "client") as the deployment file describes."""
+def start_role(role: str, config_file: str, client_id: int | None = None, threads: int | None = None) -> None:
+    """Run ``role`` ("main_server", "fed_server" or "client") as the deployment file describes.
+
+    ``threads`` overrides the config's CPU threads for this process only (one machine's cores).
+    """
     _generated()
     from ..runner import RunDir, prepare
     from .deploy import load
 
-    cfg, deploy = load(config_file)
+    cfg, deploy = load(config_file, {"threads": threads} if threads is not None else None)
     if role == "fed_server":
         resume = (Path(deploy.state_dir) / "fed_server.pt").exists()
         setup = prepare(cfg.replace(resume=resume))

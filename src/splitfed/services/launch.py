@@ -28,9 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def role_command(role: str, config_file: Path, client_id: int | None = None) -> list[str]:
+def role_command(
+    role: str, config_file: Path, client_id: int | None = None, threads: int | None = None
+) -> list[str]:
     cmd = [sys.executable, "-m", "splitfed.cli", role.replace("_", "-"), "--config", str(config_file)]
-    return [*cmd, "--id", str(client_id)] if client_id is not None else cmd
+    cmd += ["--id", str(client_id)] if client_id is not None else []
+    return [*cmd, "--threads", str(threads)] if threads else cmd
 
 
 def prepare_deployment(config: Config, workdir: Path) -> Path:
@@ -54,7 +57,10 @@ def launch(config: Config, workdir: str | None = None) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     if config.out is None:
         config = config.replace(out=f"runs/launch-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-    config_file = prepare_deployment(config.replace(threads=config.threads or 1), work)
+    config_file = prepare_deployment(config, work)
+    # N clients share this machine's cores, one thread each; the servers compute while every client
+    # waits on them, so they keep the config's threads (default: all cores).
+    client_threads = None if config.threads else 1
     (work / "logs").mkdir(exist_ok=True)
     log.info(
         f"launch: {config.algorithm[0]} with {config.clients} clients on loopback (TLS); files in {work}"
@@ -75,7 +81,7 @@ def launch(config: Config, workdir: str | None = None) -> Path:
     )
     clients = [
         subprocess.Popen(
-            role_command("client", config_file, k),
+            role_command("client", config_file, k, client_threads),
             stdout=(work / "logs" / f"client_{k}.log").open("w"),
             stderr=subprocess.STDOUT,
         )
