@@ -112,6 +112,10 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys):
     assert {a["algorithm"] for a in agg} == {"minibatch_sfl", "sfl_v2", "fedavg", "centralized"}
     assert all(a["seeds"] == "2" for a in agg)
 
+    # --out puts the same report elsewhere (docs/results/ is made this way)
+    assert main(["report", str(out), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "report.md").read_text() == report
+
 
 def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2

@@ -123,7 +123,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .sweep_report import report
 
-    path = report(args.sweep_dir)
+    path = report(args.sweep_dir, args.out)
     logging.getLogger("splitfed").info(f"wrote {path} and its figures")
     return 0
 
@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.set_defaults(func=_cmd_sweep)
     p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
     p_report.add_argument("sweep_dir")
+    p_report.add_argument(
+        "--out", help="where report.md, aggregate.csv and figures go (default: SWEEP_DIR/report)"
+    )
     p_report.set_defaults(func=_cmd_report)
     for role, text in (
         ("main-server", "the main server"),

@@ -314,8 +314,9 @@ class Setting:
         return rows
 
 
-def report(sweep_dir: str | Path) -> Path:
-    """Write SWEEP_DIR/report/ (report.md, aggregate.csv, figures); returns the path of report.md."""
+def report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write report.md, aggregate.csv and the figures to ``out`` (default SWEEP_DIR/report/); returns
+    the path of report.md."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,8 +326,8 @@ def report(sweep_dir: str | Path) -> Path:
     if not sweep_dir.is_dir():
         raise SplitfedError(f"{sweep_dir} is not a directory")
     groups = load_groups(sweep_dir)
-    out = sweep_dir / "report"
-    out.mkdir(exist_ok=True)
+    out = Path(out) if out is not None else sweep_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
     md = [
         f"# Sweep report: {sweep_dir.name}",
         "",
