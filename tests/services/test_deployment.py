@@ -120,3 +120,15 @@ def test_a_client_that_dies_is_dropped_and_rejoins_when_back(tmp_path):
     assert len(records) == 6
     assert any(r["participants"] == 2 and 2 in r["dropped_clients"] for r in records)  # logged
     assert records[-1]["participants"] == 3 and records[-1]["dropped_clients"] == []  # back
+
+
+def test_a_role_with_bad_flags_is_one_line_and_exit_2(tmp_path, capsys):
+    config_file, _, _ = deployment(tmp_path, tiny_config(tmp_path))
+    for argv, message in [
+        (["client", "--config", str(config_file), "--id", "7"], "--id must be in 0..2, got 7"),
+        (["main-server", "--config", str(config_file), "--threads", "0"], "threads must be a positive"),
+        (["fed-server", "--config", str(tmp_path / "nope.toml")], "cannot read config file"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (argv, err)
