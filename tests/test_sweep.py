@@ -4,6 +4,9 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -120,3 +123,29 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys):
 def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no runs in" in capsys.readouterr().err
+
+
+def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
+    """kill -9 of the sweep: its worker notices within seconds and stops writing the run directory."""
+    grid = tmp_path / "long.toml"
+    grid.write_text(  # rounds of one step each: many a second
+        'rounds = 5000\nlocal_iters = 1\nclients = 2\ndivergence_every = 0\nalgorithm = "fedavg"\n'
+        "[[grid]]\nseed = [0]\n"
+    )
+    out = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "splitfed.cli", "sweep", str(grid), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = out / "seed=0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.stat().st_size > 0):  # the worker is training
+        assert time.monotonic() < deadline and sweep.poll() is None, "the sweep never started its run"
+        time.sleep(0.2)
+    sweep.kill()
+    sweep.wait()
+    time.sleep(4)  # the worker's watch looks every second
+    size = metrics.stat().st_size
+    time.sleep(5)
+    assert metrics.stat().st_size == size, "a worker went on training after its sweep was killed"

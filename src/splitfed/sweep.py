@@ -29,6 +29,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,18 @@ def _status(point: Point) -> tuple[str, int]:
     metrics = run_dir / "metrics.jsonl"
     done = metrics.read_text().count("\n") if metrics.is_file() else 0
     return ("partial" if (run_dir / "config.toml").is_file() else "pending"), done
+
+
+def _exit_with(parent: int) -> None:
+    """Worker initializer: leave when the sweep that started this worker is gone (killed, even with
+    SIGKILL), instead of training on as an orphan; its run resumes from its checkpoint next time."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_point(config: Config, threads: int, log_file: Path) -> str:
@@ -179,7 +192,9 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     threads = max(1, (os.cpu_count() or 1) // workers)
     start_rounds, started, failures = rounds_done(), time.perf_counter(), {}
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch state
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with futures.ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=_exit_with, initargs=(os.getpid(),)
+    ) as pool:
         (out / "logs").mkdir(exist_ok=True)
         pending = {
             pool.submit(_run_point, p.config, threads, out / "logs" / f"{p.name}.log"): p for p in todo
