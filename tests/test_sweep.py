@@ -149,3 +149,23 @@ def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
     size = metrics.stat().st_size
     time.sleep(5)
     assert metrics.stat().st_size == size, "a worker went on training after its sweep was killed"
+
+
+def test_the_report_leaves_out_divergence_never_measured(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from splitfed.sweep_report import Group, Setting
+
+    def history(algorithm: str, **extra: float) -> list[dict]:
+        return [{"algorithm": algorithm, "round": r, "test_accuracy": 0.5, **extra} for r in (1, 2, 3)]
+
+    groups = [
+        Group(("synthetic", "cnn4", 2), a, 2, p, [history(a)]) for a in ("fedavg", "sfl_v2") for p in (0, 1)
+    ]
+    assert Setting(groups, tmp_path).divergence_vs_ratio(plt) == []
+    groups[0].histories = [history("fedavg", divergence_client_relative=1.0, divergence_server_relative=2.0)]
+    lines = Setting(groups, tmp_path).divergence_vs_ratio(plt)
+    assert "| fedavg | 1.000 / 2.000 | – |" in lines

@@ -20,6 +20,15 @@ from .errors import SplitfedError
 
 FINAL_ROUNDS = 3  # final accuracy = mean test accuracy of the last rounds (damps round-to-round noise)
 COMPARED = ["fedavg", "sfl_v1", "sfl_v2", "sl", "minibatch_sfl"]  # plotted against the ratio, in this order
+# one colour per algorithm in every figure of every report
+COLORS = {
+    "fedavg": "C0",
+    "sfl_v1": "C1",
+    "sfl_v2": "C2",
+    "sl": "C3",
+    "minibatch_sfl": "C4",
+    "centralized": "k",
+}
 DIVERGENCE_FORMS = [("", "raw"), ("_relative", "relative (÷‖∇F‖)"), ("_per_param", "per parameter (÷√dim)")]
 
 
@@ -143,10 +152,10 @@ class Setting:
                 if g is None:
                     continue
                 rounds, mean, std = g.curve("test_accuracy")
-                ax.plot(rounds, mean, label=a, linestyle="--" if a == "centralized" else "-")
+                ax.plot(rounds, mean, label=a, color=COLORS[a], linestyle="--" if a == "centralized" else "-")
                 low = [m - s for m, s in zip(mean, std, strict=True)]
                 high = [m + s for m, s in zip(mean, std, strict=True)]
-                ax.fill_between(rounds, low, high, alpha=0.2)
+                ax.fill_between(rounds, low, high, color=COLORS[a], alpha=0.2)
             ax.set(title=f"non-IID ratio p = {p}", xlabel="round", ylabel="test accuracy")
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(self.ratios) :]:
@@ -160,7 +169,9 @@ class Setting:
         for a in self.compared:
             pts = [(p, g.final_accuracy()) for p in self.ratios if (g := self.group(a, p))]
             means, stds = [statistics.fmean(v) for _, v in pts], [_std(v) for _, v in pts]
-            ax.errorbar([p for p, _ in pts], means, yerr=stds, marker="o", capsize=3, label=a)
+            ax.errorbar(
+                [p for p, _ in pts], means, yerr=stds, marker="o", capsize=3, label=a, color=COLORS[a]
+            )
         central = self.group("centralized", None)
         if central:
             ax.axhline(
@@ -243,6 +254,9 @@ class Setting:
         return [*lines, "", self.save(fig, "cut_layer"), ""]
 
     def divergence_vs_ratio(self, plt: Any) -> list[str]:
+        groups = [g for a in self.compared for p in self.ratios if (g := self.group(a, p))]
+        if not any(g.mean_over_rounds("divergence_client_relative") for g in groups):
+            return []  # divergence_every = 0: nothing was measured, no empty figure
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for ax, side in zip(axes, ("client", "server"), strict=True):
             for a in self.compared:
@@ -259,6 +273,7 @@ class Setting:
                     marker="o",
                     capsize=3,
                     label=a,
+                    color=COLORS[a],
                 )
             ax.set(xlabel="non-IID ratio p", ylabel=f"δ_{side[0]} / ‖∇F‖")
             ax.set_title(f"{side}-side divergence (relative), mean over rounds")
