@@ -209,6 +209,24 @@ class RunDir:
         with (self.path / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
+    def finish(
+        self, history: list[dict[str, Any]], algorithms: list[str], title: str
+    ) -> list[dict[str, Any]]:
+        """The finished run's files: metrics.jsonl in its final order, summary.csv, plots; the table."""
+        self.write_metrics(history)
+        summary = summarize(history, algorithms)
+        plots = plot_run(history, algorithms, self.path, title)
+        write_summary_csv(summary, self.path / "summary.csv")
+        log.info("\n" + format_table(summary))
+        log.info(
+            f"results in {self.path}: "
+            + ", ".join(["metrics.jsonl", "summary.csv", *(p.name for p in plots)])
+        )
+        return summary
+
 
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -280,14 +298,9 @@ def run(config: Config) -> RunResult:
         algo, algo_history, _ = train(name, setup, run_dir.checkpoint(name), on_round)
         history += algo_history
         models[name] = assemble(setup, algo.w_c, algo.w_s)
-    # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
-    write_atomic(run_dir.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    summary = summarize(history, list(cfg.algorithm))
     title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
     if cfg.partition_option is not None:
         title += f" {cfg.partition_option}"
-    plot_run(history, list(cfg.algorithm), run_dir.path, title)
-    write_summary_csv(summary, run_dir.path / "summary.csv")
-    log.info("\n" + format_table(summary))
-    log.info(f"results in {run_dir.path}: metrics.jsonl, summary.csv, accuracy.png, divergence.png")
+    # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
+    summary = run_dir.finish(history, list(cfg.algorithm), title)
     return RunResult(cfg, run_dir.path, history, models, summary)

@@ -11,7 +11,6 @@ State is checkpointed at every round end, before the new model is handed out, so
 continues where it was; a client whose upload it lost is asked to send it again.
 """
 
-import json
 import logging
 import threading
 import time
@@ -23,11 +22,20 @@ import grpc
 from ..engine.loop import Setup, load_checkpoint, save_checkpoint
 from ..engine.metrics import SplitModel
 from ..engine.side import State, weighted_average
-from ..report import format_table, plot_run, summarize, write_summary_csv
-from ..runner import RunDir, write_atomic
+from ..runner import RunDir
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
-from ._common import Caller, ProtocolError, Shapes, abort, dial, serve, state_from, state_tensors
+from ._common import (
+    Caller,
+    ProtocolError,
+    Shapes,
+    abort,
+    check_client,
+    dial,
+    serve,
+    state_from,
+    state_tensors,
+)
 from .deploy import Deployment
 from .security import Tokens, read_token
 from .wire import Counting, WireError, decode, encode, header
@@ -55,7 +63,7 @@ class FedServer(pb_grpc.FedServerServicer):
             self.w_c = State.from_dict({k: v.to(self.device) for k, v in saved["w_c"].items()})
             self.w_s = State.from_dict({k: v.to(self.device) for k, v in saved["w_s"].items()})
             self.history = saved["history"]
-            write_atomic(run_dir.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+            run_dir.write_metrics(self.history)
             log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
         self._new_round()
         self.finished = threading.Event()
@@ -186,27 +194,15 @@ class FedServer(pb_grpc.FedServerServicer):
         return self.call(fetch)
 
     def _finish(self) -> None:
-        path = self.run_dir.path
-        write_atomic(path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-        summary = summarize(self.history, [self.algorithm])
         title = (
             f"{self.cfg.dataset}, {self.cfg.model} cut {self.cfg.cut_layer}, N={self.cfg.clients}, deployed"
         )
-        plot_run(self.history, [self.algorithm], path, title)
-        write_summary_csv(summary, path / "summary.csv")
-        log.info("\n" + format_table(summary))
-        log.info(f"results in {path}: metrics.jsonl, summary.csv, accuracy.png")
+        self.run_dir.finish(self.history, [self.algorithm], title)
         self.finished.set()
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def _client(self, context: grpc.ServicerContext, claimed: int) -> int:
-        identity = self.tokens.identify(context)
-        if identity != f"client:{claimed}":
-            raise ProtocolError(
-                grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not speak for client {claimed}"
-            )
-        if not 0 <= claimed < self.cfg.clients:
-            raise WireError(f"client {claimed} is not among the {self.cfg.clients} clients")
+        check_client(self.tokens.identify(context), claimed, self.cfg.clients)
         return claimed
 
     def GlobalClientWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
