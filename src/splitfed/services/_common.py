@@ -13,7 +13,7 @@ from ..engine.loop import Setup
 from ..engine.side import State
 from ..errors import SplitfedError
 from .deploy import Deployment
-from .security import call_metadata, channel_credentials, server_credentials
+from .security import call_metadata, channel_credentials, client_identity, server_credentials
 from .wire import DTYPES, Expect, WireError
 
 T = TypeVar("T")
@@ -34,6 +34,16 @@ def abort(context: grpc.ServicerContext, error: Exception) -> None:
         context.abort(error.code, str(error))
     code = getattr(grpc.StatusCode, getattr(error, "code", "INVALID_ARGUMENT"))
     context.abort(code, str(error))
+
+
+def check_client(identity: str, claimed: int, clients: int) -> None:
+    """A call from ``identity`` may act only as its own client, one of the experiment's ``clients``."""
+    if identity != client_identity(claimed):
+        raise ProtocolError(
+            grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not speak for client {claimed}"
+        )
+    if not 0 <= claimed < clients:
+        raise WireError(f"client {claimed} is not among the {clients} clients")
 
 
 class Shapes:

@@ -28,9 +28,9 @@ from ..engine.loop import Setup, load_checkpoint, save_checkpoint
 from ..engine.side import State
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
-from ._common import ProtocolError, Shapes, abort, on_wire, serve, state_tensors
+from ._common import ProtocolError, Shapes, abort, check_client, on_wire, serve, state_tensors
 from .deploy import Deployment
-from .security import Tokens, client_identity
+from .security import Tokens
 from .wire import Counting, WireError, decode, encode, header
 
 log = logging.getLogger("splitfed")
@@ -189,12 +189,7 @@ class MainServer(pb_grpc.MainServerServicer):
         try:
             head, tensors = decode(frames, self.shapes.smashed_message())
             n = head.client
-            if identity != client_identity(n):
-                raise ProtocolError(
-                    grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not speak for client {n}"
-                )
-            if not 0 <= n < self.cfg.clients:
-                raise WireError(f"client {n} is not among the {self.cfg.clients} clients")
+            check_client(identity, n, self.cfg.clients)
             self.shapes.check_batch(n, tensors["smashed"], tensors["labels"])
             smashed = tensors["smashed"].float().to(self.setup.init_s.params.device)
             labels = tensors["labels"].to(smashed.device)
