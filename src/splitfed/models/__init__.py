@@ -38,6 +38,6 @@ def num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-from . import cnn, resnet  # noqa: E402,F401  (fill the registry)
+from . import cnn, resnet, vit  # noqa: E402,F401  (fill the registry)
 
 __all__ = ["MODELS", "CutModel", "build_model", "num_params", "register_model", "split"]
