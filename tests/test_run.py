@@ -75,7 +75,7 @@ def test_a_run_writes_its_directory_and_returns_history_and_models(tmp_path):
 
 
 def _test_set(cfg):
-    from splitfed.runner import load_data
+    from splitfed.setup import load_data
 
     ds = load_data(cfg)
     return ds.test_x, ds.test_y
@@ -226,11 +226,11 @@ def test_resume_refuses_fewer_rounds_and_damaged_checkpoints(tmp_path):
 
 
 def test_client_sampling_is_seeded_and_varies_by_round():
-    from splitfed.engine.loop import participants
+    from splitfed.setup import prepare
 
-    cfg = small_config(clients=10, clients_per_round=3)
-    rounds = [participants(cfg, r) for r in range(1, 6)]
+    setup = prepare(small_config(clients=10, clients_per_round=3))
+    rounds = [setup.participants(r) for r in range(1, 6)]
     assert all(len(p) == 3 and p == sorted(set(p)) for p in rounds)
     assert len({tuple(p) for p in rounds}) > 1
-    assert rounds == [participants(cfg, r) for r in range(1, 6)]
-    assert participants(cfg.replace(clients_per_round=None), 1) == list(range(10))
+    assert rounds == [prepare(setup.cfg).participants(r) for r in range(1, 6)]
+    assert prepare(setup.cfg.replace(clients_per_round=None)).participants(1) == list(range(10))

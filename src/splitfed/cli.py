@@ -94,17 +94,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_role(args: argparse.Namespace) -> int:
-    from .services import start_role
+    from .roles import start_role
 
     start_role(args.role, args.config, getattr(args, "id", None), args.threads)
     return 0
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from .services import _generated
+    from .services import check_generated
     from .services.launch import launch
 
-    _generated()
+    check_generated()
     given = {k for k in vars(args) if k in FIELDS}
     config = config_from_args(args)
     if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SplitfedError as e:
         print(f"splitfed: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
         return 130

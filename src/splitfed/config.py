@@ -67,8 +67,11 @@ class Config:
     sflv2_schedule: str = _f("client_sequential", "client_sequential | interleaved (spec §3)")
     wire_dtype: str = _f("float32", "float32 | float16 | bfloat16: smashed data and gradients as sent")
     execution: str = _f(
-        "loop", "loop | vmap: how lockstep clients (MiniBatch-SFL) run; see docs/performance.md"
+        "auto",
+        "auto | sequential | batched: clients one at a time, or independent ones vectorised "
+        "(auto: batched on CUDA, sequential on the CPU); see docs/performance.md",
     )
+    cuda_graphs: bool = _f(True, "on CUDA, replay each recurring step as a captured CUDA graph")
     # measurement
     divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
@@ -236,16 +239,12 @@ def _validate(c: Config) -> None:
         "batch_alloc": ("equal", "proportional"),
         "client_grad_scale": ("local_mean", "global_mean"),
         "sflv2_schedule": ("client_sequential", "interleaved"),
-        "execution": ("loop", "vmap"),
+        "execution": ("auto", "sequential", "batched"),
         "wire_dtype": ("float32", "float16", "bfloat16"),
     }
     for name, allowed in choices.items():
         v = getattr(c, name)
         need(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
-    need(
-        c.execution == "loop" or c.batch_alloc == "equal",
-        "execution=vmap batches the clients together and needs equal batches (batch_alloc=equal)",
-    )
     for part, (knob, _) in PARTITION_OPTIONS.items():
         if getattr(c, knob) is not None and c.partition != part:
             raise SplitfedError(f"{knob} applies to partition={part} only (partition is {c.partition})")

@@ -5,7 +5,6 @@ round), metrics.jsonl (one object per round per algorithm), and, once every algo
 summary.csv, accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--resume`` it.
 """
 
-import copy
 import csv
 import datetime
 import json
@@ -18,20 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._rng import derive_seed, generator
 from .algorithms import ALGORITHMS
-from .config import PARTITION_OPTIONS, Config
-from .data import DATASETS, PARTITIONS, Dataset, class_histogram, format_histogram, make_partition
-from .engine.loop import Setup, load_checkpoint, train
-from .engine.metrics import train_flops_per_sample
-from .engine.side import Layout, State
+from .config import Config
+from .data import class_histogram, format_histogram
+from .engine.checkpoint import load_checkpoint
 from .errors import SplitfedError
-from .models import MODELS, build_model, split
+from .executors import train
 from .report import format_table, plot_run, summarize, write_summary_csv
+from .setup import Setup, prepare
 
 log = logging.getLogger("splitfed")
 
-DEFAULT_MODEL = {"digits": "digits_cnn", "fmnist": "cnn4", "cifar10": "resnet18", "synthetic": "cnn4"}
 # Fields a resumed run may change: they do not alter what has been computed so far.
 RESUMABLE_CHANGES = {"rounds", "device", "out", "resume"}
 
@@ -47,98 +43,10 @@ class RunResult:
     summary: list[dict[str, Any]]
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SplitfedError(f"device {name} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def load_data(cfg: Config) -> Dataset:
-    loader = DATASETS.get(cfg.dataset)
-    if cfg.dataset == "synthetic":
-        return loader(
-            cfg.data_dir,
-            shape=tuple(cfg.synthetic_shape or (1, 28, 28)),
-            samples=cfg.synthetic_samples or 2000,
-        )
-    return loader(cfg.data_dir)
-
-
-def prepare(cfg: Config) -> Setup:
-    """Validate the whole config against data and model, and build the shared setup. Touches no files."""
+def check_algorithms(cfg: Config) -> None:
+    """Every algorithm named exists, before anything is written."""
     for name in cfg.algorithm:
         ALGORITHMS.get(name)
-    DATASETS.get(cfg.dataset)
-    PARTITIONS.get(cfg.partition)
-    model_name = cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4")
-    MODELS.get(model_name)
-    device = resolve_device(cfg.device)
-    # CPU kernels sum in an order that depends on the thread count: it is part of what a run repeats.
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    data = load_data(cfg)
-
-    # The initial model: its own seed, and the global RNG left as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed_for("init"), "init"))
-        model = build_model(model_name, data.num_classes, data.in_shape, cfg.model_args)
-    cut_layer = cfg.cut_layer if cfg.cut_layer is not None else model.middle_cut
-    model.check_cut(cut_layer)
-    try:
-        with torch.no_grad():
-            model.eval()(data.train_x[:2])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise SplitfedError(  # noqa: B904 (the cause is in the message; no traceback for a user mistake)
-            f"model {model_name} cannot take {cfg.dataset} inputs {list(data.in_shape)}: {first}"
-        )
-
-    changes: dict[str, Any] = {
-        "model": model_name,
-        "cut_layer": cut_layer,
-        "threads": torch.get_num_threads(),
-    }
-    knob = PARTITION_OPTIONS.get(cfg.partition)
-    if knob is not None and getattr(cfg, knob[0]) is None:
-        changes[knob[0]] = knob[1]
-    if cfg.dataset == "synthetic":
-        changes["synthetic_shape"] = tuple(cfg.synthetic_shape or (1, 28, 28))
-        changes["synthetic_samples"] = cfg.synthetic_samples or 2000
-    cfg = cfg.replace(**changes)
-
-    parts = make_partition(
-        cfg.partition, data.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
-    )
-    client_module, server_module = split(model, cut_layer)
-    momentum = cfg.momentum > 0
-    init_c = Layout(client_module).state_of(client_module, momentum, device)
-    init_s = Layout(server_module).state_of(server_module, momentum, device)
-    flops = train_flops_per_sample(client_module, server_module, data.in_shape)
-    client_module.to(device)
-    server_module.to(device)
-    div_idx = []
-    for n, p in enumerate(parts):
-        order = torch.randperm(len(p), generator=generator(cfg.seed_for("sampling"), "divergence", n))
-        div_idx.append(p[order[: cfg.divergence_samples]].to(device))
-    parts = [p.to(device) for p in parts]
-    return Setup(
-        cfg, data.to(device), parts, model, client_module, server_module, init_c, init_s, flops, div_idx
-    )
-
-
-def assemble(setup: Setup, w_c: State, w_s: State) -> nn.Module:
-    """The full model (a CutModel) holding the given client-side and server-side states."""
-    model = copy.deepcopy(setup.model).to(w_c.params.device)
-    for half, state in zip(split(model, setup.cfg.cut_layer), (w_c, w_s), strict=True):
-        layout = Layout(half)
-        with torch.no_grad():
-            for p, v in zip(half.parameters(), layout.param_views(state.params), strict=True):
-                p.copy_(v)
-            for b, v in zip(half.buffers(), layout.buffer_dict(state.buffers).values(), strict=True):
-                b.copy_(v.to(b.dtype))
-    return model
 
 
 class RunDir:
@@ -274,6 +182,7 @@ def run(config: Config) -> RunResult:
     ):
         # continue with the thread count the run started with, so that it repeats bit for bit
         config = config.replace(threads=Config.from_toml(Path(config.out) / "config.toml").threads)
+    check_algorithms(config)
     setup = prepare(config)
     cfg = setup.cfg
     run_dir = RunDir(cfg)
@@ -283,7 +192,7 @@ def run(config: Config) -> RunResult:
         f"splitfed: {cfg.dataset} ({len(setup.data.train_y)} train / {len(setup.data.test_y)} test), "
         f"model {cfg.model} cut at layer {cfg.cut_layer}, {cfg.clients} clients, partition {cfg.partition}"
         + (f" ({cfg.partition_option})" if cfg.partition_option is not None else "")
-        + f", τ = {setup.tau()} iterations/round, device {setup.init_c.params.device}; writing {run_dir.path}"
+        + f", τ = {setup.tau()} iterations/round, device {setup.device}; writing {run_dir.path}"
     )
     log.info("client class histogram:\n" + format_histogram(histogram))
     progress = Progress(cfg)
@@ -295,9 +204,9 @@ def run(config: Config) -> RunResult:
             run_dir.append_metrics(record)
             progress(record)
 
-        algo, algo_history, _ = train(name, setup, run_dir.checkpoint(name), on_round)
+        executor, algo_history, _ = train(name, setup, run_dir.checkpoint(name), on_round)
         history += algo_history
-        models[name] = assemble(setup, algo.w_c, algo.w_s)
+        models[name] = setup.assemble(executor.w_c, executor.w_s)
     title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
     if cfg.partition_option is not None:
         title += f" {cfg.partition_option}"

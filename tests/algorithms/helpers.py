@@ -2,19 +2,19 @@ import copy
 
 import torch
 
-from splitfed.engine.loop import Setup, train
-from splitfed.runner import assemble, prepare
+from splitfed.executors import train
+from splitfed.setup import Setup, prepare
 
 
 def train_one(cfg, name):
     """Prepare cfg and train algorithm ``name`` in memory (no run directory)."""
     setup = prepare(cfg)
-    algo, history, ctx = train(name, setup)
-    return setup, algo, history, ctx
+    executor, history, ctx = train(name, setup)
+    return setup, executor, history, ctx
 
 
-def final_model(setup: Setup, algo) -> torch.nn.Module:
-    return assemble(setup, algo.w_c, algo.w_s)
+def final_model(setup: Setup, executor) -> torch.nn.Module:
+    return setup.assemble(executor.w_c, executor.w_s)
 
 
 def reference_sgd(setup: Setup, batches, lr, momentum=0.0, weight_decay=0.0) -> torch.nn.Module:

@@ -2,10 +2,9 @@ import math
 
 import torch
 
-from splitfed.engine.loop import measure_divergence
 from splitfed.engine.metrics import SplitModel, divergence, train_flops_per_sample
 from splitfed.models import build_model, split
-from splitfed.runner import prepare
+from splitfed.setup import prepare
 
 from ..conftest import small_config
 
@@ -16,7 +15,7 @@ def test_divergence_is_zero_when_every_client_has_the_same_data():
     setup.divergence_idx = [same] * len(setup.divergence_idx)
     buffers_before = setup.init_c.buffers.clone()
     split_model = SplitModel(setup.client_module, setup.server_module)
-    div = measure_divergence(setup, split_model, setup.init_c, setup.init_s)
+    div = setup.divergence(split_model, setup.init_c, setup.init_s)
     assert div["divergence_client"] == 0.0 and div["divergence_server"] == 0.0
     assert torch.equal(setup.init_c.buffers, buffers_before)  # BatchNorm statistics left as they were
 
@@ -26,7 +25,7 @@ def test_divergence_grows_with_the_non_iid_ratio():
     for p in (0.0, 1.0):
         setup = prepare(small_config(non_iid_ratio=p, divergence_samples=100))
         split_model = SplitModel(setup.client_module, setup.server_module)
-        values.append(measure_divergence(setup, split_model, setup.init_c, setup.init_s))
+        values.append(setup.divergence(split_model, setup.init_c, setup.init_s))
     assert values[1]["divergence_client"] > 2 * values[0]["divergence_client"] > 0
     assert values[1]["divergence_server"] > 2 * values[0]["divergence_server"] > 0
 

@@ -97,12 +97,12 @@ def test_minibatch_sfl_on_the_vit_is_finite_and_reproducible_at_every_cut(cut):
     assert runs[0] == runs[1]
 
 
-def test_minibatch_sfl_on_the_vit_runs_the_same_vectorised():
+def test_minibatch_sfl_on_the_vit_runs_the_same_batched():
     cfg = small_config(
         model="vit", synthetic_shape=FMNIST, synthetic_samples=160, lr=0.05, divergence_every=0
     )
     setup, loop, loop_history, _ = train_one(cfg, "minibatch_sfl")
-    _, vmap, vmap_history, _ = train_one(cfg.replace(execution="vmap"), "minibatch_sfl")
+    _, vmap, vmap_history, _ = train_one(cfg.replace(execution="batched"), "minibatch_sfl")
     assert_same_model(final_model(setup, vmap), final_model(setup, loop), atol=1e-5)
     for a, b in zip(loop_history, vmap_history, strict=True):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5

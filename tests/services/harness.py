@@ -10,11 +10,12 @@ from pathlib import Path
 import torch
 
 from splitfed import Config
-from splitfed.engine.loop import load_checkpoint, train
+from splitfed.engine.checkpoint import load_checkpoint
 from splitfed.engine.side import State
-from splitfed.runner import prepare
+from splitfed.executors import train
 from splitfed.services.deploy import Deployment, load, write_config
 from splitfed.services.launch import prepare_deployment, role_command
+from splitfed.setup import prepare
 
 from ..conftest import small_config
 

@@ -10,7 +10,6 @@ import grpc
 import pytest
 import torch
 
-from splitfed.runner import RunDir, prepare
 from splitfed.services import splitfed_pb2 as pb
 from splitfed.services import splitfed_pb2_grpc as pb_grpc
 from splitfed.services._common import dial, serve
@@ -18,6 +17,7 @@ from splitfed.services.fed_server import FedServer
 from splitfed.services.main_server import MainServer
 from splitfed.services.security import call_metadata, read_token
 from splitfed.services.wire import encode, header
+from splitfed.setup import prepare
 
 from .harness import deployment, tiny_config
 
@@ -31,7 +31,7 @@ def servers(tmp_path_factory):
     _, config, deploy = deployment(tmp, config)
     setup = prepare(config)
     main = MainServer(setup, deploy)
-    fed = FedServer(setup, deploy, RunDir(setup.cfg))
+    fed = FedServer(setup, deploy)
     grpc_main = serve(
         deploy, deploy.main_server, 16, lambda s: pb_grpc.add_MainServerServicer_to_server(main, s)
     )

@@ -1,30 +1,27 @@
-"""SFL-V1 (spec §3): a server-side copy per client on the main server, trained on that client's batches
-only; the main server averages the copies and the fed server the client sides at round end."""
+"""SFL-V1 (spec §3): each client trains with its own server-side copy on the main server; at round end
+the main server averages the copies and the fed server the client sides.
 
-from ..engine.side import WeightedSum
-from .base import ALGORITHMS, Algorithm
+    for round r:
+        every client n starts from (w_c^r, w_s^r)     client_side = PER_CLIENT, server_side = PER_CLIENT
+        each iteration, each client n: send (z_n, y_n)  schedule = LOCKSTEP (the clients are independent)
+            main server: one step of w_{s,n} on         main_server
+            client n's batch; return ∂L_n/∂z_n
+        round end: w_s^{r+1} := Σ p_n w_{s,n};          fed_server (over every per-client copy)
+                   w_c^{r+1} := Σ p_n w_{c,n}
+
+With plain SGD and η_c = η_s it equals FedAvg of the whole model for any τ (a test).
+"""
+
+import torch
+
+from .base import LOCKSTEP, PER_CLIENT, Algorithm, MainServer, Smashed, register
 
 
-@ALGORITHMS.register("sfl_v1")
+@register("sfl_v1")
 class SFLV1(Algorithm):
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx)
-        # Within a round the clients are independent, so they are simulated one after another on one
-        # client-side and one server-side copy, each folded into the averages as it finishes.
-        self.client = ctx.client_side(copies=1)
-        self.main_server = ctx.server_side(copies=1)  # w_{s,n} of the client being simulated
+    client_side = PER_CLIENT
+    server_side = PER_CLIENT
+    schedule = LOCKSTEP
 
-    def run_round(self, rnd: int, clients: list[int]) -> None:
-        ctx, link = self.ctx, self.ctx.link
-        w_c, w_s = WeightedSum(), WeightedSum()
-        for n, p_n in zip(clients, ctx.weights(clients), strict=True):
-            self.client.load(0, link.down("global_client_weights", n, self.w_c))
-            self.main_server.load(0, self.w_s)
-            for _ in range(ctx.tau):
-                x, y = ctx.batch(n)
-                smashed = link.up("smashed", n, self.client.forward(0, x)).requires_grad_()
-                smashed_grad = self.main_server.train_step(0, smashed, link.up("labels", n, y))
-                self.client.backward(0, link.down("smashed_grad", n, smashed_grad))
-            w_c.add(link.up("client_weights", n, self.client.state(0)), p_n)
-            w_s.add(self.main_server.state(0), p_n)
-        self.w_c, self.w_s = w_c.result, w_s.result
+    def main_server(self, server: MainServer, batch: list[Smashed]) -> list[torch.Tensor]:
+        return server.step_each(batch)  # each batch steps the copy of the client that sent it

@@ -1,50 +1,29 @@
-"""SFL-V2 (spec §3): one server-side model stepped once per client batch, the clients taking turns;
-the fed server averages the client sides at round end.
+"""SFL-V2 (spec §3): one server-side model stepped once per client batch, the clients taking turns; the
+fed server averages the client sides at round end.
 
-Schedules (``sflv2_schedule``): "client_sequential" (reference code): clients in a random order, each doing
-all its τ iterations; "interleaved" (SplitFed paper text): every iteration, the clients in a random order
-each do one.
+    for round r:
+        every client n starts from w_c^r                          client_side = PER_CLIENT
+        clients take turns (``sflv2_schedule``):                    schedule
+            client_sequential (reference code): in a random order, each doing all τ iterations;
+            interleaved (SplitFed paper text): every iteration, in a random order, one batch each
+        main server, ONE model w_s: one step per client batch,     server_side = ONE
+            the next client seeing the model the previous one left
+        round end: w_c^{r+1} := Σ p_n w_{c,n}
 """
 
-from ..engine.side import WeightedSum, weighted_average
-from .base import ALGORITHMS, Algorithm
+import torch
+
+from .base import ONE, PER_CLIENT, Algorithm, MainServer, Smashed, register
 
 
-@ALGORITHMS.register("sfl_v2")
+@register("sfl_v2")
 class SFLV2(Algorithm):
-    def __init__(self, ctx) -> None:
-        super().__init__(ctx)
-        self.interleaved = ctx.cfg.sflv2_schedule == "interleaved"
-        self.clients = ctx.client_side(copies=ctx.copies_per_round if self.interleaved else 1)
-        self.main_server = ctx.server_side(copies=1)
+    client_side = PER_CLIENT
+    server_side = ONE
 
-    def step(self, i: int, n: int) -> None:
-        """Client n (on client-side copy i) and the one server-side model train on one batch of n."""
-        link = self.ctx.link
-        x, y = self.ctx.batch(n)
-        smashed = link.up("smashed", n, self.clients.forward(i, x)).requires_grad_()
-        smashed_grad = self.main_server.train_step(0, smashed, link.up("labels", n, y))
-        self.clients.backward(i, link.down("smashed_grad", n, smashed_grad))
+    @property
+    def schedule(self) -> str:
+        return self.cfg.sflv2_schedule  # "client_sequential" | "interleaved", the base's schedule names
 
-    def run_round(self, rnd: int, clients: list[int]) -> None:
-        ctx, link = self.ctx, self.ctx.link
-        self.main_server.load(0, self.w_s)
-        if self.interleaved:
-            for i, n in enumerate(clients):
-                self.clients.load(i, link.down("global_client_weights", n, self.w_c))
-            slot = {n: i for i, n in enumerate(clients)}
-            for t in range(ctx.tau):
-                for n in ctx.order(clients, rnd, t):
-                    self.step(slot[n], n)
-            uploads = [link.up("client_weights", n, self.clients.state(i)) for i, n in enumerate(clients)]
-            self.w_c = weighted_average(uploads, ctx.weights(clients))
-        else:
-            p = dict(zip(clients, ctx.weights(clients), strict=True))
-            w_c = WeightedSum()
-            for n in ctx.order(clients, rnd):
-                self.clients.load(0, link.down("global_client_weights", n, self.w_c))
-                for _ in range(ctx.tau):
-                    self.step(0, n)
-                w_c.add(link.up("client_weights", n, self.clients.state(0)), p[n])
-            self.w_c = w_c.result
-        self.w_s = self.main_server.state(0).clone()
+    def main_server(self, server: MainServer, batch: list[Smashed]) -> list[torch.Tensor]:
+        return server.step_each(batch)

@@ -46,11 +46,27 @@ class ClientStreams:
 
     def batch(self, s: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The next ``size`` training samples of stream ``s``, augmented if the data set says so."""
-        key = (self.epoch[s], self.pos[s])  # names this draw uniquely, for its augmentation
-        idx = self.next_indices(s, size)
+        x, y = self.batches([s], [size])
+        return x, y
+
+    def batches(self, streams: list[int], sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next sizes[i] samples of each stream streams[i], concatenated in that order.
+
+        One gather for all of them (a slot of many clients costs a few kernels, not a few per client);
+        the same samples as drawing each stream's batch in turn.
+        """
+        keys = [(self.epoch[s], self.pos[s]) for s in streams]  # name each draw, for its augmentation
+        pieces = [self.next_indices(s, size) for s, size in zip(streams, sizes, strict=True)]
+        idx = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
         x, y = self.data.train_x[idx], self.data.train_y[idx]
         if self.data.augment is not None:
-            x = self.data.augment(x, generator(self.seed, "augment", s, *key))
+            parts = x.split(sizes)
+            x = torch.cat(
+                [
+                    self.data.augment(part, generator(self.seed, "augment", s, *key))
+                    for part, s, key in zip(parts, streams, keys, strict=True)
+                ]
+            )
         return x, y
 
     def skip_to(self, s: int, consumed: int) -> None:

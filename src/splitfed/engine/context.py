@@ -1,4 +1,4 @@
-"""What an algorithm sees of the engine: its data, sides, message link and round schedule."""
+"""What an executor needs of the engine to run one algorithm: data streams, sides, link, round order."""
 
 from dataclasses import dataclass, field
 
@@ -10,6 +10,8 @@ from ..config import Config
 from ..data import ClientStreams
 from .link import Link
 from .side import SGD, Meter, Side, State
+
+UNION = -1  # the participant that holds the union of the round's clients' data (centralized training)
 
 
 @dataclass
@@ -38,41 +40,54 @@ class Context:
         """How many clients take part in a round (so how many client-side copies can be live at once)."""
         return self.cfg.clients_per_round or self.num_clients
 
-    def _side(
-        self,
-        module: nn.Module,
-        init: State,
-        copies: int,
-        lr: float | None,
-        location: str,
-        vectorised: bool = False,
-    ) -> Side:
+    def _side(self, module: nn.Module, init: State, copies: int, lr: float | None, **kw) -> Side:
         opt = SGD(lr or self.cfg.lr, self.cfg.momentum, self.cfg.weight_decay)
-        side = Side(module, init, copies, opt, location, self.meter, vectorised)
+        side = Side(module, init, copies, opt, meter=self.meter, **kw)
         self.sides.append(side)
         return side
 
-    def client_side(self, copies: int, location: str = "client") -> Side:
+    def client_side(self, copies: int, location: str = "client", vectorised: bool = False) -> Side:
         """Copies of the client-side model, trained with η_c; starts at w_c^0."""
-        vectorised = self.cfg.execution == "vmap"
-        return self._side(self.client_module, self.init_c, copies, self.cfg.client_lr, location, vectorised)
+        return self._side(
+            self.client_module,
+            self.init_c,
+            copies,
+            self.cfg.client_lr,
+            location=location,
+            vectorised=vectorised,
+        )
 
-    def server_side(self, copies: int, location: str = "main_server") -> Side:
+    def server_side(self, copies: int, location: str = "main_server", vectorised: bool = False) -> Side:
         """Copies of the server-side model, trained with η_s; starts at w_s^0."""
-        return self._side(self.server_module, self.init_s, copies, self.cfg.server_lr, location)
+        return self._side(
+            self.server_module,
+            self.init_s,
+            copies,
+            self.cfg.server_lr,
+            location=location,
+            vectorised=vectorised,
+        )
+
+    def batch_size(self, n: int) -> int:
+        """b_n; the union draws batches of b."""
+        return self.cfg.batch_size if n == UNION else self.batch_sizes[n]
+
+    def batches(self, participants: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Each participant's next mini-batch of b_n samples, concatenated: (x, y, sizes)."""
+        sizes = [self.batch_size(n) for n in participants]
+        streams = [self.num_clients if n == UNION else n for n in participants]
+        x, y = self.streams.batches(streams, sizes)
+        return x, y, sizes
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Client n's next mini-batch of b_n samples."""
-        return self.streams.batch(n, self.batch_sizes[n])
+        """Participant n's next mini-batch of b_n samples."""
+        x, y, _ = self.batches([n])
+        return x, y
 
-    def union_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The next batch of b samples from the union of all clients' data (centralized training)."""
-        return self.streams.batch(self.num_clients, self.cfg.batch_size)
-
-    def weights(self, clients: list[int]) -> list[float]:
-        """FedAvg weights p_n = |D_n| / Σ_m |D_m| over the given clients."""
-        total = sum(self.data_sizes[n] for n in clients)
-        return [self.data_sizes[n] / total for n in clients]
+    def weights(self, participants: list[int]) -> list[float]:
+        """FedAvg weights p_n = |D_n| / Σ_m |D_m| over the given participants."""
+        sizes = [sum(self.data_sizes) if n == UNION else self.data_sizes[n] for n in participants]
+        return [s / sum(sizes) for s in sizes]
 
     def order(self, clients: list[int], *keys: object) -> list[int]:
         """The clients in a random order drawn for (keys), e.g. (round,) or (round, iteration)."""
@@ -80,7 +95,3 @@ class Context:
             len(clients), generator=generator(self.cfg.seed_for("sampling"), "order", *keys)
         )
         return [clients[i] for i in perm.tolist()]
-
-    def grad_scale(self, b_n: int, giant: int) -> float:
-        """Factor on client n's slice of ∂L/∂Z for the giant-batch mean loss L (spec §2)."""
-        return giant / b_n if self.cfg.client_grad_scale == "local_mean" else 1.0

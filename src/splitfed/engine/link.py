@@ -7,7 +7,8 @@ Compression (``wire_dtype`` float16 or bfloat16) rounds smashed data and their g
 the networked roles do when they send them, so a simulation and a deployment compute the same numbers.
 """
 
-from typing import TypeVar
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import torch
 
@@ -54,13 +55,35 @@ class Link:
         return payload, size
 
     def up(self, kind: str, client: int, payload: Payload) -> Payload:
-        """Client ``client`` sends ``payload`` to a server."""
+        """Client ``client`` sends ``payload`` to a server. A negative id is no client (the union of
+        centralized training): nothing travels."""
+        if client < 0:
+            return payload
         payload, size = self._deliver(kind, payload)
         self.sent[client] += size
         return payload
 
     def down(self, kind: str, client: int, payload: Payload) -> Payload:
         """A server sends ``payload`` to client ``client``."""
+        if client < 0:
+            return payload
         payload, size = self._deliver(kind, payload)
         self.received[client] += size
         return payload
+
+    def counters(self, clients: Sequence[int]) -> dict[str, Any]:
+        """Bytes so far of ``clients`` (position by position) and by kind: see executors/graphs.py."""
+        ids = [n for n in clients if n >= 0]
+        return {
+            "sent": [self.sent[n] for n in ids],
+            "received": [self.received[n] for n in ids],
+            "by_kind": dict(self.by_kind),
+        }
+
+    def add_counters(self, clients: Sequence[int], delta: dict[str, Any]) -> None:
+        ids = [n for n in clients if n >= 0]
+        for n, sent, received in zip(ids, delta["sent"], delta["received"], strict=True):
+            self.sent[n] += sent
+            self.received[n] += received
+        for kind, size in delta["by_kind"].items():
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + size

@@ -108,3 +108,30 @@ def train_flops_per_sample(
         out = server(z.detach().requires_grad_())
         out.sum().backward()
     return client_flops / 2, counter.get_total_flops() / 2
+
+
+def measure_divergence(
+    split: SplitModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    samples: list[torch.Tensor],
+    data_sizes: list[int],
+    w_c: State,
+    w_s: State,
+) -> dict[str, float]:
+    """Client-side and server-side average gradient divergence at (w_c, w_s) (spec §6).
+
+    ``samples[n]`` indexes client n's fixed subsample of (x, y); clients are weighted by |D_n|.
+    """
+    grads_c, grads_s = [], []
+    for idx in samples:
+        gc, gs = split.gradients(w_c, w_s, x[idx], y[idx])
+        grads_c.append(gc)
+        grads_s.append(gs)
+    sizes = torch.tensor(data_sizes, dtype=torch.float64)
+    weights = sizes / sizes.sum()
+    out = {}
+    for side, grads in (("client", grads_c), ("server", grads_s)):
+        for form, value in divergence(grads, weights).items():
+            out[f"divergence_{side}" + ("" if form == "raw" else f"_{form}")] = value
+    return out

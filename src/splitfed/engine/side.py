@@ -143,33 +143,51 @@ class SGD:
 
 
 class Meter:
-    """What a round did, for its metrics: training loss, samples trained, optimizer steps."""
+    """What a round did, for its metrics: training loss, samples trained, optimizer steps.
+
+    The loss sum is one tensor updated in place (no device sync per step, and a fixed address that a
+    captured CUDA graph can keep adding to).
+    """
 
     def __init__(self) -> None:
-        self.reset()
+        self.loss_sum: torch.Tensor | None = None
+        self.loss_count = 0
 
     def reset(self) -> None:
-        self.loss_sum: torch.Tensor | float = 0.0  # a tensor once used: no device sync per step
+        if self.loss_sum is not None:
+            self.loss_sum.zero_()
         self.loss_count = 0
 
     def add_loss(self, loss: torch.Tensor, n: int) -> None:
-        self.loss_sum = self.loss_sum + loss.detach() * n
+        """Add a batch's mean loss over its n samples."""
+        if self.loss_sum is None:
+            self.loss_sum = torch.zeros((), dtype=torch.float64, device=loss.device)
+        self.loss_sum.add_(loss.detach() * n)
         self.loss_count += n
+
+    def counters(self, clients: Sequence[int] = ()) -> dict[str, int]:
+        return {"loss_count": self.loss_count}
+
+    def add_counters(self, clients: Sequence[int], delta: dict[str, int]) -> None:
+        self.loss_count += delta["loss_count"]
 
     @property
     def train_loss(self) -> float:
-        return float(self.loss_sum) / self.loss_count if self.loss_count else float("nan")
+        if not self.loss_count or self.loss_sum is None:
+            return float("nan")
+        return float(self.loss_sum) / self.loss_count
 
 
-_ALL_COPIES = -1  # the pending-graph key of a vectorised forward over every copy
+ALL = -1  # the copy index of a vectorised call over every copy at once
 
 
 class Side:
     """K copies of one side of the model, trained with one optimizer configuration.
 
     The copies live stacked in one State of [K, P] tensors; copy k is row k. ``location`` says which role
-    computes on it ("client" or "main_server"), for FLOP accounting. ``vectorised`` runs ``forward_all``
-    as one batched computation (``torch.func.vmap``) instead of a loop over the copies.
+    computes on it ("client" or "main_server"), for FLOP accounting. With ``vectorised``, a call on every
+    copy at once (``forward_each``, ``train_each``, ``joint_each`` with copies 0..K-1 and equal shapes)
+    runs as one batched computation (``torch.func.vmap``) instead of a loop over the copies.
     """
 
     def __init__(
@@ -184,6 +202,7 @@ class Side:
     ) -> None:
         self.module = module
         self.layout = Layout(module)
+        self.names = self.layout.param_names()
         self.opt = opt
         self.location = location
         self.meter = meter
@@ -194,8 +213,8 @@ class Side:
         self.rows = [
             State(self.store.params[k], self.store.buffers[k], self.store.momentum[k]) for k in range(copies)
         ]
-        self._views = [self._make_views(r) for r in self.rows]
-        self._stacked = self._make_views(self.store)  # [K, *shape] views, for the vectorised path
+        self._views = {k: self._make_views(r) for k, r in enumerate(self.rows)}
+        self._views[ALL] = self._make_views(self.store)  # [K, *shape] views, for vectorised calls
         self._pending: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self.samples = 0  # samples trained (forward + backward) since the last reset
         self.steps = 0  # optimizer steps since the last reset
@@ -214,26 +233,48 @@ class Side:
     def load(self, k: int, state: State) -> None:
         self.rows[k].copy_(state)
 
-    def _graph_forward(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def counters(self, clients: Sequence[int] = ()) -> dict[str, int]:
+        return {"samples": self.samples, "steps": self.steps}
+
+    def add_counters(self, clients: Sequence[int], delta: dict[str, int]) -> None:
+        self.samples += delta["samples"]
+        self.steps += delta["steps"]
+        self._pending.clear()  # after a capture or its failure: no graph is waiting for a backward
+
+    def batched(self, copies: Sequence[int], xs: Sequence[torch.Tensor]) -> bool:
+        """Whether a call on ``copies`` with inputs ``xs`` is vectorised: all copies, in order, one shape."""
+        return (
+            self.vectorised
+            and len(copies) > 1
+            and list(copies) == list(range(self.num_copies))
+            and len({x.shape for x in xs}) == 1
+        )
+
+    def _forward(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Copy k's output on x with the graph to its parameters (k = ALL: every copy, x stacked [K, ...])."""
         params, buffers, _ = self._views[k]
         leaves = [p.detach().requires_grad_() for p in params]
         self.module.train()
-        names = self.layout.param_names()
         updated = {n: b.clone() for n, b in buffers.items()}  # see Layout.buffer_copies
-        out = functional_call(self.module, (dict(zip(names, leaves, strict=True)), updated), (x,))
+
+        def call(p: list[torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.module, (dict(zip(self.names, p, strict=True)), b), (x,))
+
+        out = torch.func.vmap(call)(leaves, updated, x) if k == ALL else call(leaves, updated, x)
         if buffers:
             torch._foreach_copy_(list(buffers.values()), list(updated.values()))
-        self.samples += len(x)
+        self.samples += x.shape[0] * x.shape[1] if k == ALL else len(x)
         return out, leaves
 
     def _step(self, k: int, grads: Sequence[torch.Tensor]) -> None:
         params, _, mom = self._views[k]
         self.opt.step(params, grads, mom)
-        self.steps += 1
+        self.steps += self.num_copies if k == ALL else 1
 
+    # --- a client side: forward now, backward when the smashed data's gradient comes back ------------------
     def forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
         """Copy k's output on x, detached (it is what travels); the graph waits for ``backward(k, ...)``."""
-        out, leaves = self._graph_forward(k, x)
+        out, leaves = self._forward(k, x)
         self._pending[k] = (out, leaves)
         return out.detach()
 
@@ -242,50 +283,30 @@ class Side:
         out, leaves = self._pending.pop(k)
         self._step(k, torch.autograd.grad(out, leaves, grad))
 
-    def forward_all(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Copy k's output on xs[k] for every copy, as each client does in parallel; see ``backward_all``."""
-        if self.vectorised and len(xs) == self.num_copies and len({x.shape for x in xs}) == 1:
-            return self._vmap_forward(torch.stack(xs))
-        return [self.forward(k, x) for k, x in enumerate(xs)]
+    def forward_each(self, copies: Sequence[int], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Copy copies[i]'s output on xs[i] for each i, as clients do in parallel; see ``backward_each``."""
+        if self.batched(copies, xs):
+            return list(self.forward(ALL, torch.stack(list(xs))).unbind(0))
+        return [self.forward(k, x) for k, x in zip(copies, xs, strict=True)]
 
-    def backward_all(self, grads: list[torch.Tensor]) -> None:
-        """Back-propagate grads[k] through copy k's pending output, then step every copy."""
-        if _ALL_COPIES in self._pending:
-            out, leaves = self._pending.pop(_ALL_COPIES)
-            self.opt.step(
-                self._stacked[0], torch.autograd.grad(out, leaves, torch.stack(grads)), self._stacked[2]
-            )
-            self.steps += self.num_copies
+    def backward_each(self, copies: Sequence[int], grads: Sequence[torch.Tensor]) -> None:
+        """Back-propagate grads[i] through copy copies[i]'s pending output, then step each copy."""
+        if ALL in self._pending:
+            self.backward(ALL, torch.stack(list(grads)))
             return
         # Every gradient before any update: the copies share one storage, whose version counter an
         # update bumps, which would invalidate the other copies' pending graphs.
         all_grads = []
-        for k, grad in enumerate(grads):
+        for k, grad in zip(copies, grads, strict=True):
             out, leaves = self._pending.pop(k)
             all_grads.append(torch.autograd.grad(out, leaves, grad))
-        for k, g in enumerate(all_grads):
+        for k, g in zip(copies, all_grads, strict=True):
             self._step(k, g)
 
-    def _vmap_forward(self, xs: torch.Tensor) -> list[torch.Tensor]:
-        params, buffers, _ = self._stacked
-        leaves = [p.detach().requires_grad_() for p in params]
-        updated = {n: b.clone() for n, b in buffers.items()}  # see Layout.buffer_copies
-        names = self.layout.param_names()
-        self.module.train()
-
-        def one_copy(p: list[torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.module, (dict(zip(names, p, strict=True)), b), (x,))
-
-        out = torch.func.vmap(one_copy)(leaves, updated, xs)
-        if buffers:
-            torch._foreach_copy_(list(buffers.values()), list(updated.values()))
-        self.samples += xs.shape[0] * xs.shape[1]
-        self._pending[_ALL_COPIES] = (out, leaves)
-        return list(out.detach().unbind(0))
-
+    # --- a whole step on (x, y) -------------------------------------------------------------------------
     def train_step(self, k: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """One step of copy k on the mean cross-entropy of (x, y); returns ∂loss/∂x if x requires grad."""
-        out, leaves = self._graph_forward(k, x)
+        out, leaves = self._forward(k, x)
         loss = F.cross_entropy(out, y)
         self.meter.add_loss(loss, len(y))
         inputs = [*leaves, x] if x.requires_grad else leaves
@@ -293,13 +314,55 @@ class Side:
         self._step(k, grads[: len(leaves)])
         return grads[-1] if x.requires_grad else None
 
+    def train_each(
+        self, copies: Sequence[int], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """For each i, one step of copy copies[i] on (xs[i], ys[i]); each ∂loss_i/∂xs[i]."""
+        if not self.batched(copies, xs):
+            grads = []
+            for k, x, y in zip(copies, xs, ys, strict=True):
+                grad = self.train_step(k, x.detach().requires_grad_(), y)
+                assert grad is not None  # x requires grad
+                grads.append(grad)
+            return grads
+        x = torch.stack(list(xs)).detach().requires_grad_()
+        y = torch.stack(list(ys))
+        out, leaves = self._forward(ALL, x)
+        losses = _mean_losses(out, y)  # copy k's mean loss; their sum's gradient is each copy's own
+        self.meter.add_loss(losses.sum() / len(losses), y.numel())
+        grads = torch.autograd.grad(losses.sum(), [*leaves, x])
+        self._step(ALL, grads[:-1])
+        return list(grads[-1].unbind(0))
+
+
+def _mean_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per copy, the mean cross-entropy of out [K, b, classes] against y [K, b]."""
+    per_sample = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
+    return per_sample.view(y.shape).mean(1)
+
 
 def joint_step(client: Side, server: Side, k: int, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One SGD step of the unsplit model (client side then server side, one autograd graph)."""
-    z, c_leaves = client._graph_forward(k, x)
-    out, s_leaves = server._graph_forward(k, z)
-    loss = F.cross_entropy(out, y)
-    server.meter.add_loss(loss, len(y))
+    """One SGD step of the unsplit model (client side then server side, one autograd graph) on copy k of
+    both sides (k = ALL: every copy at once, x and y stacked [K, b, ...])."""
+    z, c_leaves = client._forward(k, x)
+    out, s_leaves = server._forward(k, z)
+    if k == ALL:
+        losses = _mean_losses(out, y)
+        loss, total = losses.sum(), losses.sum() / len(losses)
+    else:
+        loss = total = F.cross_entropy(out, y)
+    server.meter.add_loss(total, y.numel())
     grads = torch.autograd.grad(loss, c_leaves + s_leaves)
     client._step(k, grads[: len(c_leaves)])
     server._step(k, grads[len(c_leaves) :])
+
+
+def joint_each(
+    client: Side, server: Side, copies: Sequence[int], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
+) -> None:
+    """For each i, one SGD step of the unsplit model copy copies[i] on (xs[i], ys[i])."""
+    if client.batched(copies, xs) and server.batched(copies, xs):
+        joint_step(client, server, ALL, torch.stack(list(xs)), torch.stack(list(ys)))
+        return
+    for k, x, y in zip(copies, xs, ys, strict=True):
+        joint_step(client, server, k, x, y)

@@ -9,15 +9,21 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
-from ..engine.loop import Setup
 from ..engine.side import State
 from ..errors import SplitfedError
+from ..setup import Setup
 from .deploy import Deployment
 from .security import call_metadata, channel_credentials, client_identity, server_credentials
 from .wire import DTYPES, Expect, WireError
 
 T = TypeVar("T")
 FLOATS = ("float32", "float16", "bfloat16")
+
+
+class GaveUp(SplitfedError):
+    """A role stopped because a wait outlasted its deadline; its state is saved, a restart continues."""
+
+    exit_code = 3
 
 
 class ProtocolError(Exception):

@@ -1,11 +1,13 @@
-"""``splitfed client --id K``: one client as a process of its own.
+"""``splitfed client --id K``: one client as a process of its own, for any algorithm.
 
-It holds its shard of the training data (the partition the config and seed define) and trains the
-client-side model with the simulation's own ``Side`` and sampler: each round it fetches w_c^r from the fed
-server, runs τ iterations (sends its smashed data and labels to the main server, back-propagates the
-gradient it gets back; FedAvg: trains the whole model locally), and uploads its model to the fed server.
-A client that must restart a round (the main server restarted) reloads w_c^r and replays the round from
-its start; its sampler is put where the round began, so the replay draws the same batches.
+It holds its shard of the training data (the partition the config and seed define) and does what every
+client does in the algorithms' definitions (algorithms/base.py), with the simulation's own ``Side`` and
+sampler: each round it fetches the model it starts from (the fed server answers when it is this client's
+turn), runs its iterations — a split model: sends its smashed data and labels to the main server and
+back-propagates the gradient it gets back; otherwise: steps the whole model locally — and uploads its
+model to the fed server. A client that must restart a round (the main server restarted) reloads its start
+model and replays the round from its beginning; its sampler is put where the round began, so the replay
+draws the same batches. A client out of a round (dropped, or restarted mid-round) rejoins the next.
 """
 
 import logging
@@ -14,9 +16,10 @@ from typing import Any
 import grpc
 import torch
 
-from ..engine.loop import Setup
+from ..algorithms import create
 from ..engine.side import joint_step
 from ..errors import SplitfedError
+from ..setup import Setup
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import Caller, Shapes, dial, on_wire, restart_round, state_from, state_tensors
 from .deploy import Deployment
@@ -41,9 +44,11 @@ class Client:
             raise SplitfedError(f"--id must be in 0..{setup.cfg.clients - 1}, got {k}")
         self.setup, self.cfg, self.n = setup, setup.cfg, k
         self.ctx = setup.context()
-        self.fedavg = self.cfg.algorithm[0] == "fedavg"
+        self.algo = create(self.cfg, self.cfg.algorithm[0])
+        self.halves = ("client",) if self.algo.split else ("client", "server")  # what it holds
+        self.iterations = self.algo.iterations(self.ctx.tau, list(range(self.cfg.clients)))
         self.client_half = self.ctx.client_side(copies=1)
-        self.server_half = self.ctx.server_side(copies=1, location="client") if self.fedavg else None
+        self.server_half = None if self.algo.split else self.ctx.server_side(copies=1, location="client")
         self.shapes = Shapes(setup)
         self.device = setup.init_c.params.device
         identity = client_identity(k)
@@ -60,12 +65,15 @@ class Client:
             if head.status == "done":
                 log.info(f"client {self.n}: done after round {head.round - 1}")
                 return
+            if head.status == "sit_out":  # out of (or done with) the current round: wait for the next
+                r, dropped = head.round + 1, False
+                continue
             r, dropped = head.round, False
             self.client_half.load(0, state_from("client", tensors, self.device))
             if self.server_half is not None:
                 self.server_half.load(0, state_from("server", tensors, self.device))
             # where this client's sampler stands at the start of round r: τ·b_n samples per round
-            self.ctx.streams.skip_to(self.n, (r - 1) * self.ctx.tau * self.ctx.batch_sizes[self.n])
+            self.ctx.streams.skip_to(self.n, (r - 1) * self.iterations * self.ctx.batch_sizes[self.n])
             self.ctx.meter.reset()
             try:
                 self._train_round(r)
@@ -81,9 +89,9 @@ class Client:
             r += 1
 
     def _train_round(self, r: int) -> None:
-        for t in range(1, self.ctx.tau + 1):
+        for t in range(1, self.iterations + 1):
             x, y = self.ctx.batch(self.n)
-            if self.server_half is not None:  # FedAvg: the whole model, here
+            if self.server_half is not None:  # no split: the whole model, here
                 joint_step(self.client_half, self.server_half, 0, x, y)
                 continue
             smashed = self.client_half.forward(0, x)
@@ -112,14 +120,12 @@ class Client:
         return grad.float().to(self.device)
 
     def _global_weights(self, r: int, dropped: bool) -> tuple[Any, dict[str, torch.Tensor]]:
-        halves = ("client", "server") if self.fedavg else ("client",)
-
         def fetch(r: int, dropped: bool, **kw: Any) -> tuple[Any, dict[str, torch.Tensor]]:
             request = header(client=self.n, round=r, status="dropped" if dropped else "")
             frames = list(self.fed.GlobalClientWeights(request, **kw))
-            if frames and frames[0].header.status in ("done", "resend_upload"):
+            if frames and frames[0].header.status in ("done", "resend_upload", "sit_out"):
                 return frames[0].header, {}
-            return decode(frames, self.shapes.state_message(halves))
+            return decode(frames, self.shapes.state_message(self.halves))
 
         while True:
             head, tensors = self.call(fetch, r, dropped)

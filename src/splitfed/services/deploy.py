@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..algorithms import create
 from ..config import Config, coerce, dump_toml, read_toml
+from ..engine.context import UNION
 from ..errors import SplitfedError
 
 
@@ -29,12 +31,13 @@ class Deployment:
     iteration_timeout_s: float = 30.0  # main server, policy drop: how long an iteration waits
     round_timeout_s: float = 120.0  # fed server, policy drop: how long a round's uploads are awaited
     retry_s: float = 120.0  # how long a party keeps retrying an unreachable server
+    give_up_s: float = 1800.0  # a server that sees nothing move this long stops (state saved; restart it)
     max_frame_mb: float = 4.0  # the largest gRPC message accepted
 
     def __post_init__(self) -> None:
         if self.straggler_policy not in ("wait", "drop"):
             raise SplitfedError(f"straggler_policy must be wait or drop, got {self.straggler_policy!r}")
-        for name in ("iteration_timeout_s", "round_timeout_s", "retry_s", "max_frame_mb"):
+        for name in ("iteration_timeout_s", "round_timeout_s", "retry_s", "give_up_s", "max_frame_mb"):
             if not getattr(self, name) > 0:
                 raise SplitfedError(f"deploy.{name} must be positive, got {getattr(self, name)}")
 
@@ -68,17 +71,23 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Con
         config = config.replace(**overrides)
     if config.out is None:  # the fed server's run directory: fixed, so that a restart finds it
         config = config.replace(out=str(base / "run"))
-    if len(config.algorithm) != 1 or config.algorithm[0] not in NETWORKED:
-        raise SplitfedError(
-            f"a deployment runs one algorithm of {', '.join(NETWORKED)}; "
-            f"the config names {', '.join(config.algorithm)}"
-        )
-    if config.clients_per_round is not None:
-        raise SplitfedError("a deployment trains every client every round: remove clients_per_round")
+    check_deployable(config)
     return config, Deployment(**values)
 
 
-NETWORKED = ("minibatch_sfl", "sfl_v2", "fedavg")
+def check_deployable(config: Config) -> None:
+    """One algorithm, whose definition has clients to deploy; every client trains every round."""
+    if len(config.algorithm) != 1:
+        raise SplitfedError(
+            f"a deployment runs one algorithm; the config names {', '.join(config.algorithm)}"
+        )
+    algo = create(config, config.algorithm[0])
+    if UNION in algo.participants([0]):
+        raise SplitfedError(
+            f"{algo.name} trains on the union of the clients' data in one place: there is nothing to deploy"
+        )
+    if config.clients_per_round is not None:
+        raise SplitfedError("a deployment trains every client every round: remove clients_per_round")
 
 
 def write_config(path: str | Path, config: Config, deploy: Deployment) -> Path:

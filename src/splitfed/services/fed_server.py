@@ -1,32 +1,41 @@
-"""``splitfed fed-server``: the fed server as a network service.
+"""``splitfed fed-server``: the fed server as a network service, for any algorithm.
 
-It hands every client the global client-side model w_c^r, collects the clients' models at the end of
-round r and averages them with the simulation's own ``weighted_average`` (FedAvg: both halves), then
-evaluates the assembled model (w_c^{r+1} with the main server's w_s^r) on the whole test set and writes
-the run directory exactly as ``splitfed run`` does: config.toml, metrics.jsonl, summary.csv, plots.
+Each round it hands every participant the model its definition says the client starts from — the global
+w_c^r (and, when the whole model trains on the client, w_s^r), or in a relay the model the previous client
+in the round's order left — collects the clients' models at the end of their turn, and combines them with
+the definition's ``fed_server`` rule (a relay keeps the last one). It takes the server-side model from the
+main server when the model is split, evaluates the assembled model on the whole test set, and reports each
+round's record (``on_round``); the caller writes the run directory.
 
-With straggler_policy "drop", a round's average is taken round_timeout_s after its first upload with the
-clients that uploaded; clients the main server left out of the round say so and are not waited for.
-State is checkpointed at every round end, before the new model is handed out, so a restarted fed server
-continues where it was; a client whose upload it lost is asked to send it again.
+Deadlines: with straggler_policy "drop", a round's average is taken round_timeout_s after its first upload
+with the clients that uploaded, and a relay skips a client that keeps its successor waiting that long;
+clients the main server left out of a round are not waited for. With "wait" (and in any case once nothing
+has moved for give_up_s) the server stops with a message; its state is saved at every round end, before
+the new model is handed out, so a restarted fed server continues where it was, and a client whose upload
+it lost is asked to send it again.
 """
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ..engine.loop import Setup, load_checkpoint, save_checkpoint
+from ..algorithms import Algorithm, create
+from ..algorithms.base import RELAY
+from ..engine.checkpoint import load_checkpoint, save_checkpoint
 from ..engine.metrics import SplitModel
-from ..engine.side import State, weighted_average
-from ..runner import RunDir
+from ..engine.side import State
+from ..executors.local import plan_round
+from ..setup import Setup
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import (
     Caller,
+    GaveUp,
     ProtocolError,
     Shapes,
     abort,
@@ -44,14 +53,16 @@ log = logging.getLogger("splitfed")
 
 
 class FedServer(pb_grpc.FedServerServicer):
-    def __init__(self, setup: Setup, deploy: Deployment, run_dir: RunDir) -> None:
-        self.setup, self.deploy, self.cfg, self.run_dir = setup, deploy, setup.cfg, run_dir
+    def __init__(
+        self, setup: Setup, deploy: Deployment, on_round: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.setup, self.deploy, self.cfg, self.on_round = setup, deploy, setup.cfg, on_round
+        self.algo: Algorithm = create(self.cfg, self.cfg.algorithm[0])
         self.ctx = setup.context()
-        self.algorithm = self.cfg.algorithm[0]
-        self.halves = ("client", "server") if self.algorithm == "fedavg" else ("client",)
+        self.halves = ("client",) if self.algo.split else ("client", "server")  # what a client holds
         self.shapes = Shapes(setup)
         self.tokens = Tokens.load(deploy.tokens)
-        self.device = setup.init_c.params.device
+        self.device = setup.device
         self.split_model = SplitModel(setup.client_module, setup.server_module)
         self.state_file = Path(deploy.state_dir) / "fed_server.pt"
         self.cv = threading.Condition()
@@ -63,20 +74,25 @@ class FedServer(pb_grpc.FedServerServicer):
             self.w_c = State.from_dict({k: v.to(self.device) for k, v in saved["w_c"].items()})
             self.w_s = State.from_dict({k: v.to(self.device) for k, v in saved["w_s"].items()})
             self.history = saved["history"]
-            run_dir.write_metrics(self.history)
             log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
-        self._new_round()
         self.finished = threading.Event()
+        self.failure: str | None = None
         self.started = time.perf_counter() - (self.history[-1]["wall_time_s"] if self.history else 0.0)
-        if self.algorithm != "fedavg":
+        if self.algo.split:
             token = read_token(deploy.token_file("fed_server"))
             self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
             self.call = Caller("fed_server", token, deploy.retry_s)
+        self._new_round()
 
     def _new_round(self) -> None:
+        clients = list(range(self.cfg.clients))
+        plan = plan_round(self.algo, self.ctx, self.round, clients, one_by_one=False)
+        self.weights = plan.weights
+        self.turns = sorted(plan.first, key=plan.first.__getitem__)  # the order a relay hands the model on
         self.uploads: dict[int, tuple[State, State | None, dict[str, float]]] = {}
-        self.left_out: set[int] = set()  # clients the main server dropped from this round
+        self.left_out: set[int] = set()  # clients out of this round: dropped by the main server, or skipped
         self.clock: float | None = None
+        self.progress = time.monotonic()  # when this round last moved (round start, an upload)
         self.main_round: tuple[State, list[int]] | None = None  # w_s^r and who the main server left out
         self.round_started = time.perf_counter()
         self.wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
@@ -85,18 +101,54 @@ class FedServer(pb_grpc.FedServerServicer):
     def done(self) -> bool:
         return self.round > self.cfg.rounds
 
+    # --- a relay: whose turn it is, and the model handed on --------------------------------------------
+    def _relay_state(self, n: int) -> State | None:
+        """The model client n starts from in a relay, once every client before it is done or out."""
+        held = self.w_c
+        for m in self.turns[: self.turns.index(n)]:
+            if m in self.uploads:
+                held = self.uploads[m][0]
+            elif m not in self.left_out:
+                return None  # m still has the model
+        return held
+
+    def _relay_waiting_on(self) -> int | None:
+        """The client whose turn it is (neither uploaded nor out), if any."""
+        return next((m for m in self.turns if m not in self.uploads and m not in self.left_out), None)
+
     # --- aggregation ------------------------------------------------------------------------------------
-    def _maybe_aggregate(self) -> None:
+    def _check_deadlines(self) -> None:
+        if self.done or self.failure is not None:
+            return
+        now = time.monotonic()
+        late = self.clock is not None and now - self.clock > self.deploy.round_timeout_s
+        if self.algo.client_side == RELAY and self.deploy.straggler_policy == "drop":
+            waiting = self._relay_waiting_on()
+            if waiting is not None and now - self.progress > self.deploy.round_timeout_s:
+                log.info(f"fed server: round {self.round} hands the model on past client {waiting} (late)")
+                self.left_out.add(waiting)
+                self.progress = now
+                self.cv.notify_all()
+        self._maybe_aggregate(late)
+        if not self.done and now - self.progress > self.deploy.give_up_s:
+            missing = sorted(set(range(self.cfg.clients)) - self.uploads.keys() - self.left_out)
+            self.failure = (
+                f"round {self.round} saw nothing move for {now - self.progress:.0f} s "
+                f"(give_up_s {self.deploy.give_up_s:g}) waiting for clients {missing}; "
+                f"state saved after round {self.round - 1}: "
+                "restart this server to continue"
+            )
+            self.finished.set()
+            self.cv.notify_all()
+
+    def _maybe_aggregate(self, late: bool = False) -> None:
         if self.done or not self.uploads:
             return
-        # Not waited for: clients that said the main server left them out, and those the main server
-        # reports it went on without (split algorithms: its round must be over first).
         expected = set(range(self.cfg.clients)) - self.left_out
-        if self.algorithm != "fedavg":
+        if self.algo.split:  # the main server's round must be over: it says whom it went on without
             if self.main_round is None:
                 return
             expected -= set(self.main_round[1])
-        late = self.clock is not None and time.monotonic() - self.clock > self.deploy.round_timeout_s
         if expected <= self.uploads.keys() or (self.deploy.straggler_policy == "drop" and late):
             self._aggregate()
 
@@ -112,21 +164,25 @@ class FedServer(pb_grpc.FedServerServicer):
                 self.main_round = (state_from("server", tensors, self.device), list(head.dropped))
                 self._maybe_aggregate()
 
+    def _combine(self, clients: list[int], half: int) -> State:
+        """The definition's fed-server rule over the uploads of ``clients``, weights p_n renormalised."""
+        total = sum(self.weights[n] for n in clients)
+        acc = self.algo.fed_server()
+        for n in clients:
+            acc.add(self.uploads[n][half], self.weights[n] / total)  # type: ignore[arg-type]
+        return acc.result
+
     def _aggregate(self) -> None:
         trained = time.perf_counter()  # the round's training ends here; averaging and evaluation follow
         r, clients = self.round, sorted(self.uploads)
-        weights = self.ctx.weights(clients)
-        w_c = weighted_average([self.uploads[n][0] for n in clients], weights)  # w_c^{r+1} = Σ p_n w_{c,n}
+        if self.algo.client_side == RELAY:
+            w_c = self.uploads[[m for m in self.turns if m in self.uploads][-1]][0]  # the last one's
+        else:
+            w_c = self._combine(clients, 0)
         dropped = sorted(set(range(self.cfg.clients)) - set(clients))
         main_wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
-        if self.algorithm == "fedavg":
-            w_s = weighted_average([self.uploads[n][1] for n in clients], weights)  # type: ignore[misc]
-            samples = sum(self.uploads[n][2]["samples"] for n in clients)
-            train_loss = sum(
-                self.uploads[n][2]["train_loss"] * self.uploads[n][2]["samples"] for n in clients
-            )
-            train_loss /= max(samples, 1)
-        else:
+        fps_c, fps_s = self.setup.flops_per_sample
+        if self.algo.split:
             assert self.main_round is not None
             w_s = self.main_round[0]
             head, _ = self._server_weights(r, weights=False)  # the round's totals, now that replies are sent
@@ -135,13 +191,19 @@ class FedServer(pb_grpc.FedServerServicer):
                 if ":" in key:
                     direction, n = key.split(":")
                     main_wire[direction][int(n)] = int(value)
+            client_flops, server_flops = samples * fps_c, samples * fps_s
+        else:
+            w_s = self._combine(clients, 1)
+            samples = sum(self.uploads[n][2]["samples"] for n in clients)
+            loss_sum = sum(self.uploads[n][2]["train_loss"] * self.uploads[n][2]["samples"] for n in clients)
+            train_loss = loss_sum / max(samples, 1)
+            client_flops, server_flops = samples * (fps_c + fps_s), 0.0
         acc, loss = self.split_model.evaluate(w_c, w_s, self.setup.data.test_x, self.setup.data.test_y)
-        fps_c, fps_s = self.setup.flops_per_sample
         up = [main_wire["in"][n] + self.wire["in"][n] for n in range(self.cfg.clients)]
         down = [main_wire["out"][n] + self.wire["out"][n] for n in range(self.cfg.clients)]
         now = time.perf_counter()
         record = {
-            "algorithm": self.algorithm,
+            "algorithm": self.algo.name,
             "round": r,
             "test_accuracy": acc,
             "test_loss": loss,
@@ -149,8 +211,8 @@ class FedServer(pb_grpc.FedServerServicer):
             "participants": len(clients),
             "dropped_clients": dropped,
             "samples": int(samples),
-            "client_flops": samples * (fps_c + (fps_s if self.algorithm == "fedavg" else 0.0)),
-            "server_flops": 0.0 if self.algorithm == "fedavg" else samples * fps_s,
+            "client_flops": client_flops,
+            "server_flops": server_flops,
             "bytes_up_per_client": sum(up) / len(clients),
             "bytes_down_per_client": sum(down) / len(clients),
             "client_bytes_up": up,
@@ -171,17 +233,13 @@ class FedServer(pb_grpc.FedServerServicer):
             self.state_file,
             {"version": 1, "round": r, "w_c": w_c.to_dict(), "w_s": w_s.to_dict(), "history": self.history},
         )
-        self.run_dir.append_metrics(record)
-        dropped_text = f"  dropped {dropped}" if dropped else ""
-        log.info(
-            f"[{self.algorithm:>13}] round {r:>3}/{self.cfg.rounds}  acc {acc:.4f}  test_loss {loss:.4f}  "
-            f"train_loss {train_loss:.4f}  {record['round_time_s']:.2f}s{dropped_text}"
-        )
+        if self.on_round is not None:
+            self.on_round(record)
         self.w_c, self.w_s = w_c, w_s
         self.round += 1
         self._new_round()
         if self.done:
-            self._finish()
+            self.finished.set()
         self.cv.notify_all()
 
     def _server_weights(self, r: int, weights: bool) -> tuple[pb.Header, dict]:
@@ -193,47 +251,49 @@ class FedServer(pb_grpc.FedServerServicer):
 
         return self.call(fetch)
 
-    def _finish(self) -> None:
-        title = (
-            f"{self.cfg.dataset}, {self.cfg.model} cut {self.cfg.cut_layer}, N={self.cfg.clients}, deployed"
-        )
-        self.run_dir.finish(self.history, [self.algorithm], title)
-        self.finished.set()
-
     # --- RPCs -------------------------------------------------------------------------------------------
-    def _client(self, context: grpc.ServicerContext, claimed: int) -> int:
-        check_client(self.tokens.identify(context), claimed, self.cfg.clients)
-        return claimed
-
     def GlobalClientWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
+        identity = self.tokens.identify(context)
         try:
-            n = self._client(context, request.client)
+            n = request.client
+            check_client(identity, n, self.cfg.clients)
             if request.round < 1:
                 raise WireError(f"rounds count from 1, got {request.round}")
             with self.cv:
                 while True:
                     if self.done:
                         return iter([pb.Frame(header=header(client=n, round=self.round, status="done"))])
-                    if request.round <= self.round:
-                        break
+                    if self.failure is not None:
+                        raise ProtocolError(
+                            grpc.StatusCode.UNAVAILABLE, f"the fed server stopped: {self.failure}"
+                        )
                     if request.round > self.round + 1:
                         raise ProtocolError(
                             grpc.StatusCode.FAILED_PRECONDITION,
                             f"round {request.round} is ahead of round {self.round}",
                         )
-                    if request.status == "dropped":  # the main server left it out: do not wait for its upload
-                        self.left_out.add(n)
-                        self._maybe_aggregate()
-                    elif n not in self.uploads:  # e.g. this server restarted and lost the upload
-                        return iter(
-                            [pb.Frame(header=header(client=n, round=self.round, status="resend_upload"))]
-                        )
+                    if request.round == self.round + 1:  # the client finished round r and waits for r+1
+                        if request.status == "dropped":  # the main server left it out: do not wait for it
+                            self.left_out.add(n)
+                            self._maybe_aggregate()
+                        elif n not in self.uploads and n not in self.left_out:  # e.g. a restart lost it
+                            return iter(
+                                [pb.Frame(header=header(client=n, round=self.round, status="resend_upload"))]
+                            )
+                    else:
+                        start = self._relay_state(n) if self.algo.client_side == RELAY else self.w_c
+                        if n in self.left_out or n in self.uploads:  # out of, or done with, this round
+                            return iter(
+                                [pb.Frame(header=header(client=n, round=self.round, status="sit_out"))]
+                            )
+                        if start is not None:
+                            break
                     if not context.is_active():
                         return iter(())
                     self.cv.wait(timeout=0.5)
-                    self._maybe_aggregate()
-                tensors = state_tensors("client", self.w_c)
-                if self.algorithm == "fedavg":
+                    self._check_deadlines()
+                tensors = state_tensors("client", start)
+                if not self.algo.split:
                     tensors |= state_tensors("server", self.w_s)
                 frames = list(encode(header(client=n, round=self.round, status="ok"), tensors))
                 self.wire["out"][n] += sum(f.ByteSize() for f in frames)
@@ -242,58 +302,68 @@ class FedServer(pb_grpc.FedServerServicer):
             abort(context, e)
 
     def UploadClientWeights(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.Header:
+        identity = self.tokens.identify(context)  # before anything of the message is read
         frames = Counting(request_iterator)
         try:
             head, tensors = decode(frames, self.shapes.state_message(self.halves))
-            n = self._client(context, head.client)
-            for key in ("samples", "train_loss") if self.algorithm == "fedavg" else ():
+            n = head.client
+            check_client(identity, n, self.cfg.clients)
+            for key in ("samples", "train_loss") if not self.algo.split else ():
                 if key not in head.info or not head.info[key] >= 0:
-                    raise WireError(f"a FedAvg upload reports its {key}")
+                    raise WireError(f"an upload of the whole model reports its {key}")
             w_c = state_from("client", tensors, self.device)
-            w_s = state_from("server", tensors, self.device) if self.algorithm == "fedavg" else None
+            w_s = state_from("server", tensors, self.device) if not self.algo.split else None
             with self.cv:
                 if head.round < self.round or self.done:
-                    return header(
-                        client=n, round=self.round, status="stale"
-                    )  # that round is averaged already
+                    return header(client=n, round=self.round, status="stale")  # averaged already
                 if head.round > self.round:
                     raise ProtocolError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"round {head.round} has not started"
                     )
+                if n in self.left_out:
+                    raise ProtocolError(
+                        grpc.StatusCode.FAILED_PRECONDITION, f"client {n} is out of round {head.round}"
+                    )
                 self.uploads[n] = (w_c, w_s, dict(head.info))
                 self.wire["in"][n] += frames.bytes
-                if self.clock is None and self.algorithm != "fedavg":
+                if self.clock is None and self.algo.split:
                     threading.Thread(target=self._fetch_main_round, args=(self.round,), daemon=True).start()
                 self.clock = self.clock or time.monotonic()
+                self.progress = time.monotonic()
                 self._maybe_aggregate()
+                self.cv.notify_all()
                 return header(client=n, round=head.round, status="ok")
         except (WireError, ProtocolError) as e:
             abort(context, e)
 
     def tick(self) -> None:
-        """Let a round's deadline pass even when no call comes in."""
+        """Let a round's deadlines pass even when no call comes in."""
         with self.cv:
-            self._maybe_aggregate()
+            self._check_deadlines()
 
 
-def run_fed_server(setup: Setup, deploy: Deployment, run_dir: RunDir) -> None:
-    """Serve until every round is averaged and evaluated, then give clients a moment to hear "done"."""
+def run_fed_server(service: FedServer) -> list[dict[str, Any]]:
+    """Serve until every round is averaged and evaluated (then give clients a moment to hear "done");
+    returns the history. Raises GaveUp if a wait outlasted its deadline."""
+    deploy = service.deploy
     Path(deploy.state_dir).mkdir(parents=True, exist_ok=True)
-    service = FedServer(setup, deploy, run_dir)
     server = serve(
         deploy,
         deploy.fed_server_listen or deploy.fed_server,
-        setup.cfg.clients + 8,
+        service.cfg.clients + 8,
         lambda s: pb_grpc.add_FedServerServicer_to_server(service, s),
     )
     log.info(
-        f"fed server: listening on {deploy.fed_server} (TLS), writing {run_dir.path}, round {service.round}"
+        f"fed server: listening on {deploy.fed_server} (TLS), {service.algo.name}, round {service.round}"
     )
     try:
         if service.done:
-            service._finish()
+            service.finished.set()
         while not service.finished.wait(timeout=1.0):
             service.tick()
+        if service.failure is not None:
+            raise GaveUp(f"fed server: {service.failure}")
         time.sleep(3.0)
     finally:
         server.stop(grace=2.0)
+    return service.history

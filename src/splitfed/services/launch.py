@@ -14,9 +14,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..algorithms import create
 from ..config import Config
 from ..errors import SplitfedError
-from .deploy import Deployment, write_config
+from .deploy import Deployment, check_deployable, write_config
 from .security import make_credentials
 
 log = logging.getLogger("splitfed")
@@ -53,6 +54,7 @@ def prepare_deployment(config: Config, workdir: Path) -> Path:
 
 def launch(config: Config, workdir: str | None = None) -> Path:
     """Run ``config`` as a deployment on loopback; returns its run directory."""
+    check_deployable(config)
     work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="splitfed-launch-"))
     work.mkdir(parents=True, exist_ok=True)
     if config.out is None:
@@ -76,7 +78,7 @@ def launch(config: Config, workdir: str | None = None) -> Path:
                 stderr=subprocess.STDOUT,
             )
         ]
-        if config.algorithm[0] != "fedavg"
+        if create(config, config.algorithm[0]).split
         else []
     )
     clients = [

@@ -1,17 +1,17 @@
-"""``splitfed main-server``: the main server as a network service.
+"""``splitfed main-server``: the main server as a network service, for any algorithm that splits the model.
 
-It trains the server-side model on the clients' smashed data exactly as the simulation does (the same
-``main_server_step`` and ``Side``): MiniBatch-SFL takes ONE step on the giant mini-batch of all clients'
-smashed data per iteration, behind a barrier; SFL-V2 takes one step per client batch, in the order the
-simulation draws. A round is a sequence of slots, each a set of (client, iteration) requests processed
-together: every client at one iteration (MiniBatch-SFL), or one client at a time (SFL-V2).
+It walks each round's slots — the same ``plan_round`` as the in-process executors, so the same order and
+the same sets of client batches handled together — and gives each slot's smashed data to the algorithm's
+own ``main_server`` step, on the server-side models its definition asks for (one shared model, or a copy
+per client averaged with the definition's ``fed_server`` rule at round end).
 
-Requests are checked before they touch state (token, identity, tensors, round and iteration). A retry of
-an answered request gets the same answer; a request behind the server is refused (FAILED_PRECONDITION:
-the round went on without that client); a request ahead of it, as after a restart of this server, is
-told to restart the server's round (ABORTED "restart round R"). With straggler_policy "drop", a slot whose
-clients do not all arrive within iteration_timeout_s goes ahead with those present; the others are out
-of that round and rejoin the next. The state is checkpointed at every round end.
+Requests are checked before they touch state (token first, then identity, tensors, round and iteration).
+A retry of an answered request gets the same answer; a request for a slot already handled (a client that
+restarted mid-round) takes that client out of the rest of the round (FAILED_PRECONDITION: it rejoins the
+next); a request ahead of the server, as after a restart of this server, is told to restart the server's
+round (ABORTED "restart round R"). With straggler_policy "drop", a slot whose clients do not all arrive
+within iteration_timeout_s goes ahead with those present; with "wait", a slot that waits longer than
+give_up_s stops the server with a message (its state is saved every round: restart it to continue).
 """
 
 import logging
@@ -23,12 +23,15 @@ from typing import Any
 import grpc
 import torch
 
-from ..algorithms.minibatch_sfl import main_server_step
-from ..engine.loop import Setup, load_checkpoint, save_checkpoint
+from ..algorithms import Algorithm, Smashed, create
+from ..algorithms.base import PER_CLIENT
+from ..engine.checkpoint import load_checkpoint, save_checkpoint
 from ..engine.side import State
+from ..executors.local import InProcessMainServer, plan_round
+from ..setup import Setup
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
-from ._common import ProtocolError, Shapes, abort, check_client, on_wire, serve, state_tensors
+from ._common import GaveUp, ProtocolError, Shapes, abort, check_client, on_wire, serve, state_tensors
 from .deploy import Deployment
 from .security import Tokens
 from .wire import Counting, WireError, decode, encode, header
@@ -40,12 +43,13 @@ FAILED, AHEAD = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED
 class MainServer(pb_grpc.MainServerServicer):
     def __init__(self, setup: Setup, deploy: Deployment) -> None:
         self.setup, self.deploy, self.cfg = setup, deploy, setup.cfg
+        self.algo: Algorithm = create(self.cfg, self.cfg.algorithm[0])
         self.ctx = setup.context()
-        self.server = self.ctx.server_side(copies=1)  # the one w_s
+        self.clients = list(range(self.cfg.clients))
+        copies = len(self.clients) if self.algo.server_side == PER_CLIENT else 1
+        self.server = self.ctx.server_side(copies=copies)  # w_s, or w_{s,n} for each client n
         self.shapes = Shapes(setup)
         self.tokens = Tokens.load(deploy.tokens)
-        self.clients = list(range(self.cfg.clients))
-        self.giant_batch = self.cfg.algorithm[0] == "minibatch_sfl"
         self.state_file = Path(deploy.state_dir) / "main_server.pt"
         self.cv = threading.Condition()
         self.round = 1
@@ -57,32 +61,39 @@ class MainServer(pb_grpc.MainServerServicer):
         # round -> client -> [bytes in, bytes out] on the wire
         self.wire_bytes: dict[int, dict[int, list[int]]] = {}
         self.finished = threading.Event()
+        self.failure: str | None = None  # why this server gave up waiting, if it did
         if self.state_file.exists():
             self._restore()
         self._start_round()
 
     # --- rounds and slots ---------------------------------------------------------------------------
     def _start_round(self) -> None:
-        tau, r = self.ctx.tau, self.round
-        if self.giant_batch:
-            self.slots = [[(n, t) for n in self.clients] for t in range(1, tau + 1)]
-        elif self.cfg.sflv2_schedule == "interleaved":
-            self.slots = [[(n, t)] for t in range(1, tau + 1) for n in self.ctx.order(self.clients, r, t - 1)]
-        else:
-            self.slots = [[(n, t)] for n in self.ctx.order(self.clients, r) for t in range(1, tau + 1)]
+        plan = plan_round(self.algo, self.ctx, self.round, self.clients, one_by_one=False)
+        self.weights = plan.weights
+        self.slots = [[(n, t + 1) for n, t in slot] for slot in plan.slots]  # iterations count from 1
         self.slot_of = {req: k for k, slot in enumerate(self.slots) for req in slot}
         self.pos = 0
         self.arrived: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.dropped: set[int] = set()
         self.done_iters = dict.fromkeys(self.clients, 0)
         self.clock: float | None = None  # when someone started waiting on the current slot
+        self.progress = time.monotonic()  # when the last slot was handled (or the round began)
         self.ctx.meter.reset()
         self.samples = 0
-        self.server.load(0, self.w_s)
+        for k in range(self.server.num_copies):
+            self.server.load(k, self.w_s)
 
     def _end_round(self) -> None:
         r = self.round
-        w_s = self.server.state(0).clone()
+        if self.algo.server_side == PER_CLIENT:  # the copies of the clients that stayed, by p_n
+            stayed = [n for n in self.clients if n not in self.dropped]
+            total = sum(self.weights[n] for n in stayed)
+            acc = self.algo.fed_server()
+            for n in stayed:
+                acc.add(self.server.state(n), self.weights[n] / total)
+            w_s = acc.result
+        else:
+            w_s = self.server.state(0).clone()
         info = {"train_loss": self.ctx.meter.train_loss, "samples": float(self.samples)}
         self.snapshots = {k: v for k, v in self.snapshots.items() if k >= r - 1}
         self.snapshots[r] = (w_s, info, sorted(self.dropped))
@@ -104,7 +115,7 @@ class MainServer(pb_grpc.MainServerServicer):
 
     def _restore(self) -> None:
         saved = load_checkpoint(self.state_file)
-        device = self.setup.init_s.params.device
+        device = self.setup.device
         self.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
         self.round = saved["round"] + 1
         self.snapshots[saved["round"]] = (self.w_s, saved["info"], saved["dropped"])
@@ -112,42 +123,52 @@ class MainServer(pb_grpc.MainServerServicer):
         log.info(f"main server: resumed after round {saved['round']} from {self.state_file}")
 
     def _process(self, members: list[tuple[int, int]]) -> None:
-        """Train on the slot's requests present; answer each; move to the next slot."""
-        batch = [self.arrived.pop(req) for req in members]
+        """Train on the slot's requests present (the definition's main_server step); answer each."""
+        batch = [Smashed(n, *self.arrived.pop((n, t))) for n, t in members]
         if members:
-            if self.giant_batch:
-                grads = main_server_step(
-                    self.server, [z for z, _ in batch], [y for _, y in batch], self.ctx.grad_scale
-                )
-            else:
-                z, y = batch[0]
-                grads = [self.server.train_step(0, z.requires_grad_(), y)]
+            copy_of = {n: n if self.algo.server_side == PER_CLIENT else 0 for n, _ in members}
+            grads = self.algo.main_server(InProcessMainServer(self.server, copy_of), batch)
             for (n, t), grad in zip(members, grads, strict=True):
                 self.last[n] = ((self.round, t), grad.detach())
                 self.done_iters[n] += 1
                 self.samples += len(grad)
         self.pos += 1
         self.clock = time.monotonic() if self.arrived else None
+        self.progress = time.monotonic()
         if self.pos == len(self.slots):
             self._end_round()
         self.cv.notify_all()
 
     def _advance(self) -> None:
-        """Process the current slot if all of it is here, or (policy drop) if its time is up."""
-        while self.pos < len(self.slots):
+        """Process the current slot if all of it is here, or (policy drop) if its time is up; give up
+        (a clear stop, state saved) when nothing moved for give_up_s."""
+        while self.pos < len(self.slots) and self.round <= self.cfg.rounds:
             members = [req for req in self.slots[self.pos] if req[0] not in self.dropped]
             present = [req for req in members if req in self.arrived]
             if len(present) == len(members):
                 self._process(present)
                 continue
-            late = self.clock is not None and time.monotonic() - self.clock > self.deploy.iteration_timeout_s
-            if self.deploy.straggler_policy == "drop" and late:
-                missing = {n for n, t in members if (n, t) not in self.arrived}
-                log.info(f"main server: round {self.round} goes on without clients {sorted(missing)} (late)")
-                self.dropped |= missing
+            waited = time.monotonic() - self.clock if self.clock is not None else 0.0
+            if self.deploy.straggler_policy == "drop" and waited > self.deploy.iteration_timeout_s:
+                missing = sorted({n for n, t in members if (n, t) not in self.arrived})
+                log.info(f"main server: round {self.round} goes on without clients {missing} (late)")
+                self.dropped |= set(missing)
                 self._process(present)
                 continue
-            return
+            break
+        idle = time.monotonic() - self.progress
+        if idle > self.deploy.give_up_s and self.failure is None:
+            waiting_for = (
+                f"clients {sorted({n for n, _ in self.slots[self.pos]} - self.dropped)}"
+                if self.round <= self.cfg.rounds
+                else "the fed server to collect the last round"
+            )
+            self.failure = (
+                f"nothing moved for {idle:.0f} s (give_up_s {self.deploy.give_up_s:g}) waiting for "
+                f"{waiting_for}; state saved after round {self.round - 1}: restart this server to continue"
+            )
+            self.finished.set()
+            self.cv.notify_all()
 
     def submit(
         self, n: int, r: int, t: int, smashed: torch.Tensor, labels: torch.Tensor, context: Any
@@ -157,17 +178,23 @@ class MainServer(pb_grpc.MainServerServicer):
             last = self.last.get(n)
             if last is not None and last[0] == (r, t):
                 return last[1]  # a retry of an answered request: the same answer
+            if r < self.round:
+                raise ProtocolError(
+                    FAILED, f"round {r} went on without client {n}; rejoin round {self.round}"
+                )
             passed = r == self.round and (n, t) in self.slot_of and self.slot_of[(n, t)] < self.pos
-            if r < self.round or passed:
-                raise ProtocolError(FAILED, f"round {r} iteration {t} went on without client {n}")
+            if passed and n not in self.dropped:
+                # A client that restarted mid-round lost its place: it sits out the rest of the round.
+                log.info(f"main server: client {n} restarted within round {r}; it rejoins round {r + 1}")
+                self.dropped.add(n)
+                self._advance()
+                self.cv.notify_all()
+            if passed or n in self.dropped:
+                raise ProtocolError(FAILED, f"client {n} is out of round {r}; rejoin round {r + 1}")
             if r > self.round or t != self.done_iters[n] + 1:
                 raise ProtocolError(AHEAD, f"restart round {self.round}")
-            if n in self.dropped:
-                raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
             if (n, t) not in self.slot_of:
-                raise ProtocolError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside 1..{self.ctx.tau}"
-                )
+                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside this round")
             self.arrived[(n, t)] = (smashed, labels)
             self.clock = self.clock or time.monotonic()
             while True:
@@ -177,6 +204,10 @@ class MainServer(pb_grpc.MainServerServicer):
                     return last[1]
                 if n in self.dropped or self.round > r:
                     raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
+                if self.failure is not None:
+                    raise ProtocolError(
+                        grpc.StatusCode.UNAVAILABLE, f"the main server stopped: {self.failure}"
+                    )
                 if not context.is_active():
                     self.arrived.pop((n, t), None)  # the caller gave up; it will send again
                     raise ProtocolError(grpc.StatusCode.CANCELLED, "the caller went away")
@@ -184,14 +215,14 @@ class MainServer(pb_grpc.MainServerServicer):
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def Step(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        identity = self.tokens.identify(context)
+        identity = self.tokens.identify(context)  # before anything of the message is read
         frames = Counting(request_iterator)
         try:
             head, tensors = decode(frames, self.shapes.smashed_message())
             n = head.client
             check_client(identity, n, self.cfg.clients)
             self.shapes.check_batch(n, tensors["smashed"], tensors["labels"])
-            smashed = tensors["smashed"].float().to(self.setup.init_s.params.device)
+            smashed = tensors["smashed"].float().to(self.setup.device)
             labels = tensors["labels"].to(smashed.device)
             grad = self.submit(n, head.round, head.iteration, smashed, labels, context)
         except (WireError, ProtocolError) as e:
@@ -231,9 +262,15 @@ class MainServer(pb_grpc.MainServerServicer):
             return iter([pb.Frame(header=reply)])
         return encode(reply, state_tensors("server", w_s))
 
+    def tick(self) -> None:
+        """Let a slot's deadline pass even when no call comes in."""
+        with self.cv:
+            self._advance()
+
 
 def run_main_server(setup: Setup, deploy: Deployment) -> None:
-    """Serve until the fed server has taken the final round's server-side model (or SIGTERM)."""
+    """Serve until the fed server has taken the final round's server-side model (or SIGTERM); raise
+    GaveUp if a wait outlasted its deadline."""
     Path(deploy.state_dir).mkdir(parents=True, exist_ok=True)
     service = MainServer(setup, deploy)
     server = serve(
@@ -243,11 +280,14 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
         lambda s: pb_grpc.add_MainServerServicer_to_server(service, s),
     )
     log.info(
-        f"main server: listening on {deploy.main_server} (TLS), {setup.cfg.algorithm[0]}, "
+        f"main server: listening on {deploy.main_server} (TLS), {service.algo.name}, "
         f"{setup.cfg.clients} clients, round {service.round}"
     )
     try:
-        service.finished.wait()
+        while not service.finished.wait(timeout=1.0):
+            service.tick()
+        if service.failure is not None:
+            raise GaveUp(f"main server: {service.failure}")
         time.sleep(1.0)
     finally:
         server.stop(grace=2.0)

@@ -1,0 +1,102 @@
+"""The generic round loop: participants, training, evaluation, divergence, metrics, checkpoints.
+
+The same for every algorithm and every in-process executor: the algorithm's definition and the executor
+train a round; this loop measures it and makes it survive a restart.
+"""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..algorithms import create
+from ..engine.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from ..engine.context import Context
+from ..engine.metrics import SplitModel
+from ..engine.side import State
+from ..setup import Setup
+from .local import LocalExecutor, make_executor
+
+
+def train(
+    name: str,
+    setup: Setup,
+    checkpoint: Path | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[LocalExecutor, list[dict[str, Any]], Context]:
+    """Train algorithm ``name`` for cfg.rounds rounds, resuming from ``checkpoint`` if it exists."""
+    cfg = setup.cfg
+    ctx = setup.context()
+    executor = make_executor(create(cfg, name), ctx, cfg.execution, cfg.cuda_graphs)
+    split = SplitModel(setup.client_module, setup.server_module)
+    device = setup.device
+    history: list[dict[str, Any]] = []
+    if checkpoint is not None and checkpoint.exists():
+        saved = load_checkpoint(checkpoint)
+        executor.w_c = State.from_dict({k: v.to(device) for k, v in saved["w_c"].items()})
+        executor.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
+        ctx.streams.load_state_dict(saved["streams"])
+        history = saved["history"][: cfg.rounds]
+    elapsed = history[-1]["wall_time_s"] if history else 0.0
+    for rnd in range(len(history) + 1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"algorithm": name, "round": rnd}
+        if cfg.divergence_every and (rnd - 1) % cfg.divergence_every == 0:  # at the round-start model
+            record |= setup.divergence(split, executor.w_c, executor.w_s)
+        clients = setup.participants(rnd)
+        ctx.meter.reset()
+        ctx.link.reset()
+        for side in ctx.sides:
+            side.samples = side.steps = 0
+        t1 = time.perf_counter()
+        executor.run_round(rnd, clients)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        acc, loss = split.evaluate(executor.w_c, executor.w_s, setup.data.test_x, setup.data.test_y)
+        flops = {"client": 0.0, "main_server": 0.0}
+        client_fps, server_fps = setup.flops_per_sample
+        for side in ctx.sides:
+            flops[side.location] += side.samples * (
+                client_fps if side.module is setup.client_module else server_fps
+            )
+        server_sides = [s for s in ctx.sides if s.module is setup.server_module]
+        round_time = time.perf_counter() - t0
+        elapsed += round_time
+        record |= {
+            "test_accuracy": acc,
+            "test_loss": loss,
+            "train_loss": ctx.meter.train_loss,
+            "participants": len(clients),
+            "samples": sum(s.samples for s in server_sides),
+            "server_steps": sum(s.steps for s in server_sides),
+            "client_flops": flops["client"],
+            "server_flops": flops["main_server"],
+            "bytes_up_per_client": sum(ctx.link.sent) / len(clients),
+            "bytes_down_per_client": sum(ctx.link.received) / len(clients),
+            "bytes": dict(sorted(ctx.link.by_kind.items())),
+            "client_bytes_up": list(ctx.link.sent),
+            "client_bytes_down": list(ctx.link.received),
+            "train_time_s": t2 - t1,
+            "round_time_s": round_time,
+            "wall_time_s": elapsed,
+        }
+        history.append(record)
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "version": CHECKPOINT_VERSION,
+                    "algorithm": name,
+                    "round": rnd,
+                    "w_c": executor.w_c.to_dict(),
+                    "w_s": executor.w_s.to_dict(),
+                    "streams": ctx.streams.state_dict(),
+                    "history": history,
+                },
+            )
+        if on_round is not None:
+            on_round(record)
+    return executor, history, ctx

@@ -1,0 +1,62 @@
+"""The networked roles as commands: ``splitfed main-server``, ``fed-server``, ``client --id K``.
+
+Each builds the experiment's setup from the deployment file (the same partition, initial weights and
+sample streams as ``splitfed run``) and starts its service. The fed server's run directory is written here
+as ``splitfed run`` writes its own: it is created on the first start and continued on every restart (a
+deployment's run directory is fixed by its file, so "restart with the same command" resumes it).
+"""
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .data import class_histogram
+from .runner import Progress, RunDir
+from .services import check_generated
+from .setup import prepare
+
+log = logging.getLogger("splitfed")
+
+
+def start_role(role: str, config_file: str, client_id: int | None = None, threads: int | None = None) -> None:
+    """Run ``role`` ("main_server", "fed_server" or "client") as the deployment file describes.
+
+    ``threads`` overrides the config's CPU threads for this process only (one machine's cores).
+    """
+    check_generated()
+    from .services.deploy import load
+
+    cfg, deploy = load(config_file, {"threads": threads} if threads is not None else None)
+    if role == "fed_server":
+        from .services.fed_server import FedServer, run_fed_server
+
+        resume = (Path(cfg.out or "") / "config.toml").is_file()  # a restart, whatever round it died in
+        setup = prepare(cfg.replace(resume=resume))
+        run_dir = RunDir(setup.cfg)
+        run_dir.start(setup, class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu())
+        progress = Progress(setup.cfg)
+
+        def on_round(record: dict[str, Any]) -> None:
+            run_dir.append_metrics(record)
+            progress(record)
+            if record["dropped_clients"]:
+                log.info(f"  round {record['round']} went on without clients {record['dropped_clients']}")
+
+        service = FedServer(setup, deploy, on_round)
+        run_dir.write_metrics(service.history)  # what its state file holds, whatever was appended after
+        history = run_fed_server(service)
+        cfg = setup.cfg
+        title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, deployed"
+        run_dir.finish(history, [service.algo.name], title)
+    elif role == "main_server":
+        from .services.main_server import run_main_server
+
+        run_main_server(prepare(cfg), deploy)
+    else:
+        from .errors import SplitfedError
+
+        if client_id is None:
+            raise SplitfedError("a client needs --id K")
+        from .services.client import Client
+
+        Client(prepare(cfg), deploy, client_id).run()
