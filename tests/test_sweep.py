@@ -7,12 +7,15 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from splitfed import SplitfedError, run
 from splitfed.cli import main
 from splitfed.sweep import expand
+
+REPO = Path(__file__).resolve().parents[1]
 
 GRID = """
 dataset = "synthetic"
@@ -80,7 +83,7 @@ def test_bad_grids_are_refused(tmp_path, text, message):
         expand(grid, tmp_path / "s")
 
 
-def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys):
+def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys, monkeypatch):
     grid = tmp_path / "tiny.toml"
     grid.write_text(GRID)
     out = tmp_path / "sweep"
@@ -106,14 +109,19 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys):
     for name, text in finished.items():  # the re-run points match their first run exactly
         assert _without_times((out / name / "metrics.jsonl").read_text()) == _without_times(text), name
 
+    monkeypatch.chdir(REPO)  # the report reads experiments/paper/claims.toml from the current directory
     assert main(["report", str(out)]) == 0
     report = (out / "report" / "report.md").read_text()
-    assert "over SFL-V2" in report and "| 1.0 |" in report and "δ_c per parameter" in report
+    assert "Claims from `experiments/paper/claims.toml`" in report and "δ_c per parameter" in report
+    assert "| 1.0 | SFL-V2 | 2 |" in report and "| 1.0 | FedAvg (FL) | 2 |" in report  # margins, paired
     for figure in ("accuracy_vs_round", "accuracy_vs_noniid", "cut_layer", "divergence_vs_noniid"):
-        assert (out / "report" / f"{figure}_synthetic_digits_cnn_N2.png").stat().st_size > 10_000, figure
+        stem = out / "report" / f"{figure}_synthetic_digits_cnn_N2"
+        assert stem.with_suffix(".png").stat().st_size > 10_000, figure
+        assert stem.with_suffix(".svg").stat().st_size > 10_000, figure
     agg = list(csv.DictReader((out / "report" / "aggregate.csv").open()))
     assert {a["algorithm"] for a in agg} == {"minibatch_sfl", "sfl_v2", "fedavg", "centralized"}
     assert all(a["seeds"] == "2" for a in agg)
+    assert len(list(csv.DictReader((out / "report" / "margins.csv").open()))) == 4  # 2 ratios x 2 baselines
 
     # --out puts the same report elsewhere (docs/results/ is made this way)
     assert main(["report", str(out), "--out", str(tmp_path / "elsewhere")]) == 0

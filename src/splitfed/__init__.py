@@ -2,17 +2,33 @@
 
 from splitfed import Config, run
 result = run(Config(dataset="digits", algorithm=("minibatch_sfl", "fedavg"), rounds=5))
-result.history[-1]["test_accuracy"]; result.models["minibatch_sfl"]
+accuracy = {r["algorithm"]: r["test_accuracy"] for r in result.history}  # each algorithm's last round
+accuracy["minibatch_sfl"], result.models["minibatch_sfl"]
+
+The public names are imported on first use (PEP 562), so ``import splitfed`` (and ``splitfed --help``)
+does not import torch.
 """
 
-from .algorithms import ALGORITHMS, Algorithm
-from .config import Config
-from .data import DATASETS, PARTITIONS
-from .errors import SplitfedError
-from .models import MODELS, CutModel, register_model, split
-from .runner import RunResult, run
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the module that defines it
+_LAZY = {
+    "ALGORITHMS": ".algorithms",
+    "Algorithm": ".algorithms",
+    "Config": ".config",
+    "DATASETS": ".data",
+    "PARTITIONS": ".data",
+    "SplitfedError": ".errors",
+    "MODELS": ".models",
+    "CutModel": ".models",
+    "register_model": ".models",
+    "split": ".models",
+    "RunResult": ".runner",
+    "run": ".runner",
+}
 
 __all__ = [
     "ALGORITHMS",
@@ -28,3 +44,23 @@ __all__ = [
     "run",
     "split",
 ]
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on first access
+    from .algorithms import ALGORITHMS, Algorithm
+    from .config import Config
+    from .data import DATASETS, PARTITIONS
+    from .errors import SplitfedError
+    from .models import MODELS, CutModel, register_model, split
+    from .runner import RunResult, run
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

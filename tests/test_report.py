@@ -1,0 +1,329 @@
+"""What a person reads: the run's table and its legend, the figures' look, the lazy package import, and the
+sweep report's numbers on hand-written runs whose every number is known."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+
+from splitfed import report as run_report
+from splitfed import sweep_report
+from splitfed.report import STYLES, TABLE_LEGEND, format_table, plot_run, run_figures, summarize
+from splitfed.sweep_report import Claims, Group, Setting, load_claims, load_groups, select_lr
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _record(algorithm: str, rnd: int, acc: float, **extra: float) -> dict:
+    return {
+        "algorithm": algorithm,
+        "round": rnd,
+        "test_accuracy": acc,
+        "test_loss": 1.0,
+        "train_loss": 1.0 / rnd,
+        "train_time_s": 0.25,
+        "round_time_s": 1.0,
+        "bytes_up_per_client": 2e6,
+        "bytes_down_per_client": 1e6,
+        "client_flops": 3e9,
+        "server_flops": 4e9,
+        **extra,
+    }
+
+
+def _history(algorithms: list[str], rounds: int = 3, **extra: float) -> list[dict]:
+    # sfl_v1 and fedavg get identical numbers, as under plain SGD
+    return [_record(a, r, 0.1 * r, **extra) for a in algorithms for r in range(1, rounds + 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the run's table
+
+
+def test_the_table_names_both_round_times_and_prints_a_legend_of_its_columns():
+    rows = summarize(_history(["minibatch_sfl", "fedavg"]), ["minibatch_sfl", "fedavg"])
+    assert rows[0]["train_s_per_round"] == 0.25 and rows[0]["round_s_per_round"] == 1.0
+    table = format_table(rows).splitlines()
+    assert "train s/rd" in table[0] and "round s/rd" in table[0] and "s/round" not in table[0]
+    assert table[-1] == TABLE_LEGEND
+    for abbreviation in ("div c (rel)", "train s/rd", "round s/rd", "MB up|dn/cl/rd", "GFLOP/rd"):
+        assert abbreviation in TABLE_LEGEND, abbreviation
+    assert TABLE_LEGEND in (REPO / "README.md").read_text(), "README's 'What a run prints' lacks the legend"
+
+
+def test_a_record_without_round_time_shows_a_dash_not_an_error():
+    history = [{k: v for k, v in r.items() if k != "round_time_s"} for r in _history(["fedavg"])]
+    rows = summarize(history, ["fedavg"])
+    assert math.isnan(rows[0]["round_s_per_round"])
+    assert "–" in format_table(rows).splitlines()[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# figures
+
+
+def _lines(ax) -> dict[str, object]:
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def test_every_algorithm_has_its_own_colour_line_style_and_marker():
+    looks = list(STYLES.values())
+    for attribute in ("color", "linestyle", "marker"):
+        values = [getattr(s, attribute) for s in looks]
+        assert len(set(map(str, values))) == len(values), attribute
+    assert run_report.label("fedavg") == "FedAvg (FL)" and run_report.label("my_algo") == "my_algo"
+
+
+def test_the_run_and_sweep_figures_draw_each_algorithm_from_the_one_mapping(tmp_path):
+    assert sweep_report.style is run_report.style  # one definition, imported, not copied
+    algorithms = ["minibatch_sfl", "sfl_v1", "fedavg", "centralized"]
+    figures = run_figures(
+        _history(algorithms, divergence_client=1.0, divergence_client_relative=1.0), algorithms, "t"
+    )
+    ax = figures["accuracy"].axes[0]
+    drawn = _lines(ax)
+    assert set(drawn) == {run_report.label(a) for a in algorithms}
+    for a in algorithms:
+        line, look = drawn[run_report.label(a)], STYLES[a]
+        assert line.get_color() == matplotlib.colors.to_hex(look.color) or line.get_color() == look.color
+        assert line.get_marker() == look.marker
+    # identical curves (SFL-V1 and FedAvg) stay apart: different dashes and markers
+    v1, fl = drawn["SFL-V1"], drawn["FedAvg (FL)"]
+    assert STYLES["sfl_v1"].linestyle != STYLES["fedavg"].linestyle and v1.get_marker() != fl.get_marker()
+    for a in algorithms:  # drawn with its own line style
+        expected = matplotlib.lines.Line2D([], [], linestyle=STYLES[a].linestyle).get_linestyle()
+        assert drawn[run_report.label(a)].get_linestyle() == expected, a
+
+    groups = [Group(("synthetic", "cnn4", 2), a, 2, 0.5, [_history([a])], [0]) for a in algorithms]
+    setting = Setting(groups, tmp_path)
+    setting.accuracy_vs_round(plt)
+    swept = _lines(setting.figures["accuracy_vs_round"].axes[0])
+    for a in algorithms:
+        assert swept[run_report.label(a)].get_color() == drawn[run_report.label(a)].get_color(), a
+        assert swept[run_report.label(a)].get_marker() == drawn[run_report.label(a)].get_marker(), a
+    for fig in (*figures.values(), setting.figures["accuracy_vs_round"]):
+        plt.close(fig)
+
+
+def test_round_axes_tick_whole_rounds_only(tmp_path):
+    figures = run_figures(_history(["fedavg"], rounds=3), ["fedavg"], "t")
+    groups = [Group(("synthetic", "cnn4", 2), "fedavg", 2, 0.5, [_history(["fedavg"])], [0])]
+    setting = Setting(groups, tmp_path)
+    setting.accuracy_vs_round(plt)
+    for ax in (*figures["accuracy"].axes, setting.figures["accuracy_vs_round"].axes[0]):
+        locator = ax.xaxis.get_major_locator()
+        assert isinstance(locator, MaxNLocator)
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+        plt.close(ax.figure)
+
+
+def test_a_run_writes_each_figure_as_png_and_svg_and_says_which(tmp_path):
+    algorithms = ["minibatch_sfl", "fedavg"]
+    paths = plot_run(
+        _history(algorithms, divergence_client=1.0, divergence_client_relative=1.0), algorithms, tmp_path, "t"
+    )
+    names = sorted(p.name for p in paths)
+    assert names == ["accuracy.png", "accuracy.svg", "divergence.png", "divergence.svg"]
+    for p in paths:
+        assert p.stat().st_size > 5_000, p
+    assert (tmp_path / "accuracy.svg").read_text().lstrip().startswith("<?xml")
+    # without divergence, no divergence figure (and it is not claimed)
+    (tmp_path / "nodiv").mkdir()
+    paths = plot_run(_history(algorithms), algorithms, tmp_path / "nodiv", "t")
+    assert sorted(p.name for p in paths) == ["accuracy.png", "accuracy.svg"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the package import
+
+
+def test_importing_the_cli_does_not_import_torch():
+    code = "import splitfed.cli, sys; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_package_still_exports_its_public_names():
+    import splitfed
+
+    for name in splitfed.__all__:
+        assert getattr(splitfed, name) is not None, name
+    assert splitfed.Config.__name__ == "Config" and callable(splitfed.run)
+    with pytest.raises(AttributeError):
+        splitfed.no_such_name  # noqa: B018
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the sweep report, on runs written by hand
+
+# Test accuracy at rounds 1..6 of seed 0; seed 1 adds OFFSET[algorithm]. Validation accuracy is constant.
+# Validation prefers the other lr than test accuracy for every algorithm, so choosing on test would show.
+TEST = {
+    ("minibatch_sfl", 0.01): [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    ("minibatch_sfl", 0.1): [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    ("sfl_v2", 0.01): [0.1, 0.2, 0.3, 0.4, 0.5, 0.7],
+    ("sfl_v2", 0.1): [0.3, 0.4, 0.5, 0.55, 0.6, 0.65],
+    ("fedavg", 0.01): [0.2] * 6,
+    ("fedavg", 0.1): [0.25] * 6,
+}
+VAL = {
+    ("minibatch_sfl", 0.01): 0.5,
+    ("minibatch_sfl", 0.1): 0.6,
+    ("sfl_v2", 0.01): 0.6,
+    ("sfl_v2", 0.1): 0.5,
+    ("fedavg", 0.01): 0.4,
+    ("fedavg", 0.1): 0.3,
+}
+OFFSET = {"minibatch_sfl": 0.06, "sfl_v2": 0.02, "fedavg": 0.0}
+CLAIMS = """
+algorithm = "minibatch_sfl"
+baselines = ["sfl_v2", "fedavg"]
+last_k = 3
+targets = [0.45, 0.75]
+reference_lr = 0.01
+[[paper]]
+baseline = "sfl_v2"
+margin = 24.1
+where = { non_iid_ratio = 0.95 }
+text = "up to 24.1% over SFL"
+"""
+
+
+def _write_run(run_dir: Path, lr: float, seed: int, records: list[dict]) -> None:
+    run_dir.mkdir(parents=True)
+    algorithms = ", ".join(f'"{a}"' for a in dict.fromkeys(r["algorithm"] for r in records))
+    (run_dir / "config.toml").write_text(
+        f'algorithm = [{algorithms}]\ndataset = "synthetic"\nmodel = "digits_cnn"\ncut_layer = 2\n'
+        f'clients = 2\npartition = "non_iid_ratio"\nnon_iid_ratio = 0.95\nlr = {lr}\nseed = {seed}\n'
+        f'rounds = 6\nout = "{run_dir}"\nthreads = {seed + 1}\n'  # out and threads differ: not grouping keys
+    )
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "summary.csv").write_text("algorithm\n")  # finished
+
+
+def _fake_sweep(root: Path, with_val: bool = True) -> Path:
+    """lr 0.01 and 0.1, seeds 0 and 1, three algorithms per run; plus a run of MiniBatch-SFL alone at
+    lr 0.01, seed 2 (no baseline has seed 2: the paired margins must leave it out)."""
+    sweep = root / "sweep"
+    for lr in (0.01, 0.1):
+        for seed in (0, 1):
+            records = []
+            for a in ("minibatch_sfl", "sfl_v2", "fedavg"):
+                for r, acc in enumerate(TEST[a, lr], start=1):
+                    val = {"val_accuracy": VAL[a, lr]} if with_val else {}
+                    records.append(_record(a, r, acc + seed * OFFSET[a], **val))
+            _write_run(sweep / f"lr={lr}__seed={seed}", lr, seed, records)
+    val = {"val_accuracy": 0.0} if with_val else {}
+    _write_run(
+        sweep / "lr=0.01__seed=2", 0.01, 2, [_record("minibatch_sfl", r, 0.6, **val) for r in range(1, 7)]
+    )
+    return sweep
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(path.open()))
+
+
+def _cell(rows: list[dict[str, str]], algorithm: str, lr: float) -> dict[str, str]:
+    (row,) = [r for r in rows if r["algorithm"] == algorithm and float(r["client_lr"]) == lr]
+    return row
+
+
+def test_the_sweep_report_computes_last_k_targets_lr_choice_and_paired_margins(tmp_path):
+    sweep = _fake_sweep(tmp_path)
+    (tmp_path / "claims.toml").write_text(CLAIMS)
+    md = sweep_report.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
+    agg = _rows(tmp_path / "out" / "aggregate.csv")
+    assert len(agg) == 6  # 3 algorithms x 2 lrs; seeds, out and threads are not grouping keys
+
+    mb = _cell(agg, "minibatch_sfl", 0.01)  # seeds 0, 1, 2
+    assert mb["seeds"] == "3" and mb["last_k"] == "3"
+    assert float(mb["last_k_accuracy_mean"]) == pytest.approx((0.7 + 0.76 + 0.6) / 3)
+    assert float(mb["final_accuracy_mean"]) == pytest.approx((0.8 + 0.86 + 0.6) / 3)
+    assert float(mb["best_accuracy_mean"]) == pytest.approx((0.8 + 0.86 + 0.6) / 3)
+    # 45 %: rounds 3, 2, 1; 75 %: rounds 6, 5 and never
+    assert float(mb["rounds_to_0.45_mean"]) == pytest.approx(2.0) and mb["rounds_to_0.45_reached"] == "3/3"
+    assert float(mb["rounds_to_0.75_mean"]) == pytest.approx(5.5) and mb["rounds_to_0.75_reached"] == "2/3"
+    assert "| 2.0 ± 1.0 | 5.5 ± 0.7, never in 1 |" in md
+    v2 = _cell(agg, "sfl_v2", 0.01)
+    assert float(v2["last_k_accuracy_std"]) == pytest.approx(0.02 / math.sqrt(2))
+    assert v2["rounds_to_0.75_reached"] == "0/2" and "| never |" in md
+
+    # chosen on validation: the lr test accuracy does NOT prefer, for every algorithm
+    chosen = {(r["algorithm"], float(r["client_lr"])) for r in agg if r["chosen_on_val"] == "True"}
+    assert chosen == {("minibatch_sfl", 0.1), ("sfl_v2", 0.01), ("fedavg", 0.01)}
+    assert "### at lr 0.01" in md and "### each algorithm at its best lr" in md
+
+    margins = _rows(tmp_path / "out" / "margins.csv")
+
+    def margin(view: str, baseline: str) -> dict[str, float]:
+        (row,) = [r for r in margins if r["view"].startswith(view) and r["baseline"] == baseline]
+        assert row["seeds_paired"] == "2"  # seed 2 has no baseline run
+        return {k: float(v) for k, v in row.items() if k.endswith(("_mean", "_std"))}
+
+    at_ref = margin(
+        "at lr 0.01", "sfl_v2"
+    )  # per seed: final 0.8-0.7, 0.86-0.72; last-3 0.7-0.5333, 0.76-0.5533
+    assert at_ref["final_points_mean"] == pytest.approx(0.12)
+    assert at_ref["final_points_std"] == pytest.approx(0.04 / math.sqrt(2))
+    assert at_ref["final_relative_mean"] == pytest.approx((0.1 / 0.7 + 0.14 / 0.72) / 2)
+    assert at_ref["last_k_points_mean"] == pytest.approx(0.7 - 1.6 / 3 + 0.02)
+    assert at_ref["last_k_relative_mean"] == pytest.approx(
+        ((0.7 - 1.6 / 3) / (1.6 / 3) + (0.76 - 1.66 / 3) / (1.66 / 3)) / 2
+    )
+    best = margin("each algorithm at its best lr", "fedavg")  # MiniBatch-SFL at 0.1 over FedAvg at 0.01
+    assert best["final_points_mean"] == pytest.approx((0.7 - 0.2 + 0.76 - 0.2) / 2)
+    assert "up to +24.1 (pts or %)" in md  # the paper's figure beside the measured margin at p = 0.95
+
+
+def test_without_validation_accuracy_no_lr_is_chosen_and_the_report_says_so(tmp_path):
+    sweep = _fake_sweep(tmp_path, with_val=False)
+    (tmp_path / "claims.toml").write_text(CLAIMS)
+    md = sweep_report.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
+    assert "no run recorded `val_accuracy`" in md and "no learning rate is selected" in md
+    assert "best lr" not in md and "### at lr 0.01" in md
+    assert {r["chosen_on_val"] for r in _rows(tmp_path / "out" / "aggregate.csv")} == {"False"}
+    assert all(s.chosen is None for s in select_lr(load_groups(sweep), 3).values())
+
+
+def test_a_report_without_claims_shows_the_generic_tables(tmp_path, monkeypatch):
+    sweep = _fake_sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)  # no experiments/paper/claims.toml here
+    md = sweep_report.report(sweep).read_text()
+    assert "No claims file" in md and "last-5" in md
+    assert not (sweep / "report" / "margins.csv").exists()
+    # no reference lr: a view at each lr, and the best-lr view on validation accuracy
+    assert "### at lr 0.01" in md and "### at lr 0.1" in md and "### each algorithm at its best lr" in md
+    for view in ("lr0.01", "best-lr"):
+        name = f"accuracy_vs_round_synthetic_digits_cnn_N2_{view}"
+        assert (sweep / "report" / f"{name}.png").is_file() and (sweep / "report" / f"{name}.svg").is_file()
+
+
+def test_the_paper_claims_file_is_read_by_the_report():
+    claims = load_claims(REPO / "experiments" / "paper" / "claims.toml")
+    assert claims.algorithm == "minibatch_sfl" and claims.baselines == ("sfl_v2", "fedavg")
+    assert claims.last_k == 5 and claims.targets == (0.7, 0.8) and claims.reference_lr == 0.01
+    assert {(f.baseline, f.margin, f.where["non_iid_ratio"]) for f in claims.paper} == {
+        ("sfl_v2", 24.1, 0.95),
+        ("fedavg", 17.1, 0.95),
+    }
+    assert Claims().algorithm is None
+
+
+def test_a_claims_file_with_an_unknown_key_is_refused(tmp_path):
+    from splitfed import SplitfedError
+
+    (tmp_path / "c.toml").write_text('algorithm = "minibatch_sfl"\nlastk = 5\n')
+    with pytest.raises(SplitfedError, match="unknown key"):
+        load_claims(tmp_path / "c.toml")
