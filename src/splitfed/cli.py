@@ -123,7 +123,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .sweep_report import report
 
-    path = report(args.sweep_dir, args.out)
+    path = report(args.sweep_dir, args.out, claims=args.claims)
     logging.getLogger("splitfed").info(f"wrote {path} and its figures")
     return 0
 
@@ -162,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_report.add_argument("sweep_dir")
     p_report.add_argument(
         "--out", help="where report.md, aggregate.csv and figures go (default: SWEEP_DIR/report)"
+    )
+    p_report.add_argument(
+        "--claims",
+        metavar="FILE",
+        help="claims file (default: experiments/paper/claims.toml if it exists here; none: generic tables)",
     )
     p_report.set_defaults(func=_cmd_report)
     for role, text in (

@@ -2,6 +2,8 @@ import copy
 
 import torch
 
+from splitfed.algorithms import ALGORITHMS, Algorithm, register
+from splitfed.algorithms.base import LOCKSTEP, ONE, PER_CLIENT
 from splitfed.executors import train
 from splitfed.setup import Setup, prepare
 
@@ -39,3 +41,22 @@ def assert_same_model(a: torch.nn.Module, b: torch.nn.Module, atol=1e-6):
 def assert_different_model(a, b, atol=1e-4):
     diffs = [(a.state_dict()[k].double() - v.double()).abs().max().item() for k, v in b.state_dict().items()]
     assert max(diffs) > atol
+
+
+# An algorithm no executor has seen, defined here alone: lockstep clients, one server-side model that the
+# main server steps TWICE on each giant batch, returning the first step's gradient. If it runs in every
+# executor with the same result, no executor can be relying on an algorithm's name.
+TEST_ALGORITHM = "test_two_steps"
+if TEST_ALGORITHM not in ALGORITHMS:
+
+    @register(TEST_ALGORITHM)
+    class TwoSteps(Algorithm):
+        client_side = PER_CLIENT
+        server_side = ONE
+        schedule = LOCKSTEP
+
+        def main_server(self, server, batch):
+            z, y = torch.cat([s.smashed for s in batch]), torch.cat([s.labels for s in batch])
+            grad = server.step(z, y)
+            server.step(z, y)
+            return list(grad.split([len(s.labels) for s in batch]))

@@ -16,12 +16,12 @@ the results are bitwise equal.
 import pytest
 import torch
 
-from splitfed.algorithms import ALGORITHMS, Algorithm, register
-from splitfed.algorithms.base import LOCKSTEP, ONE, PER_CLIENT
+from splitfed.algorithms import ALGORITHMS
+from splitfed.algorithms.base import LOCKSTEP
 from splitfed.config import ALL_ALGORITHMS
 
 from ..conftest import small_config
-from .helpers import assert_same_model, final_model, train_one
+from .helpers import TEST_ALGORITHM, assert_same_model, final_model, train_one
 
 ONE_STEP = {"rtol": 1e-5, "atol": 1e-6}
 FEW_STEPS = {"rtol": 1e-4, "atol": 1e-5}
@@ -111,27 +111,9 @@ def test_compressed_smashed_data_is_counted_at_its_size_and_changes_the_numbers_
     assert diff > 0
 
 
-# An algorithm no executor has seen, defined here alone: lockstep clients, one server-side model that the
-# main server steps TWICE on each giant batch, returning the first step's gradient. If it runs in every
-# executor with the same result, no executor can be relying on an algorithm's name.
-if "test_two_steps" not in ALGORITHMS:
-
-    @register("test_two_steps")
-    class TwoSteps(Algorithm):
-        client_side = PER_CLIENT
-        server_side = ONE
-        schedule = LOCKSTEP
-
-        def main_server(self, server, batch):
-            z, y = torch.cat([s.smashed for s in batch]), torch.cat([s.labels for s in batch])
-            grad = server.step(z, y)
-            server.step(z, y)
-            return list(grad.split([len(s.labels) for s in batch]))
-
-
-def test_an_algorithm_defined_in_a_test_file_runs_in_every_in_process_executor():
-    cfg = small_config(algorithm=("test_two_steps",), local_iters=3, rounds=2, lr=0.05, divergence_every=0)
-    setup, (seq, seq_history), (bat, bat_history) = both_executions(cfg, "test_two_steps")
+def test_an_algorithm_defined_in_the_tests_runs_in_every_in_process_executor():
+    cfg = small_config(algorithm=(TEST_ALGORITHM,), local_iters=3, rounds=2, lr=0.05, divergence_every=0)
+    setup, (seq, seq_history), (bat, bat_history) = both_executions(cfg, TEST_ALGORITHM)
     assert [r["server_steps"] for r in seq_history] == [2 * 3, 2 * 3]  # its main_server ran, as written
     assert_same_counts(seq_history, bat_history)
     assert_same_model(final_model(setup, bat), final_model(setup, seq), atol=FEW_STEPS["atol"])

@@ -41,13 +41,16 @@ def deployment(tmp_path: Path, config: Config, **deploy_changes) -> tuple[Path, 
 class Roles:
     """The processes of one deployment; each role's output goes to logs/<role>.log."""
 
-    def __init__(self, config_file: Path, clients: int, with_main: bool = True) -> None:
+    def __init__(self, config_file: Path, clients: int) -> None:
+        from splitfed.algorithms import create
+
         self.config_file = config_file
         self.logs = config_file.parent / "logs"
         self.logs.mkdir(exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         self.start("fed_server")
-        if with_main:
+        config, _ = load(config_file)
+        if create(config, config.algorithm[0]).split:
             self.start("main_server")
         for k in range(clients):
             self.start("client", k)
@@ -107,3 +110,30 @@ def simulated_model(config: Config) -> tuple[State, State]:
 def assert_states_close(a: State, b: State, atol: float = 1e-5) -> None:
     for x, y in zip(a.to_dict().values(), b.to_dict().values(), strict=True):
         torch.testing.assert_close(x.cpu(), y.cpu(), rtol=1e-4, atol=atol)
+
+
+def run_in_threads(config_file: Path, timeout: float = 120.0) -> tuple[list, Deployment]:
+    """The whole deployment in this process, each role in a thread (real gRPC and TLS on loopback), so an
+    algorithm registered only in the tests can run; returns the fed server's history."""
+    import threading
+
+    from splitfed.algorithms import create
+    from splitfed.services.client import Client
+    from splitfed.services.fed_server import FedServer, run_fed_server
+    from splitfed.services.main_server import run_main_server
+
+    config, deploy = load(config_file)
+    fed = FedServer(prepare(config), deploy)
+    threads = [threading.Thread(target=run_fed_server, args=(fed,), daemon=True)]
+    if create(config, config.algorithm[0]).split:
+        threads.append(threading.Thread(target=run_main_server, args=(prepare(config), deploy), daemon=True))
+    threads += [
+        threading.Thread(target=Client(prepare(config), deploy, k).run, daemon=True)
+        for k in range(config.clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+        assert not t.is_alive(), "the deployment did not finish"
+    return fed.history, deploy

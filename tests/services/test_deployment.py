@@ -5,13 +5,17 @@ import json
 import pytest
 
 from splitfed.cli import main
+from splitfed.executors import train
+from splitfed.setup import prepare
 
+from ..algorithms.helpers import TEST_ALGORITHM
 from .harness import (
     Roles,
     assert_states_close,
     deployed_model,
     deployment,
     metrics_lines,
+    run_in_threads,
     simulated_model,
     tiny_config,
     wait_for,
@@ -26,27 +30,61 @@ from .harness import (
         {"algorithm": ("sfl_v2",)},
         {"algorithm": ("sfl_v2",), "sflv2_schedule": "interleaved"},
         {"algorithm": ("fedavg",)},
+        {"algorithm": ("sfl_v1",), "momentum": 0.9},
+        {"algorithm": ("sl",)},
     ],
-    ids=["minibatch_sfl", "minibatch_sfl-bf16-momentum", "sfl_v2", "sfl_v2-interleaved", "fedavg"],
+    ids=[
+        "minibatch_sfl",
+        "minibatch_sfl-bf16-momentum",
+        "sfl_v2",
+        "sfl_v2-interleaved",
+        "fedavg",
+        "sfl_v1-momentum",
+        "sl",
+    ],
 )
 def test_the_deployment_trains_the_simulations_models(tmp_path, changes):
+    # Every role in a thread of this process (gRPC and TLS on loopback as between machines): the math of
+    # each algorithm's deployment. Role processes, kills and restarts are the tests below and test_faults.
     config = tiny_config(tmp_path, **changes)
-    config_file, config, deploy = deployment(tmp_path, config)
-    roles = Roles(config_file, config.clients, with_main=config.algorithm[0] != "fedavg")
-    codes = roles.wait()
-    assert set(codes.values()) == {0}, {k: roles.log(k)[-2000:] for k, c in codes.items() if c}
+    config_file, config, _ = deployment(tmp_path, config)
+    history, deploy = run_in_threads(config_file)
     w_c, w_s = deployed_model(deploy)
     sim_c, sim_s = simulated_model(config)
     assert_states_close(w_c, sim_c)
     assert_states_close(w_s, sim_s)
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in records] == [1, 2, 3] and all(r["participants"] == 3 for r in records)
-    assert (tmp_path / "run" / "summary.csv").is_file()
+    assert [r["round"] for r in history] == [1, 2, 3] and all(r["participants"] == 3 for r in history)
+    _, sim_history, _ = train(config.algorithm[0], prepare(config.replace(out=None)))
+    for deployed, simulated in zip(history, sim_history, strict=True):  # the same messages, counted
+        assert deployed["samples"] == simulated["samples"]
+        up = zip(deployed["client_bytes_up"], simulated["client_bytes_up"], strict=True)
+        assert all(wire >= counted for wire, counted in up)  # + headers and framing
+        assert abs(deployed["train_loss"] - simulated["train_loss"]) < 1e-4
 
 
-def test_launch_prints_the_table_and_counts_the_bytes_on_the_wire(tmp_path, capsys):
+def test_an_algorithm_defined_in_the_tests_deploys_and_trains_the_simulations_models(tmp_path):
+    config = tiny_config(tmp_path, algorithm=(TEST_ALGORITHM,))
+    config_file, config, _ = deployment(tmp_path, config)
+    history, deploy = run_in_threads(config_file)
+    assert [r["round"] for r in history] == [1, 2, 3]
+    w_c, w_s = deployed_model(deploy)
+    sim_c, sim_s = simulated_model(config)
+    assert_states_close(w_c, sim_c)
+    assert_states_close(w_s, sim_s)
+
+
+def test_centralized_has_nothing_to_deploy(tmp_path, capsys):
+    assert main(["launch", "--algorithm", "centralized", "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "union of the clients' data in one place" in err
+
+
+@pytest.mark.parametrize("algorithm", ["minibatch_sfl", "sl"])
+def test_launch_prints_the_table_and_counts_the_bytes_on_the_wire(tmp_path, capsys, algorithm):
     argv = [
         "launch",
+        "--algorithm",
+        algorithm,
         "--clients",
         "3",
         "--dataset",
@@ -74,7 +112,7 @@ def test_launch_prints_the_table_and_counts_the_bytes_on_the_wire(tmp_path, caps
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "[minibatch_sfl] round   2/2" in out and "final acc" in out and "minibatch_sfl       2" in out
+    assert f"{algorithm}] round   2/2" in out and "final acc" in out and f"{algorithm}  " in out
     # the wire carries what the simulation counts, plus framing: within 1% for the per-iteration traffic
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     wire = record["wire_bytes"]

@@ -276,6 +276,16 @@ def test_a_thousand_hostile_messages_leave_the_servers_up_and_unchanged(servers)
             list(fed.GlobalClientWeights(header(client=0, round=-3), metadata=client0, timeout=10))
         assert e.value.code() == C.INVALID_ARGUMENT
         count += 1
+        # without a token: refused before a byte of the message is read, so nothing is learned of it
+        for tensors, r, _ in uploads.values():
+            with pytest.raises(grpc.RpcError) as e:
+                fed.UploadClientWeights(encode(header(client=0, round=r), dict(tensors)), timeout=10)
+            assert e.value.code() == C.UNAUTHENTICATED, e.value.details()
+            count += 1
+        with pytest.raises(grpc.RpcError) as e:
+            list(main.Step(iter(step_frames(good_step(servers, smashed=torch.zeros(1)))), timeout=10))
+        assert e.value.code() == C.UNAUTHENTICATED
+        count += 1
     # bytes that are not even a protobuf message
     raw = dial(deploy, deploy.main_server).stream_stream("/splitfed.v1.MainServer/Step")
     for _ in range(20):

@@ -1,0 +1,76 @@
+"""Deployments that lose a role at an awkward moment end in a clear state: they go on, or stop with a message
+and their state saved, and a restart with the same command continues (real processes on loopback)."""
+
+import json
+
+from .harness import (
+    Roles,
+    assert_states_close,
+    deployed_model,
+    deployment,
+    metrics_lines,
+    simulated_model,
+    tiny_config,
+    wait_for,
+)
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_fed_server_killed_before_its_first_round_ends_restarts_with_the_same_command(tmp_path):
+    config = tiny_config(tmp_path, rounds=3, local_iters=12)
+    config_file, config, deploy = deployment(tmp_path, config)
+    roles = Roles(config_file, config.clients)
+    wait_for(lambda: (tmp_path / "run" / "config.toml").is_file())  # it has started its run directory
+    assert metrics_lines(tmp_path / "run") == 0
+    roles.kill("fed_server")
+    roles.start("fed_server")
+    codes = roles.wait()
+    assert set(codes.values()) == {0}, {k: roles.log(k)[-2000:] for k in codes}
+    assert_states_close(deployed_model(deploy)[0], simulated_model(config)[0])
+    assert [r["round"] for r in records(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_a_client_restarted_mid_round_rejoins_and_the_default_wait_policy_does_not_hang(tmp_path):
+    config = tiny_config(tmp_path, rounds=4, local_iters=12)
+    config_file, config, _ = deployment(tmp_path, config)  # straggler_policy "wait", the default
+    roles = Roles(config_file, config.clients)
+    wait_for(lambda: metrics_lines(tmp_path / "run") >= 1)
+    roles.kill("client_1")
+    roles.start("client", 1)
+    codes = roles.wait(timeout=120)
+    assert set(codes.values()) == {0}, {k: roles.log(k)[-2000:] for k in codes}
+    history = records(tmp_path / "run")
+    assert [r["round"] for r in history] == [1, 2, 3, 4]
+    for r in history:  # a round it sat out says so; the others had everyone
+        assert r["participants"] + len(r["dropped_clients"]) == 3
+        assert set(r["dropped_clients"]) <= {1}
+    assert history[-1]["participants"] == 3
+
+
+def test_when_every_client_is_gone_both_servers_stop_with_a_message_and_a_restart_continues(tmp_path):
+    config = tiny_config(tmp_path, rounds=3, local_iters=6)
+    config_file, config, deploy = deployment(tmp_path, config, give_up_s=12.0)
+    roles = Roles(config_file, config.clients)
+    wait_for(lambda: metrics_lines(tmp_path / "run") >= 1)
+    for k in range(config.clients):
+        roles.kill(f"client_{k}")
+    codes = {name: roles.procs[name].wait(timeout=90) for name in ("main_server", "fed_server")}
+    assert codes == {"main_server": 3, "fed_server": 3}
+    for name in codes:
+        errors = [line for line in roles.log(name).splitlines() if line.startswith("splitfed: error:")]
+        assert len(errors) == 1 and "restart this server to continue" in errors[0], roles.log(name)[-2000:]
+    # the same commands again: the run goes on from its saved state to the uninterrupted result
+    for name in ("fed_server", "main_server"):
+        roles.start(name)
+    for k in range(config.clients):
+        roles.start("client", k)
+    codes = roles.wait()
+    assert set(codes.values()) == {0}, {k: roles.log(k)[-2000:] for k in codes}
+    w_c, w_s = deployed_model(deploy)
+    sim_c, sim_s = simulated_model(config)
+    assert_states_close(w_c, sim_c)
+    assert_states_close(w_s, sim_s)
+    assert [r["round"] for r in records(tmp_path / "run")] == [1, 2, 3]
