@@ -91,3 +91,41 @@ def test_every_shipped_experiment_config_is_valid():
             assert expand(path, "runs/x"), path  # sweep grids
         else:
             Config.from_toml(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('rounds = "1"', "an integer"),
+        ('lr = "0.1"', "a number"),
+        ('resume = "true"', "true or false"),
+        ('cut_layer = "none"', "an integer or none"),
+        ('synthetic_shape = "1,8,8"', "a list of integers or none"),
+    ],
+)
+def test_a_file_string_is_not_parsed_as_a_number(tmp_path, line, expected):
+    """Only command-line flags are text to parse; in a TOML file the value's own type must fit."""
+    path = tmp_path / "c.toml"
+    path.write_text('dataset = "synthetic"\n' + line + "\n")
+    key = line.split()[0]
+    with pytest.raises(SplitfedError, match=rf"^{key} in {path} must be {expected}, got '.*' \(a string"):
+        Config.from_toml(path)
+
+
+def test_python_callers_get_no_string_parsing():
+    with pytest.raises(SplitfedError, match="rounds must be an integer, got '1'"):
+        Config(rounds="1")
+    with pytest.raises(SplitfedError, match="lr must be a number"):
+        Config(lr="0.1")
+
+
+def test_command_line_strings_are_parsed():
+    from dataclasses import fields
+
+    from splitfed.config import coerce
+
+    f = {x.name: x for x in fields(Config)}
+    assert coerce(f["rounds"], "3", "--rounds", from_cli=True) == 3
+    assert coerce(f["cut_layer"], "none", "--cut-layer", from_cli=True) is None
+    assert coerce(f["synthetic_shape"], "3x32x32", "--synthetic-shape", from_cli=True) == (3, 32, 32)
+    assert coerce(f["algorithm"], "sl,fedavg", "--algorithm", from_cli=True) == ("sl", "fedavg")

@@ -169,3 +169,13 @@ def test_the_report_leaves_out_divergence_never_measured(tmp_path):
     groups[0].histories = [history("fedavg", divergence_client_relative=1.0, divergence_server_relative=2.0)]
     lines = Setting(groups, tmp_path).divergence_vs_ratio(plt)
     assert "| fedavg | 1.000 / 2.000 | – |" in lines
+
+
+def test_a_grid_string_is_not_parsed_as_a_number(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[[grid]]\nseed = ["1"]\n')
+    with pytest.raises(SplitfedError, match=r"seed in \[\[grid\]\] of .* must be an integer, got '1'"):
+        expand(grid, tmp_path / "s")
+    grid.write_text('rounds = "2"\n[[grid]]\nseed = [1]\n')
+    with pytest.raises(SplitfedError, match="rounds in .* must be an integer, got '2'"):
+        expand(grid, tmp_path / "s")

@@ -66,7 +66,7 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
 def _flag_value(name: str, value: Any) -> Any:
     if name == "model_args":
         return _parse_model_args(value)
-    return value if isinstance(value, bool) else coerce(FIELDS[name], value, _flag(name))
+    return value if isinstance(value, bool) else coerce(FIELDS[name], value, _flag(name), from_cli=True)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -146,13 +146,18 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Check and convert a TOML value or a command-line string to the field's type.
+def coerce(f: dataclasses.Field, value: Any, where: str, *, from_cli: bool = False) -> Any:
+    """Check and convert a value to the field's type.
 
+    ``from_cli`` says the value is the text of a command-line flag, to be parsed ("3" -> 3, "none" ->
+    None, "3x32x32" -> (3, 32, 32)). Every other source (a TOML file, a grid file, a Python caller) has
+    typed values and gets no parsing: ``rounds = "1"`` in a file is a mistake that would otherwise hide
+    another (a quoted number usually means the file was generated or edited wrongly), so it is refused.
     ``where`` names the value in the error, e.g. "rounds in exp.toml" or "--rounds".
     """
     tp, optional = _base_type(f.type)
-    from_cli = isinstance(value, str)
+    if from_cli and not isinstance(value, str):
+        raise TypeError(f"{where}: a command-line value must be a string, got {value!r}")
     if optional and (value is None or (from_cli and value.lower() == "none")):
         return None
     try:
@@ -179,7 +184,7 @@ def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             if from_cli:  # "a,b,c"; integer lists may also be written 3x32x32
                 text = value.replace("x", ",") if item is int else value
                 return tuple(item(v.strip()) for v in text.split(","))
-            if isinstance(value, str) and item is str:
+            if isinstance(value, str) and item is str:  # one name for a list of names
                 return (value,)
             if isinstance(value, list | tuple) and all(
                 isinstance(v, item) and not isinstance(v, bool) for v in value
@@ -193,7 +198,10 @@ def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             return dict(value)
     except ValueError:
         pass
-    raise SplitfedError(f"{where} must be {_type_name(f.type)}, got {value!r}")
+    hint = ""
+    if isinstance(value, str) and not from_cli and tp is not str:
+        hint = " (a string: in a file, write numbers, booleans and lists without quotes)"
+    raise SplitfedError(f"{where} must be {_type_name(f.type)}, got {value!r}{hint}")
 
 
 def _type_name(tp: Any) -> str:
