@@ -28,6 +28,25 @@ class Dataset:
     num_classes: int
     augment: Augment | None = None  # applied to every training batch, on the batch's device
 
+    def __post_init__(self) -> None:
+        # One check for every loader, registered ones included: an empty split or a label outside the
+        # classes fails later far from its cause (a division by zero, a CUDA device-side assert).
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if len(x) == 0:
+                raise SplitfedError(f"data set {self.name}: the {split} split is empty; it needs samples")
+            if len(y) != len(x) or y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise SplitfedError(
+                    f"data set {self.name}: the {split} split has {len(x)} images but {len(y)} labels of "
+                    f"type {y.dtype}; it needs one integer label per image"
+                )
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= self.num_classes:
+                raise SplitfedError(
+                    f"data set {self.name}: {split} labels span {low}..{high}; "
+                    f"its {self.num_classes} classes need labels in 0..{self.num_classes - 1}"
+                )
+
     @property
     def in_shape(self) -> tuple[int, int, int]:
         c, h, w = self.train_x.shape[1:]
@@ -115,10 +134,21 @@ def fmnist(data_dir: str | None = None) -> Dataset:
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
             raise SplitfedError(
-                f"{files[split + '_x']}: expected uint8 images [n, 28, 28], got {list(x.shape)}"
+                f"{files[split + '_x']}: expected uint8 images [n, 28, 28], got {x.dtype} {list(x.shape)}"
             )
-        if y.ndim != 1 or len(y) != len(x) or (len(y) and y.max() > 9):
-            raise SplitfedError(f"{files[split + '_y']}: expected {len(x)} labels in 0..9")
+        if len(x) == 0:
+            raise SplitfedError(
+                f"{files[split + '_x']}: holds no images; the {split} split needs at least one"
+            )
+        # Labels must be stored as integers: a float 3.7 would otherwise become class 3 without a word.
+        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() > 9:
+            found = f"{y.dtype} {list(y.shape)}"
+            if y.size and y.dtype.kind in "iuf":
+                found += f" in {y.min()}..{y.max()}"
+            raise SplitfedError(
+                f"{files[split + '_y']}: expected {len(x)} integer labels (IDX type ubyte, byte, short or "
+                f"int) in 0..9, got {found}"
+            )
     mean, std = (0.2860,), (0.3530,)
     return Dataset(
         "fmnist",
