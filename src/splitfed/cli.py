@@ -46,6 +46,28 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(_flag(name), dest=name, metavar="X", default=argparse.SUPPRESS, help=help_text)
 
 
+def _count(flag: str) -> Any:
+    """An argparse type: a positive integer this machine can run that many threads or processes of."""
+
+    def parse(text: str) -> int:
+        from ._limits import check_threads
+
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
+        try:
+            check_threads(n, flag)
+        except SplitfedError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return n
+
+    parse.__name__ = "INT"  # argparse names the type in its own messages
+    return parse
+
+
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -87,9 +109,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ._limits import preflight
     from .runner import run
 
-    run(config_from_args(args))
+    config = config_from_args(args)
+    preflight(config)  # what this machine can hold, checked before anything is loaded or written
+    run(config)
     return 0
 
 
@@ -109,6 +134,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
         config = config.replace(algorithm=("minibatch_sfl",))  # a deployment runs one algorithm
+    from ._limits import preflight
+
+    preflight(config, check_out=False)  # the deployment places its run directory in its workdir
     launch(config, args.workdir)
     return 0
 
@@ -156,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_sweep.add_argument("grid", help="TOML: a base config plus [[grid]] tables of value lists")
     p_sweep.add_argument("--out", help="sweep directory (default: runs/<grid file name>)")
-    p_sweep.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
+    p_sweep.add_argument(
+        "--workers", type=_count("--workers"), default=1, metavar="INT", help="runs side by side (processes)"
+    )
     p_sweep.set_defaults(func=_cmd_sweep)
     p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
     p_report.add_argument("sweep_dir")
@@ -176,7 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
         if role == "client":
             p_role.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
         p_role.add_argument(
-            "--threads", type=int, help="CPU threads of this process (default: the config's threads)"
+            "--threads",
+            type=_count("--threads"),
+            metavar="INT",
+            help="CPU threads of this process (default: the config's threads)",
         )
         p_role.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
     p_launch = sub.add_parser("launch", help="a whole deployment on loopback: servers and N clients, TLS")

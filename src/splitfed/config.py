@@ -6,6 +6,7 @@ the wrong type or out of range is a SplitfedError naming the key and what is acc
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._limits import check_threads
 from .errors import SplitfedError
 
 ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
@@ -128,14 +130,31 @@ class Config:
         return self.seed if own is None else own
 
 
+# A config is a few dozen lines; anything near this is not one, and parsing it would take a while.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's table; any way the file can be unreadable is one SplitfedError naming it."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise SplitfedError(f"cannot read config file {path}: {e.strerror}") from None
+        raise SplitfedError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except ValueError:  # open() refuses a NUL byte in a path with ValueError
+        raise SplitfedError(f"config file path {str(path)!r} contains a NUL byte") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SplitfedError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SplitfedError(
+            f"config file {path} is not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}); TOML must be"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise SplitfedError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise SplitfedError(f"config file {path} nests arrays or tables too deeply to be a config") from None
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -221,6 +240,9 @@ def _validate(c: Config) -> None:
     for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
         v = getattr(c, name)
         need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
+    if c.threads is not None:
+        check_threads(c.threads)
+    _check_text(c)
     for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha"):
         v = getattr(c, name)
         need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v}")
@@ -266,9 +288,35 @@ def _validate(c: Config) -> None:
             f"synthetic_shape must be three positive integers C,H,W; got {c.synthetic_shape}",
         )
     need(
-        c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
+        re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", c.device) is not None,
         f"device must be cpu, cuda, cuda:N or auto; got {c.device!r}",
     )
+
+
+def _check_text(c: Config) -> None:
+    """Strings config.toml can record and paths a file system can hold.
+
+    A name from a non-UTF-8 command line (a lone surrogate) cannot be written to config.toml, which would
+    fail after the run directory was made; a NUL byte cannot be in any path.
+    """
+    for name, value in c.to_dict().items():
+        if isinstance(value, dict):
+            value = [*value, *value.values()]
+        for text in value if isinstance(value, tuple | list) else [value]:
+            if isinstance(text, str) and not _is_utf8(text):
+                raise SplitfedError(f"{name} {text!r} is not valid UTF-8 text; config.toml cannot hold it")
+    for name in ("data_dir", "out"):
+        v = getattr(c, name)
+        if v is not None and "\0" in v:
+            raise SplitfedError(f"{name} {v!r} contains a NUL byte, which no file name can hold")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dump_toml(values: dict[str, Any]) -> str:
@@ -280,11 +328,23 @@ def dump_toml(values: dict[str, Any]) -> str:
         if isinstance(v, int | float):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            # Every character TOML forbids raw in a basic string is escaped (a newline in --out would
+            # otherwise write a config.toml that --resume cannot read).
+            return '"' + "".join(_TOML_ESCAPES.get(ch) or _escape_control(ch) for ch in v) + '"'
         if isinstance(v, list | tuple):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {fmt(x)}" for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{key(k)} = {fmt(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else fmt(k)
+
     return "".join(f"{k} = {fmt(v)}\n" for k, v in values.items())
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _escape_control(ch: str) -> str:
+    return f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._limits import check_output_dir, check_threads, preflight
 from .config import Config, coerce, read_toml
 from .errors import SplitfedError
 
@@ -174,9 +175,13 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     """Run every point of ``grid_file`` not yet finished; returns the index rows."""
     if workers < 1:
         raise SplitfedError(f"--workers must be a positive integer, got {workers}")
+    check_threads(workers, "--workers")
     grid_file = Path(grid_file)
     out = Path(out_dir) if out_dir else Path("runs") / grid_file.stem
+    check_output_dir(out)
     points = expand(grid_file, out)
+    for p in points:  # every run checked against this machine now, not hours into the sweep
+        preflight(p.config, check_out=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.toml").write_text(grid_file.read_text())
     total_rounds = sum(p.config.rounds * len(p.config.algorithm) for p in points)
