@@ -179,3 +179,18 @@ def test_a_grid_string_is_not_parsed_as_a_number(tmp_path):
     grid.write_text('rounds = "2"\n[[grid]]\nseed = [1]\n')
     with pytest.raises(SplitfedError, match="rounds in .* must be an integer, got '2'"):
         expand(grid, tmp_path / "s")
+
+
+def test_a_workers_warnings_go_to_its_runs_log(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from splitfed import Config, runner
+    from splitfed.sweep import _run_point
+
+    def warns(config):
+        warnings.warn("about this run", UserWarning, stacklevel=1)
+
+    monkeypatch.setattr(runner, "run", warns)
+    assert _run_point(Config(out=str(tmp_path / "r")), 1, tmp_path / "r.log") == ""
+    assert "UserWarning: about this run" in (tmp_path / "r.log").read_text()
+    assert "about this run" not in capsys.readouterr().err

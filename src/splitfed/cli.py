@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -239,16 +240,62 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    held = _HeldWarnings()
+    handler.addFilter(held.release_on_first_record)
     try:
-        return args.func(args)
-    except SplitfedError as e:
-        print(f"splitfed: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
-        return 130
+        with warnings.catch_warnings():  # restores showwarning however the command ends
+            warnings.showwarning = held.show
+            try:
+                result = args.func(args)
+            except SplitfedError as e:
+                held.discard()
+                print(f"splitfed: error: {e}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                held.release()
+                print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
+                return 130
+            except BaseException:
+                held.release()  # a bug: everything that led to it helps
+                raise
+            held.release()
+            return result
     finally:
         log.removeHandler(handler)
+
+
+class _HeldWarnings:
+    """Python warnings held back until the command has passed its checks, then shown as they come.
+
+    A user mistake is reported as one line saying what to change. Warnings raised on the way to it
+    are consequences of the same mistake (torch's "Initializing zero-element tensors" for an input too
+    small for the model, a checkpoint format's FutureWarning) and would bury that line, so they are
+    dropped with it. Once the command logs its first line (a run logs after all its checks and the
+    creation of its directory) or ends well, the held warnings are shown and later ones pass at once:
+    a warning during a long run is not delayed to its end.
+    """
+
+    def __init__(self) -> None:
+        self._show = warnings.showwarning
+        self._held: list[tuple[Any, ...]] | None = []  # None once released
+
+    def show(self, *warning: Any) -> None:
+        if self._held is None:
+            self._show(*warning)
+        else:
+            self._held.append(warning)
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for warning in held:
+            self._show(*warning)
+
+    def release_on_first_record(self, record: logging.LogRecord) -> bool:
+        self.release()
+        return True
+
+    def discard(self) -> None:
+        self._held = []
 
 
 if __name__ == "__main__":

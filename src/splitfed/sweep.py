@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +132,16 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     resume = (run_dir / "config.toml").is_file()
+
+    def to_log(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+        # a worker's warnings belong to its run: in its log, not interleaved with the sweep's progress
+        handler.stream.write(warnings.formatwarning(message, category, filename, lineno))
+
     try:
-        # a resumed run keeps the thread count it started with (its config.toml); a new one gets its share
-        run(config.replace(resume=resume, threads=None if resume else threads))
+        with warnings.catch_warnings():
+            warnings.showwarning = to_log
+            # a resumed run keeps the thread count it started with (its config.toml); a new one its share
+            run(config.replace(resume=resume, threads=None if resume else threads))
         return ""
     except SplitfedError as e:
         return str(e)
