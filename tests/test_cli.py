@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from splitfed import Config, SplitfedError
 from splitfed.cli import main
 
 from .data.formats import write_fmnist
@@ -181,3 +182,34 @@ def test_warnings_of_a_command_that_succeeds_are_shown(monkeypatch):
         warnings.simplefilter("always")
         assert main(["list"]) == 2
     assert not seen
+
+
+def test_run_help_shows_each_flags_type_default_and_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    for expected in (
+        "--rounds INT rounds (fed-server aggregations) (default: 20)",
+        "--lr FLOAT learning rate of both sides (default: 0.01)",
+        "--non-iid-ratio P",
+        "--synthetic-shape C,H,W",
+        "--out DIR",
+        "--algorithm LIST",
+        "(choices: equal, proportional; default: equal)",
+        "(choices: float32, float16, bfloat16; default: float32)",
+        "--dataset NAME data set (choices: digits, fmnist, cifar10, synthetic; default: digits)",
+        "choices: non_iid_ratio, iid, shards, dirichlet",
+    ):
+        assert expected in text, expected
+    assert " X " not in text
+
+
+def test_help_and_validation_share_the_choice_lists():
+    from splitfed.config import CHOICES
+
+    for name, allowed in CHOICES.items():
+        for value in allowed:
+            Config(**{name: value}, **({"batch_alloc": "equal"} if name == "execution" else {}))
+        with pytest.raises(SplitfedError, match=f"{name} must be one of {', '.join(allowed)}"):
+            Config(**{name: "nonsense"})

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, coerce, read_toml
+from .config import CHOICES, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
 from .errors import SplitfedError
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -24,6 +24,48 @@ class _Parser(argparse.ArgumentParser):
 
 def _flag(name: str) -> str:
     return "--" + FIELDS[name].metadata.get("flag", name.replace("_", "-"))
+
+
+def _metavar(f: dataclasses.Field) -> str:
+    """How a flag's value is written: the field's own (P, DIR, C,H,W) or its type's."""
+    tp, _ = _base_type(f.type)
+    return f.metadata.get("metavar") or {int: "INT", float: "FLOAT", str: "NAME"}.get(tp, "LIST")
+
+
+def _choices(name: str) -> list[str]:
+    """The values a field accepts, where they form a list: config's CHOICES or a registry's names."""
+    if name in CHOICES:
+        return list(CHOICES[name])
+    if name not in REGISTRY_FIELDS:
+        return []
+    # imported only when --help is asked for: the registries import torch, seconds of every command
+    from .algorithms import ALGORITHMS
+    from .data import DATASETS, PARTITIONS
+    from .models import MODELS
+
+    registry = {"algorithm": ALGORITHMS, "dataset": DATASETS, "model": MODELS, "partition": PARTITIONS}[name]
+    return list(registry)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each config flag's help ends with its choices and its default, both taken from config.py."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        f = FIELDS.get(action.dest)
+        if f is None or f.type is bool:
+            return text
+        extras = []
+        choices = _choices(action.dest)
+        if choices:
+            extras.append("choices: " + ", ".join(choices))
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default not in (None, {}):
+            extras.append(
+                "default: " + (",".join(map(str, default)) if isinstance(default, tuple) else str(default))
+            )
+        extra = f" ({'; '.join(extras)})" if extras else ""
+        return text + extra.replace("%", "%%")  # argparse %-formats help strings
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -44,7 +86,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                 help=help_text,
             )
         else:
-            p.add_argument(_flag(name), dest=name, metavar="X", default=argparse.SUPPRESS, help=help_text)
+            p.add_argument(
+                _flag(name), dest=name, metavar=_metavar(f), default=argparse.SUPPRESS, help=help_text
+            )
 
 
 def _count(flag: str) -> Any:
@@ -177,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"splitfed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p_run = sub.add_parser("run", help="train and compare algorithms (default: all six on digits)")
+    p_run = sub.add_parser(
+        "run",
+        help="train and compare algorithms (default: all six on digits)",
+        formatter_class=_HelpFormatter,
+    )
     _add_config_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
     p_sweep = sub.add_parser(
@@ -213,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="CPU threads of this process (default: the config's threads)",
         )
         p_role.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
-    p_launch = sub.add_parser("launch", help="a whole deployment on loopback: servers and N clients, TLS")
+    p_launch = sub.add_parser(
+        "launch",
+        help="a whole deployment on loopback: servers and N clients, TLS",
+        formatter_class=_HelpFormatter,
+    )
     _add_config_flags(p_launch)
     p_launch.add_argument(
         "--workdir", help="where certificates, tokens, state and logs go (default: a temp dir)"

@@ -19,6 +19,18 @@ from .errors import SplitfedError
 
 ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
 
+# Fields with a fixed set of values: what _validate accepts and what `splitfed run --help` lists.
+CHOICES = {
+    "batch_alloc": ("equal", "proportional"),
+    "client_grad_scale": ("local_mean", "global_mean"),
+    "sflv2_schedule": ("client_sequential", "interleaved"),
+    "execution": ("loop", "vmap"),
+    "wire_dtype": ("float32", "float16", "bfloat16"),
+}
+# Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
+# help lists the registry's names.
+REGISTRY_FIELDS = ("algorithm", "dataset", "model", "partition")
+
 # Knobs that belong to one partition: (partition, field, default).
 PARTITION_OPTIONS = {
     "non_iid_ratio": ("non_iid_ratio", 0.8),
@@ -40,8 +52,8 @@ class Config:
 
     # what to run
     algorithm: tuple[str, ...] = _f(ALL_ALGORITHMS, "algorithms to run, in order (comma-separated)")
-    dataset: str = _f("digits", "digits | fmnist | cifar10 | synthetic")
-    data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)")
+    dataset: str = _f("digits", "data set")
+    data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)", metavar="DIR")
     model: str | None = _f(None, "model name; default: the data set's (digits_cnn, cnn4, resnet18)")
     model_args: dict = _f(  # noqa: RUF009 (_f builds a default_factory)
         {}, "extra model arguments, e.g. norm=group width=16", flag="model-arg"
@@ -50,12 +62,12 @@ class Config:
     # clients and their data
     clients: int = _f(10, "number of clients N")
     clients_per_round: int | None = _f(None, "clients sampled per round; default: all (full participation)")
-    partition: str = _f("non_iid_ratio", "non_iid_ratio | dirichlet | shards | iid")
-    non_iid_ratio: float | None = _f(None, "non-IID ratio p in [0, 1] (spec §4); default 0.8")
+    partition: str = _f("non_iid_ratio", "how the training set is dealt to the clients")
+    non_iid_ratio: float | None = _f(None, "non-IID ratio p in [0, 1] (spec §4); default 0.8", metavar="P")
     dirichlet_alpha: float | None = _f(None, "Dirichlet concentration for partition=dirichlet; default 0.5")
     shards_per_client: int | None = _f(None, "label shards per client for partition=shards; default 2")
     batch_size: int = _f(32, "per-client batch size b")
-    batch_alloc: str = _f("equal", "equal (b_n = b) | proportional (b_n ∝ |D_n|, B = N·b)")
+    batch_alloc: str = _f("equal", "client batch sizes: equal b_n = b, or proportional b_n ∝ |D_n| (B = N·b)")
     # schedule and optimizer
     rounds: int = _f(20, "rounds (fed-server aggregations)")
     local_epochs: int = _f(5, "local epochs E per round: τ = E·⌈mean |D_n| / b⌉ iterations")
@@ -65,27 +77,29 @@ class Config:
     server_lr: float | None = _f(None, "server-side learning rate η_s; default: lr")
     momentum: float = _f(0.0, "SGD momentum (state kept per side, averaged with the weights)")
     weight_decay: float = _f(0.0, "SGD weight decay")
-    client_grad_scale: str = _f("local_mean", "local_mean | global_mean: gradient sent back (spec §2)")
-    sflv2_schedule: str = _f("client_sequential", "client_sequential | interleaved (spec §3)")
-    wire_dtype: str = _f("float32", "float32 | float16 | bfloat16: smashed data and gradients as sent")
+    client_grad_scale: str = _f("local_mean", "the gradient sent back to a client's side (spec §2)")
+    sflv2_schedule: str = _f("client_sequential", "SFL-V2's order of clients at the main server (spec §3)")
+    wire_dtype: str = _f("float32", "smashed data and their gradients as sent")
     execution: str = _f(
         "loop", "loop | vmap: how lockstep clients (MiniBatch-SFL) run; see docs/performance.md"
     )
     # measurement
     divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
-    synthetic_shape: tuple[int, ...] | None = _f(None, "synthetic data: C,H,W; default 1,28,28")
+    synthetic_shape: tuple[int, ...] | None = _f(
+        None, "synthetic data: C,H,W; default 1,28,28", metavar="C,H,W"
+    )
     synthetic_samples: int | None = _f(None, "synthetic data: training samples; default 2000")
     # reproducibility and output
     seed: int = _f(0, "seed of partition, init and sampling")
     partition_seed: int | None = _f(None, "seed of the partition alone; default: seed")
     init_seed: int | None = _f(None, "seed of the initial model alone; default: seed")
     sampling_seed: int | None = _f(None, "seed of batches, client order and augmentation; default: seed")
-    device: str = _f("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    device: str = _f("auto", "cpu | cuda | cuda:N | auto (cuda when available)", metavar="DEVICE")
     threads: int | None = _f(
         None, "CPU threads for torch; default: torch's. Results repeat bit for bit at equal threads"
     )
-    out: str | None = _f(None, "run directory; default: runs/<date>-<time>")
+    out: str | None = _f(None, "run directory; default: runs/<date>-<time>", metavar="DIR")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
@@ -262,14 +276,7 @@ def _validate(c: Config) -> None:
             f"clients_per_round ({c.clients_per_round}) exceeds clients ({c.clients})",
         )
     need(c.cut_layer is None or c.cut_layer >= 1, f"cut_layer must be a positive integer, got {c.cut_layer}")
-    choices = {
-        "batch_alloc": ("equal", "proportional"),
-        "client_grad_scale": ("local_mean", "global_mean"),
-        "sflv2_schedule": ("client_sequential", "interleaved"),
-        "execution": ("loop", "vmap"),
-        "wire_dtype": ("float32", "float16", "bfloat16"),
-    }
-    for name, allowed in choices.items():
+    for name, allowed in CHOICES.items():
         v = getattr(c, name)
         need(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
     need(
