@@ -91,28 +91,6 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             )
 
 
-def _count(flag: str) -> Any:
-    """An argparse type: a positive integer this machine can run that many threads or processes of."""
-
-    def parse(text: str) -> int:
-        from ._limits import check_threads
-
-        try:
-            n = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-        if n < 1:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {n}")
-        try:
-            check_threads(n, flag)
-        except SplitfedError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        return n
-
-    parse.__name__ = "INT"  # argparse names the type in its own messages
-    return parse
-
-
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
@@ -234,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_sweep.add_argument("grid", help="TOML: a base config plus [[grid]] tables of value lists")
     p_sweep.add_argument("--out", help="sweep directory (default: runs/<grid file name>)")
     p_sweep.add_argument(
-        "--workers", type=_count("--workers"), default=1, metavar="INT", help="runs side by side (processes)"
+        "--workers", type=int, default=1, metavar="INT", help="runs side by side (processes)"
     )
     p_sweep.set_defaults(func=_cmd_sweep)
     p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
@@ -256,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
             p_role.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
         p_role.add_argument(
             "--threads",
-            type=_count("--threads"),
+            type=int,
             metavar="INT",
             help="CPU threads of this process (default: the config's threads)",
         )
