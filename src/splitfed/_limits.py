@@ -3,7 +3,7 @@
 A request too large for the machine (a width of 100000, 10^9 synthetic samples, a gzip bomb) would
 otherwise end in an allocator error, the kernel's OOM killer or an hour of swapping. Each check here
 costs next to nothing, runs before the allocation it guards and raises SplitfedError saying what was
-asked and what fits.
+asked and what fits. Memory means the host's: data and models are built there before any move to a GPU.
 """
 
 import math
@@ -200,14 +200,14 @@ def preflight(cfg: "Config", check_out: bool = True) -> None:
     """Everything about ``cfg`` that can be checked against this machine before any data are read or
     files written: the output directory, the synthetic data's size, the model's size, and batch and
     client counts against a training set whose size the config fixes (synthetic). Writes nothing."""
-    from .data.datasets import SYNTHETIC_SAMPLES, check_synthetic_fits, known_shape
+    from .data.datasets import SYNTHETIC_SAMPLES, SYNTHETIC_SHAPE, check_synthetic_fits, known_shape
 
     if check_out:
         check_output_dir(cfg.out or "runs")
     known = known_shape(cfg.dataset, cfg.synthetic_shape)
-    if cfg.dataset == "synthetic" and known is not None:
+    if cfg.dataset == "synthetic":
         samples = cfg.synthetic_samples or SYNTHETIC_SAMPLES
-        check_synthetic_fits(known[0], samples)
+        check_synthetic_fits(tuple(cfg.synthetic_shape or SYNTHETIC_SHAPE), samples)
         # the partition's own checks need the data; these two need only the count, known already
         for name in ("clients", "batch_size"):
             if getattr(cfg, name) > samples:
