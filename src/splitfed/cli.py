@@ -149,6 +149,7 @@ def _cmd_role(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
+    from ._limits import preflight
     from .services import _generated
     from .services.launch import launch
 
@@ -157,8 +158,6 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
         config = config.replace(algorithm=("minibatch_sfl",))  # a deployment runs one algorithm
-    from ._limits import preflight
-
     preflight(config, check_out=False)  # the deployment places its run directory in its workdir
     launch(config, args.workdir)
     return 0
