@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from splitfed import Config, SplitfedError
 from splitfed.cli import main
 
 from .data.formats import write_fmnist
@@ -143,3 +144,72 @@ def test_list_shows_the_registries(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "minibatch_sfl" in out and "resnet18" in out and "non_iid_ratio" in out and "fmnist" in out
+
+
+def test_a_user_error_is_not_preceded_by_warnings(tmp_path):
+    """An input too small for cnn4 makes torch warn ("Initializing zero-element tensors") on its way
+    to the error: the user sees the error's one line only."""
+    argv = ["run", *SMALL[:3], "1,2,2", *SMALL[4:], "--model", "cnn4", "--out", str(tmp_path / "x")]
+    proc = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "splitfed.cli", *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("splitfed: error: model cnn4 cannot take synthetic inputs [1, 2, 2]")
+    assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_warnings_of_a_command_that_succeeds_are_shown(monkeypatch):
+    import warnings
+
+    from splitfed import cli
+
+    def warns_then(result):
+        def command(args):
+            warnings.warn("something the user should know", UserWarning, stacklevel=1)
+            if result == "error":
+                raise cli.SplitfedError("a mistake")
+            return 0
+
+        return command
+
+    monkeypatch.setattr(cli, "_cmd_list", warns_then("ok"))
+    with pytest.warns(UserWarning, match="something the user should know"):
+        assert main(["list"]) == 0
+    monkeypatch.setattr(cli, "_cmd_list", warns_then("error"))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["list"]) == 2
+    assert not seen
+
+
+def test_run_help_shows_each_flags_type_default_and_choices(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at the terminal's width
+    for expected in (
+        "--rounds INT rounds (fed-server aggregations) (default: 20)",
+        "--lr FLOAT learning rate of both sides (default: 0.01)",
+        "--non-iid-ratio P",
+        "--synthetic-shape C,H,W",
+        "--out DIR",
+        "--algorithm LIST",
+        "(choices: equal, proportional; default: equal)",
+        "(choices: float32, float16, bfloat16; default: float32)",
+        "--dataset NAME data set (choices: digits, fmnist, cifar10, synthetic; default: digits)",
+        "choices: non_iid_ratio, iid, shards, dirichlet",
+    ):
+        assert expected in text, expected
+    assert " X " not in text
+
+
+def test_help_and_validation_share_the_choice_lists():
+    from splitfed.config import CHOICES
+
+    for name, allowed in CHOICES.items():
+        for value in allowed:
+            Config(**{name: value}, **({"batch_alloc": "equal"} if name == "execution" else {}))
+        with pytest.raises(SplitfedError, match=f"{name} must be one of {', '.join(allowed)}"):
+            Config(**{name: "nonsense"})

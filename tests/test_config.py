@@ -91,3 +91,89 @@ def test_every_shipped_experiment_config_is_valid():
             assert expand(path, "runs/x"), path  # sweep grids
         else:
             Config.from_toml(path)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('rounds = "1"', "an integer"),
+        ('lr = "0.1"', "a number"),
+        ('resume = "true"', "true or false"),
+        ('cut_layer = "none"', "an integer or none"),
+        ('synthetic_shape = "1,8,8"', "a list of integers or none"),
+    ],
+)
+def test_a_file_string_is_not_parsed_as_a_number(tmp_path, line, expected):
+    """Only command-line flags are text to parse; in a TOML file the value's own type must fit."""
+    path = tmp_path / "c.toml"
+    path.write_text('dataset = "synthetic"\n' + line + "\n")
+    key = line.split()[0]
+    with pytest.raises(SplitfedError, match=rf"^{key} in {path} must be {expected}, got '.*' \(a string"):
+        Config.from_toml(path)
+
+
+def test_python_callers_get_no_string_parsing():
+    with pytest.raises(SplitfedError, match="rounds must be an integer, got '1'"):
+        Config(rounds="1")
+    with pytest.raises(SplitfedError, match="lr must be a number"):
+        Config(lr="0.1")
+
+
+def test_command_line_strings_are_parsed():
+    from dataclasses import fields
+
+    from splitfed.config import coerce
+
+    f = {x.name: x for x in fields(Config)}
+    assert coerce(f["rounds"], "3", "--rounds", from_cli=True) == 3
+    assert coerce(f["cut_layer"], "none", "--cut-layer", from_cli=True) is None
+    assert coerce(f["synthetic_shape"], "3x32x32", "--synthetic-shape", from_cli=True) == (3, 32, 32)
+    assert coerce(f["algorithm"], "sl,fedavg", "--algorithm", from_cli=True) == ("sl", "fedavg")
+
+
+def test_unreadable_toml_files_are_one_error(tmp_path):
+    cases = {
+        "not utf-8": b"rounds = 3\n\xff\xfe = 1\n",
+        "deeply nested": b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n",
+        "nested tables": b"a = " + b"{b = " * 3000 + b"1" + b"}" * 3000 + b"\n",
+        "huge": b"# " + b"x" * (2 << 20) + b"\n",
+    }
+    messages = {
+        "not utf-8": r"is not UTF-8 text \(byte 11 is 0xff\)",
+        "deeply nested": "nests arrays or tables too deeply",
+        "nested tables": "nests arrays or tables too deeply",
+        "huge": "is larger than 1 MiB",
+    }
+    for name, raw in cases.items():
+        path = tmp_path / f"{name}.toml"
+        path.write_bytes(raw)
+        with pytest.raises(SplitfedError, match=messages[name]):
+            Config.from_toml(path)
+    with pytest.raises(SplitfedError, match="contains a NUL byte"):
+        Config.from_toml(str(tmp_path / "a\0b.toml"))
+    with pytest.raises(SplitfedError, match="cannot read config file .*: Is a directory"):
+        Config.from_toml(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"out": "runs/a\0b"}, "out 'runs/a\\\\x00b' contains a NUL byte"),
+        ({"data_dir": "\0"}, "data_dir .* contains a NUL byte"),
+        ({"out": "runs/\udcff"}, "out .* is not valid UTF-8 text"),
+        ({"model_args": {"norm": "\udcff"}}, "model_args .* is not valid UTF-8 text"),
+        ({"device": "cudax"}, "device must be cpu, cuda, cuda:N or auto"),
+        ({"device": "cuda:abc"}, "device must be"),
+        ({"threads": 2**31}, "threads=2147483648 asked; at most"),
+    ],
+)
+def test_values_no_file_or_machine_can_hold_are_refused(changes, message):
+    with pytest.raises(SplitfedError, match=message):
+        Config(**changes)
+
+
+def test_config_toml_holds_any_text_exactly(tmp_path):
+    c = Config(out='runs/a\nb\t"c"\\d\x7f\x01 é', model_args={"odd key": "x\ny", "width": 3})
+    path = tmp_path / "c.toml"
+    path.write_text(c.to_toml())
+    assert Config.from_toml(path) == c

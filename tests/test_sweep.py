@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from splitfed import SplitfedError, run
+from splitfed import Config, SplitfedError, run
 from splitfed.cli import main
 from splitfed.sweep import expand
 
@@ -177,3 +177,97 @@ def test_the_report_leaves_out_divergence_never_measured(tmp_path):
     groups[0].histories = [history("fedavg", divergence_client_relative=1.0, divergence_server_relative=2.0)]
     lines = Setting(groups, tmp_path).divergence_vs_ratio(plt)
     assert "| fedavg | 1.000 / 2.000 | – |" in lines
+
+
+def test_a_grid_string_is_not_parsed_as_a_number(tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('[[grid]]\nseed = ["1"]\n')
+    with pytest.raises(SplitfedError, match=r"seed in \[\[grid\]\] of .* must be an integer, got '1'"):
+        expand(grid, tmp_path / "s")
+    grid.write_text('rounds = "2"\n[[grid]]\nseed = [1]\n')
+    with pytest.raises(SplitfedError, match="rounds in .* must be an integer, got '2'"):
+        expand(grid, tmp_path / "s")
+
+
+def test_a_workers_warnings_go_to_its_runs_log(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    from splitfed import Config, runner
+    from splitfed.sweep import _run_point
+
+    def warns(config):
+        warnings.warn("about this run", UserWarning, stacklevel=1)
+
+    monkeypatch.setattr(runner, "run", warns)
+    assert _run_point(Config(out=str(tmp_path / "r")), 1, tmp_path / "r.log") == ""
+    assert "UserWarning: about this run" in (tmp_path / "r.log").read_text()
+    assert "about this run" not in capsys.readouterr().err
+
+
+def _grid_points(tmp_path, text):
+    grid = tmp_path / "g.toml"
+    grid.write_text(text)
+    return expand(grid, tmp_path / "s")
+
+
+def test_run_names_are_distinct_for_distinct_values(tmp_path):
+    """'a/b' and 'a_b' once both became the directory data_dir=a_b, and one run was dropped."""
+    points = _grid_points(tmp_path, '[[grid]]\ndata_dir = ["a/b", "a_b", "a b", "a%2Fb", "None", "ab"]\n')
+    names = [p.name for p in points]
+    assert len(names) == 6 and len(set(names)) == 6, names
+    assert {p.config.data_dir for p in points} == {"a/b", "a_b", "a b", "a%2Fb", "None", "ab"}
+    assert "data_dir=a_b" in names and "data_dir=ab" in names  # safe values stay readable, as before
+    assert all("/" not in n and len(n.encode()) <= 200 for n in names)
+
+
+def test_run_names_of_model_args_and_long_values_are_distinct_and_short(tmp_path):
+    points = _grid_points(
+        tmp_path,
+        '[[grid]]\nmodel_args = [{width = 1}, {width = "1"}, {width = 1.0}]\n'
+        f'[[grid]]\ndata_dir = ["{"x" * 300}", "{"x" * 299}y"]\n',
+    )
+    names = [p.name for p in points]
+    assert len(set(names)) == 5, names
+    assert all(len(n.encode()) <= 200 for n in names)
+
+
+def _finished_run(tmp_path, algorithms=("fedavg", "sl"), rounds=2):
+    from splitfed.sweep import Point
+
+    config = Config(algorithm=algorithms, rounds=rounds, out=str(tmp_path / "run"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.toml").write_text(config.to_toml())
+    lines = [json.dumps({"algorithm": a, "round": r}) for a in algorithms for r in range(1, rounds + 1)]
+    (run_dir / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))
+    with (run_dir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["algorithm", "rounds", "final_accuracy", "best_accuracy"])
+        writer.writeheader()
+        writer.writerows(
+            {"algorithm": a, "rounds": rounds, "final_accuracy": 0.5, "best_accuracy": 0.6}
+            for a in algorithms
+        )
+    return Point("run", {"seed": 0}, config), run_dir
+
+
+def test_a_run_is_done_only_when_its_files_say_so_completely(tmp_path):
+    from splitfed.sweep import _status, write_index
+
+    point, run_dir = _finished_run(tmp_path)
+    assert _status(point) == ("done", 4)
+    summary, metrics = (run_dir / "summary.csv").read_text(), (run_dir / "metrics.jsonl").read_text()
+    broken = {
+        "empty summary": ("", metrics),
+        "summary header only": (summary.splitlines()[0] + "\n", metrics),
+        "summary missing an algorithm": ("".join(summary.splitlines(True)[:2]), metrics),
+        "summary of fewer rounds": (summary.replace(",2,", ",1,"), metrics),
+        "metrics missing a round": (summary, "".join(metrics.splitlines(True)[:3])),
+        "metrics with a torn line": (summary, metrics[:-5]),
+        "metrics doubled": (summary, metrics + metrics),
+    }
+    for name, (summary_text, metrics_text) in broken.items():
+        (run_dir / "summary.csv").write_text(summary_text)
+        (run_dir / "metrics.jsonl").write_text(metrics_text)
+        assert _status(point)[0] == "partial", name
+        rows = write_index([point], tmp_path)  # an unfinished run has no accuracy, and no crash
+        assert rows[0]["status"] == "partial" and "final_accuracy" not in rows[0], name

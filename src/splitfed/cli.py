@@ -4,11 +4,12 @@ import argparse
 import dataclasses
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import Config, coerce, read_toml
+from .config import CHOICES, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
 from .errors import SplitfedError
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -25,13 +26,59 @@ def _flag(name: str) -> str:
     return "--" + FIELDS[name].metadata.get("flag", name.replace("_", "-"))
 
 
+def _metavar(f: dataclasses.Field) -> str:
+    """How a flag's value is written: the field's own (P, DIR, C,H,W) or its type's."""
+    tp, _ = _base_type(f.type)
+    return f.metadata.get("metavar") or {int: "INT", float: "FLOAT", str: "NAME"}.get(tp, "LIST")
+
+
+def _choices(name: str) -> list[str]:
+    """The values a field accepts, where they form a list: config's CHOICES or a registry's names."""
+    if name in CHOICES:
+        return list(CHOICES[name])
+    if name not in REGISTRY_FIELDS:
+        return []
+    # imported only when --help is asked for: the registries import torch, seconds of every command
+    from .algorithms import ALGORITHMS
+    from .data import DATASETS, PARTITIONS
+    from .models import MODELS
+
+    registry = {"algorithm": ALGORITHMS, "dataset": DATASETS, "model": MODELS, "partition": PARTITIONS}[name]
+    return list(registry)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Each config flag's help ends with its choices and its default, both taken from config.py."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        f = FIELDS.get(action.dest)
+        if f is None or f.type is bool:
+            return text
+        extras = []
+        choices = _choices(action.dest)
+        if choices:
+            extras.append("choices: " + ", ".join(choices))
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if default not in (None, {}):
+            extras.append(
+                "default: " + (",".join(map(str, default)) if isinstance(default, tuple) else str(default))
+            )
+        extra = f" ({'; '.join(extras)})" if extras else ""
+        return text + extra.replace("%", "%%")  # argparse %-formats help strings
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file of config fields; flags override it")
     for name, f in FIELDS.items():
         help_text = f.metadata["help"]
         if f.type is bool:
-            p.add_argument(
-                _flag(name), dest=name, action="store_true", default=argparse.SUPPRESS, help=help_text
+            p.add_argument(  # --x, and --no-x for a switch that is on by default
+                _flag(name),
+                dest=name,
+                action=argparse.BooleanOptionalAction if f.default else "store_true",
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         elif name == "model_args":
             p.add_argument(
@@ -43,7 +90,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
                 help=help_text,
             )
         else:
-            p.add_argument(_flag(name), dest=name, metavar="X", default=argparse.SUPPRESS, help=help_text)
+            p.add_argument(
+                _flag(name), dest=name, metavar=_metavar(f), default=argparse.SUPPRESS, help=help_text
+            )
 
 
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
@@ -66,7 +115,7 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
 def _flag_value(name: str, value: Any) -> Any:
     if name == "model_args":
         return _parse_model_args(value)
-    return value if isinstance(value, bool) else coerce(FIELDS[name], value, _flag(name))
+    return value if isinstance(value, bool) else coerce(FIELDS[name], value, _flag(name), from_cli=True)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -87,9 +136,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ._limits import preflight
     from .runner import run
 
-    run(config_from_args(args))
+    config = config_from_args(args)
+    preflight(config)  # what this machine can hold, checked before anything is loaded or written
+    run(config)
     return 0
 
 
@@ -101,6 +153,7 @@ def _cmd_role(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
+    from ._limits import preflight
     from .services import check_generated
     from .services.launch import launch
 
@@ -109,6 +162,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
         config = config.replace(algorithm=("minibatch_sfl",))  # a deployment runs one algorithm
+    preflight(config, check_out=False)  # the deployment places its run directory in its workdir
     launch(config, args.workdir)
     return 0
 
@@ -148,7 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"splitfed {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    p_run = sub.add_parser("run", help="train and compare algorithms (default: all six on digits)")
+    p_run = sub.add_parser(
+        "run",
+        help="train and compare algorithms (default: all six on digits)",
+        formatter_class=_HelpFormatter,
+    )
     _add_config_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
     p_sweep = sub.add_parser(
@@ -156,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_sweep.add_argument("grid", help="TOML: a base config plus [[grid]] tables of value lists")
     p_sweep.add_argument("--out", help="sweep directory (default: runs/<grid file name>)")
-    p_sweep.add_argument("--workers", type=int, default=1, help="runs side by side (processes)")
+    p_sweep.add_argument(
+        "--workers", type=int, default=1, metavar="INT", help="runs side by side (processes)"
+    )
     p_sweep.set_defaults(func=_cmd_sweep)
     p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
     p_report.add_argument("sweep_dir")
@@ -181,10 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
         if role == "client":
             p_role.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
         p_role.add_argument(
-            "--threads", type=int, help="CPU threads of this process (default: the config's threads)"
+            "--threads",
+            type=int,
+            metavar="INT",
+            help="CPU threads of this process (default: the config's threads)",
         )
         p_role.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
-    p_launch = sub.add_parser("launch", help="a whole deployment on loopback: servers and N clients, TLS")
+    p_launch = sub.add_parser(
+        "launch",
+        help="a whole deployment on loopback: servers and N clients, TLS",
+        formatter_class=_HelpFormatter,
+    )
     _add_config_flags(p_launch)
     p_launch.add_argument(
         "--workdir", help="where certificates, tokens, state and logs go (default: a temp dir)"
@@ -211,16 +278,62 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    held = _HeldWarnings()
+    handler.addFilter(held.release_on_first_record)
     try:
-        return args.func(args)
-    except SplitfedError as e:
-        print(f"splitfed: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
-        return 130
+        with warnings.catch_warnings():  # restores showwarning however the command ends
+            warnings.showwarning = held.show
+            try:
+                result = args.func(args)
+            except SplitfedError as e:
+                held.discard()
+                print(f"splitfed: error: {e}", file=sys.stderr)
+                return e.exit_code
+            except KeyboardInterrupt:
+                held.release()
+                print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
+                return 130
+            except BaseException:
+                held.release()  # a bug: everything that led to it helps
+                raise
+            held.release()
+            return result
     finally:
         log.removeHandler(handler)
+
+
+class _HeldWarnings:
+    """Python warnings held back until the command has passed its checks, then shown as they come.
+
+    A user mistake is reported as one line saying what to change. Warnings raised on the way to it
+    are consequences of the same mistake (torch's "Initializing zero-element tensors" for an input too
+    small for the model, a checkpoint format's FutureWarning) and would bury that line, so they are
+    dropped with it. Once the command logs its first line (a run logs after all its checks and the
+    creation of its directory) or ends well, the held warnings are shown and later ones pass at once:
+    a warning during a long run is not delayed to its end.
+    """
+
+    def __init__(self) -> None:
+        self._show = warnings.showwarning
+        self._held: list[tuple[Any, ...]] | None = []  # None once released
+
+    def show(self, *warning: Any) -> None:
+        if self._held is None:
+            self._show(*warning)
+        else:
+            self._held.append(warning)
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for warning in held:
+            self._show(*warning)
+
+    def release_on_first_record(self, record: logging.LogRecord) -> bool:
+        self.release()
+        return True
+
+    def discard(self) -> None:
+        self._held = []
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ the wrong type or out of range is a SplitfedError naming the key and what is acc
 
 import dataclasses
 import math
+import re
 import tomllib
 import types
 import typing
@@ -13,9 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._limits import check_threads
 from .errors import SplitfedError
 
 ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
+
+# Fields with a fixed set of values: what _validate accepts and what `splitfed run --help` lists.
+CHOICES = {
+    "batch_alloc": ("equal", "proportional"),
+    "client_grad_scale": ("local_mean", "global_mean"),
+    "sflv2_schedule": ("client_sequential", "interleaved"),
+    "execution": ("auto", "sequential", "batched"),
+    "wire_dtype": ("float32", "float16", "bfloat16"),
+}
+# Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
+# help lists the registry's names.
+REGISTRY_FIELDS = ("algorithm", "dataset", "model", "partition")
 
 # Knobs that belong to one partition: (partition, field, default).
 PARTITION_OPTIONS = {
@@ -38,8 +52,8 @@ class Config:
 
     # what to run
     algorithm: tuple[str, ...] = _f(ALL_ALGORITHMS, "algorithms to run, in order (comma-separated)")
-    dataset: str = _f("digits", "digits | fmnist | cifar10 | synthetic")
-    data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)")
+    dataset: str = _f("digits", "data set")
+    data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)", metavar="DIR")
     model: str | None = _f(None, "model name; default: the data set's (digits_cnn, cnn4, resnet18)")
     model_args: dict = _f(  # noqa: RUF009 (_f builds a default_factory)
         {}, "extra model arguments, e.g. norm=group width=16", flag="model-arg"
@@ -48,12 +62,12 @@ class Config:
     # clients and their data
     clients: int = _f(10, "number of clients N")
     clients_per_round: int | None = _f(None, "clients sampled per round; default: all (full participation)")
-    partition: str = _f("non_iid_ratio", "non_iid_ratio | dirichlet | shards | iid")
-    non_iid_ratio: float | None = _f(None, "non-IID ratio p in [0, 1] (spec §4); default 0.8")
+    partition: str = _f("non_iid_ratio", "how the training set is dealt to the clients")
+    non_iid_ratio: float | None = _f(None, "non-IID ratio p in [0, 1] (spec §4); default 0.8", metavar="P")
     dirichlet_alpha: float | None = _f(None, "Dirichlet concentration for partition=dirichlet; default 0.5")
     shards_per_client: int | None = _f(None, "label shards per client for partition=shards; default 2")
     batch_size: int = _f(32, "per-client batch size b")
-    batch_alloc: str = _f("equal", "equal (b_n = b) | proportional (b_n ∝ |D_n|, B = N·b)")
+    batch_alloc: str = _f("equal", "client batch sizes: equal b_n = b, or proportional b_n ∝ |D_n| (B = N·b)")
     # schedule and optimizer
     rounds: int = _f(20, "rounds (fed-server aggregations)")
     local_epochs: int = _f(5, "local epochs E per round: τ = E·⌈mean |D_n| / b⌉ iterations")
@@ -63,9 +77,9 @@ class Config:
     server_lr: float | None = _f(None, "server-side learning rate η_s; default: lr")
     momentum: float = _f(0.0, "SGD momentum (state kept per side, averaged with the weights)")
     weight_decay: float = _f(0.0, "SGD weight decay")
-    client_grad_scale: str = _f("local_mean", "local_mean | global_mean: gradient sent back (spec §2)")
-    sflv2_schedule: str = _f("client_sequential", "client_sequential | interleaved (spec §3)")
-    wire_dtype: str = _f("float32", "float32 | float16 | bfloat16: smashed data and gradients as sent")
+    client_grad_scale: str = _f("local_mean", "the gradient sent back to a client's side (spec §2)")
+    sflv2_schedule: str = _f("client_sequential", "SFL-V2's order of clients at the main server (spec §3)")
+    wire_dtype: str = _f("float32", "smashed data and their gradients as sent")
     execution: str = _f(
         "auto",
         "auto | sequential | batched: clients one at a time, or independent ones vectorised "
@@ -75,18 +89,20 @@ class Config:
     # measurement
     divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
-    synthetic_shape: tuple[int, ...] | None = _f(None, "synthetic data: C,H,W; default 1,28,28")
+    synthetic_shape: tuple[int, ...] | None = _f(
+        None, "synthetic data: C,H,W; default 1,28,28", metavar="C,H,W"
+    )
     synthetic_samples: int | None = _f(None, "synthetic data: training samples; default 2000")
     # reproducibility and output
     seed: int = _f(0, "seed of partition, init and sampling")
     partition_seed: int | None = _f(None, "seed of the partition alone; default: seed")
     init_seed: int | None = _f(None, "seed of the initial model alone; default: seed")
     sampling_seed: int | None = _f(None, "seed of batches, client order and augmentation; default: seed")
-    device: str = _f("auto", "cpu | cuda | cuda:N | auto (cuda when available)")
+    device: str = _f("auto", "cpu | cuda | cuda:N | auto (cuda when available)", metavar="DEVICE")
     threads: int | None = _f(
         None, "CPU threads for torch; default: torch's. Results repeat bit for bit at equal threads"
     )
-    out: str | None = _f(None, "run directory; default: runs/<date>-<time>")
+    out: str | None = _f(None, "run directory; default: runs/<date>-<time>", metavar="DIR")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
@@ -131,14 +147,31 @@ class Config:
         return self.seed if own is None else own
 
 
+# A config is a few dozen lines; anything near this is not one, and parsing it would take a while.
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's table; any way the file can be unreadable is one SplitfedError naming it."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
-        raise SplitfedError(f"cannot read config file {path}: {e.strerror}") from None
+        raise SplitfedError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except ValueError:  # open() refuses a NUL byte in a path with ValueError
+        raise SplitfedError(f"config file path {str(path)!r} contains a NUL byte") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SplitfedError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MiB: not a config")
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise SplitfedError(
+            f"config file {path} is not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}); TOML must be"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise SplitfedError(f"config file {path} is not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise SplitfedError(f"config file {path} nests arrays or tables too deeply to be a config") from None
 
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
@@ -149,13 +182,18 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Check and convert a TOML value or a command-line string to the field's type.
+def coerce(f: dataclasses.Field, value: Any, where: str, *, from_cli: bool = False) -> Any:
+    """Check and convert a value to the field's type.
 
+    ``from_cli`` says the value is the text of a command-line flag, to be parsed ("3" -> 3, "none" ->
+    None, "3x32x32" -> (3, 32, 32)). Every other source (a TOML file, a grid file, a Python caller) has
+    typed values and gets no parsing: ``rounds = "1"`` in a file is a mistake that would otherwise hide
+    another (a quoted number usually means the file was generated or edited wrongly), so it is refused.
     ``where`` names the value in the error, e.g. "rounds in exp.toml" or "--rounds".
     """
     tp, optional = _base_type(f.type)
-    from_cli = isinstance(value, str)
+    if from_cli and not isinstance(value, str):
+        raise TypeError(f"{where}: a command-line value must be a string, got {value!r}")
     if optional and (value is None or (from_cli and value.lower() == "none")):
         return None
     try:
@@ -182,7 +220,7 @@ def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             if from_cli:  # "a,b,c"; integer lists may also be written 3x32x32
                 text = value.replace("x", ",") if item is int else value
                 return tuple(item(v.strip()) for v in text.split(","))
-            if isinstance(value, str) and item is str:
+            if isinstance(value, str) and item is str:  # one name for a list of names
                 return (value,)
             if isinstance(value, list | tuple) and all(
                 isinstance(v, item) and not isinstance(v, bool) for v in value
@@ -196,7 +234,10 @@ def coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
             return dict(value)
     except ValueError:
         pass
-    raise SplitfedError(f"{where} must be {_type_name(f.type)}, got {value!r}")
+    hint = ""
+    if isinstance(value, str) and not from_cli and tp is not str:
+        hint = " (a string: in a file, write numbers, booleans and lists without quotes)"
+    raise SplitfedError(f"{where} must be {_type_name(f.type)}, got {value!r}{hint}")
 
 
 def _type_name(tp: Any) -> str:
@@ -216,6 +257,9 @@ def _validate(c: Config) -> None:
     for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
         v = getattr(c, name)
         need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
+    if c.threads is not None:
+        check_threads(c.threads)
+    _check_text(c)
     for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha"):
         v = getattr(c, name)
         need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v}")
@@ -235,14 +279,7 @@ def _validate(c: Config) -> None:
             f"clients_per_round ({c.clients_per_round}) exceeds clients ({c.clients})",
         )
     need(c.cut_layer is None or c.cut_layer >= 1, f"cut_layer must be a positive integer, got {c.cut_layer}")
-    choices = {
-        "batch_alloc": ("equal", "proportional"),
-        "client_grad_scale": ("local_mean", "global_mean"),
-        "sflv2_schedule": ("client_sequential", "interleaved"),
-        "execution": ("auto", "sequential", "batched"),
-        "wire_dtype": ("float32", "float16", "bfloat16"),
-    }
-    for name, allowed in choices.items():
+    for name, allowed in CHOICES.items():
         v = getattr(c, name)
         need(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
     for part, (knob, _) in PARTITION_OPTIONS.items():
@@ -257,9 +294,35 @@ def _validate(c: Config) -> None:
             f"synthetic_shape must be three positive integers C,H,W; got {c.synthetic_shape}",
         )
     need(
-        c.device == "auto" or c.device == "cpu" or c.device.startswith("cuda"),
+        re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", c.device) is not None,
         f"device must be cpu, cuda, cuda:N or auto; got {c.device!r}",
     )
+
+
+def _check_text(c: Config) -> None:
+    """Strings config.toml can record and paths a file system can hold.
+
+    A name from a non-UTF-8 command line (a lone surrogate) cannot be written to config.toml, which would
+    fail after the run directory was made; a NUL byte cannot be in any path.
+    """
+    for name, value in c.to_dict().items():
+        if isinstance(value, dict):
+            value = [*value, *value.values()]
+        for text in value if isinstance(value, tuple | list) else [value]:
+            if isinstance(text, str) and not _is_utf8(text):
+                raise SplitfedError(f"{name} {text!r} is not valid UTF-8 text; config.toml cannot hold it")
+    for name in ("data_dir", "out"):
+        v = getattr(c, name)
+        if v is not None and "\0" in v:
+            raise SplitfedError(f"{name} {v!r} contains a NUL byte, which no file name can hold")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def dump_toml(values: dict[str, Any]) -> str:
@@ -271,11 +334,23 @@ def dump_toml(values: dict[str, Any]) -> str:
         if isinstance(v, int | float):
             return repr(v)
         if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            # Every character TOML forbids raw in a basic string is escaped (a newline in --out would
+            # otherwise write a config.toml that --resume cannot read).
+            return '"' + "".join(_TOML_ESCAPES.get(ch) or _escape_control(ch) for ch in v) + '"'
         if isinstance(v, list | tuple):
             return "[" + ", ".join(fmt(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {fmt(x)}" for k, x in v.items()) + "}"
+            return "{" + ", ".join(f"{key(k)} = {fmt(x)}" for k, x in v.items()) + "}"
         raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else fmt(k)
+
     return "".join(f"{k} = {fmt(v)}\n" for k, v in values.items())
+
+
+_TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _escape_control(ch: str) -> str:
+    return f"\\u{ord(ch):04x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch

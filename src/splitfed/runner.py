@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._limits import check_output_dir, preflight
 from .algorithms import ALGORITHMS
 from .config import Config
 from .data import class_histogram, format_histogram
@@ -65,6 +66,7 @@ class RunDir:
             while self.path.exists():
                 suffix += 1
                 self.path = Path("runs") / f"{stamp}-{suffix}"
+        check_output_dir(self.path)  # a directory that can be written, or one line saying why not
         config_file = self.path / "config.toml"
         if cfg.resume:
             if not config_file.is_file():
@@ -183,6 +185,7 @@ def run(config: Config) -> RunResult:
         # continue with the thread count the run started with, so that it repeats bit for bit
         config = config.replace(threads=Config.from_toml(Path(config.out) / "config.toml").threads)
     check_algorithms(config)
+    preflight(config)  # what this machine can hold, before anything is loaded or written
     setup = prepare(config)
     cfg = setup.cfg
     run_dir = RunDir(cfg)

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._limits import check_batches, check_model
 from ._rng import derive_seed, generator
 from .config import PARTITION_OPTIONS, Config
 from .data import DATASETS, PARTITIONS, ClientStreams, Dataset, make_partition
+from .data.datasets import SYNTHETIC_SAMPLES, SYNTHETIC_SHAPE
 from .engine.context import Context
 from .engine.link import Link
 from .engine.metrics import SplitModel, measure_divergence, train_flops_per_sample
@@ -126,8 +128,8 @@ def load_data(cfg: Config) -> Dataset:
     if cfg.dataset == "synthetic":
         return loader(
             cfg.data_dir,
-            shape=tuple(cfg.synthetic_shape or (1, 28, 28)),
-            samples=cfg.synthetic_samples or 2000,
+            shape=tuple(cfg.synthetic_shape or SYNTHETIC_SHAPE),
+            samples=cfg.synthetic_samples or SYNTHETIC_SAMPLES,
         )
     return loader(cfg.data_dir)
 
@@ -144,6 +146,7 @@ def prepare(cfg: Config) -> Setup:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
 
+    check_model(model_name, data.num_classes, data.in_shape, cfg.model_args)  # fits in memory, or one line
     # The initial model: its own seed, and the global RNG left as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed_for("init"), "init"))
@@ -168,13 +171,14 @@ def prepare(cfg: Config) -> Setup:
     if knob is not None and getattr(cfg, knob[0]) is None:
         changes[knob[0]] = knob[1]
     if cfg.dataset == "synthetic":
-        changes["synthetic_shape"] = tuple(cfg.synthetic_shape or (1, 28, 28))
-        changes["synthetic_samples"] = cfg.synthetic_samples or 2000
+        changes["synthetic_shape"] = tuple(cfg.synthetic_shape or SYNTHETIC_SHAPE)
+        changes["synthetic_samples"] = cfg.synthetic_samples or SYNTHETIC_SAMPLES
     cfg = cfg.replace(**changes)
 
     parts = make_partition(
         cfg.partition, data.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
     )
+    check_batches(cfg.batch_size, cfg.batch_alloc, [len(p) for p in parts])
     client_module, server_module = split(model, cut_layer)
     momentum = cfg.momentum > 0
     init_c = Layout(client_module).state_of(client_module, momentum, device)

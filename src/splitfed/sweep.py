@@ -16,24 +16,35 @@ values are lists; the sweep is the union over tables of each table's cross produ
     seed = [0, 1, 2]
 
 Points are named by every swept field, a table that leaves one out using the base value (so set the base
-value, e.g. ``cut_layer = 2``, for runs shared by two tables to coincide); equal points run once.
-Finished runs (with summary.csv) are skipped, interrupted ones resume from their checkpoints, so
-rerunning the same command continues a sweep. ``--workers K`` runs K points side by side.
+value, e.g. ``cut_layer = 2``, for runs shared by two tables to coincide); equal points run once. A
+name is ``key=value`` joined by ``__``; distinct points always get distinct names: a value whose text
+is ambiguous (``a/b`` and ``a_b``, a model_args table) or too long adds ``~`` and a hash of the exact
+values.
+
+A run is finished when its files say so completely: summary.csv has one row per algorithm of its
+config, each of ``rounds`` rounds, and metrics.jsonl holds rounds x algorithms whole JSON lines, one
+per (algorithm, round). Finished runs are skipped; any other run with a config.toml (interrupted, or
+with an empty or torn file) resumes from its checkpoints, so rerunning the same command continues a
+sweep. ``--workers K`` runs K points side by side.
 """
 
 import concurrent.futures as futures
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
+import re
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+from ._limits import check_output_dir, check_threads, preflight
 from .config import Config, coerce, read_toml
 from .errors import SplitfedError
 
@@ -51,12 +62,52 @@ class Point:
     config: Config
 
 
+# Characters a run name shows as they are. "=" (between key and value) and "," (between list items)
+# are left out, so that a name splits back into its values; "/" and spaces are left out of file names.
+_SAFE = re.compile(r"[A-Za-z0-9._+-]+")
+# File systems take 255 bytes a name; this leaves room for the sweep's own suffixes (".log").
+_MAX_NAME = 200
+
+
+def _exact(value: Any) -> str | None:
+    """The value's text in a run name when that text is only this value's, else None (lossy)."""
+    if isinstance(value, bool | int | float):  # a field holds one type: 1.0 is a float field's 1.0
+        return str(value)
+    if value is None:
+        return "None"  # the string "None" is lossy below, so this stays None's
+    if isinstance(value, str):
+        return value if _SAFE.fullmatch(value) and value != "None" else None
+    if isinstance(value, tuple):
+        items = [_exact(v) for v in value]
+        return ",".join(items) if value and None not in items else None  # type: ignore[arg-type]
+    return None  # a dict: 1, "1" and 1.0 read alike
+
+
 def _run_name(varied: dict[str, Any]) -> str:
-    parts = []
+    """The run directory's name: ``key=value`` for every varied field, joined by ``__``.
+
+    Distinct values give distinct names. A value whose text would be ambiguous ("a/b" and "a_b", 1
+    and "1" in model_args, the string "None") is shown readably with its unsafe characters as "_", and
+    the name ends in "~" and a hash of all the exact values; "~" appears in no exact name. So does a
+    name longer than a file system allows, cut short.
+    """
+    parts, lossy = [], False
     for key, value in varied.items():
-        text = ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        text = _exact(value)
+        if text is None:
+            lossy = True
+            if isinstance(value, dict):
+                value = ",".join(f"{k}:{v}" for k, v in value.items())
+            elif isinstance(value, tuple):
+                value = ",".join(map(str, value))
+            text = re.sub(r"[^A-Za-z0-9._+,-]+", "_", str(value))[:40]
         parts.append(f"{key}={text}")
-    return "__".join(parts).replace("/", "_") or "base"
+    name = "__".join(parts) or "base"
+    if lossy or len(name.encode()) > _MAX_NAME:
+        exact = repr([(k, type(v).__name__, v) for k, v in varied.items()])
+        digest = hashlib.sha256(exact.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        name = name[: _MAX_NAME - 13] + "~" + digest
+    return name
 
 
 def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
@@ -98,11 +149,51 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
 def _status(point: Point) -> tuple[str, int]:
     """("done" | "partial" | "pending", rounds it has written, over all its algorithms)."""
     run_dir = Path(point.config.out or "")
-    if (run_dir / "summary.csv").is_file():
-        return "done", point.config.rounds * len(point.config.algorithm)
+    total = point.config.rounds * len(point.config.algorithm)
+    if _finished(run_dir, point.config):
+        return "done", total
     metrics = run_dir / "metrics.jsonl"
-    done = metrics.read_text().count("\n") if metrics.is_file() else 0
-    return ("partial" if (run_dir / "config.toml").is_file() else "pending"), done
+    done = metrics.read_bytes().count(b"\n") if metrics.is_file() else 0
+    return ("partial" if (run_dir / "config.toml").is_file() else "pending"), min(done, total)
+
+
+_FINISHED: dict[Path, tuple[tuple[int, ...], bool]] = {}  # run dir -> (its files' stat, finished)
+
+
+def _finished(run_dir: Path, config: Config) -> bool:
+    """Whether the run's files say it finished, completely (see the module docstring).
+
+    Cached on the two files' size and time: the sweep asks every few seconds, for every run.
+    """
+    summary, metrics = run_dir / "summary.csv", run_dir / "metrics.jsonl"
+    try:
+        stats = (summary.stat(), metrics.stat())
+    except OSError:
+        return False
+    key = tuple(x for st in stats for x in (st.st_size, st.st_mtime_ns))
+    cached = _FINISHED.get(run_dir)
+    if cached is None or cached[0] != key:
+        cached = _FINISHED[run_dir] = (key, _files_complete(summary, metrics, config))
+    return cached[1]
+
+
+def _files_complete(summary: Path, metrics: Path, config: Config) -> bool:
+    rounds, algorithms = config.rounds, config.algorithm
+    try:
+        with summary.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        lines = metrics.read_text().splitlines(keepends=True)
+        records = [json.loads(line) for line in lines]
+        seen = {(r["algorithm"], r["round"]) for r in records}
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error, KeyError, TypeError):
+        return False  # unreadable, torn or foreign: not finished, so the run resumes and rewrites them
+    return (
+        sorted(r.get("algorithm") or "" for r in rows) == sorted(algorithms)
+        and all(r.get("rounds") == str(rounds) for r in rows)
+        and len(records) == rounds * len(algorithms)
+        and all(line.endswith("\n") for line in lines)
+        and seen == {(a, n) for a in algorithms for n in range(1, rounds + 1)}
+    )
 
 
 def _exit_with(parent: int) -> None:
@@ -130,9 +221,16 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     resume = (run_dir / "config.toml").is_file()
+
+    def to_log(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
+        # a worker's warnings belong to its run: in its log, not interleaved with the sweep's progress
+        handler.stream.write(warnings.formatwarning(message, category, filename, lineno))
+
     try:
-        # a resumed run keeps the thread count it started with (its config.toml); a new one gets its share
-        run(config.replace(resume=resume, threads=None if resume else threads))
+        with warnings.catch_warnings():
+            warnings.showwarning = to_log
+            # a resumed run keeps the thread count it started with (its config.toml); a new one its share
+            run(config.replace(resume=resume, threads=None if resume else threads))
         return ""
     except SplitfedError as e:
         return str(e)
@@ -149,9 +247,9 @@ def write_index(points: list[Point], out_dir: Path) -> list[dict[str, Any]]:
         status, done = _status(p)
         row: dict[str, Any] = {"run": p.name, "status": status, "rounds_done": done}
         row |= {k: _cell(p.varied.get(k, getattr(p.config, k))) for k in varied_keys}
-        summary = Path(p.config.out or "") / "summary.csv"
-        if status == "done":
-            first = next(csv.DictReader(summary.open()))
+        if status == "done":  # so summary.csv has a row for every algorithm: the first one's
+            with (Path(p.config.out or "") / "summary.csv").open(newline="") as f:
+                first = next(r for r in csv.DictReader(f) if r["algorithm"] == p.config.algorithm[0])
             row |= {"final_accuracy": first["final_accuracy"], "best_accuracy": first["best_accuracy"]}
         rows.append(row)
     with (out_dir / "index.csv").open("w", newline="") as f:
@@ -174,9 +272,13 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     """Run every point of ``grid_file`` not yet finished; returns the index rows."""
     if workers < 1:
         raise SplitfedError(f"--workers must be a positive integer, got {workers}")
+    check_threads(workers, "--workers")
     grid_file = Path(grid_file)
     out = Path(out_dir) if out_dir else Path("runs") / grid_file.stem
+    check_output_dir(out)
     points = expand(grid_file, out)
+    for p in points:  # every run checked against this machine now, not hours into the sweep
+        preflight(p.config, check_out=False)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.toml").write_text(grid_file.read_text())
     total_rounds = sum(p.config.rounds * len(p.config.algorithm) for p in points)

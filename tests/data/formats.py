@@ -44,3 +44,8 @@ def write_cifar10(folder: Path, per_batch: int = 10) -> Path:
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         write_cifar_batch(batches / name, per_batch, seed=i)
     return batches
+
+
+def idx_bytes(type_code: int, shape: tuple[int, ...], data: bytes) -> bytes:
+    """An IDX file with any header, however hostile: type code, dimensions and data as given."""
+    return bytes([0, 0, type_code, len(shape)]) + b"".join(d.to_bytes(4, "big") for d in shape) + data

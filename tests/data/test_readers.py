@@ -1,5 +1,8 @@
+import gzip
 import os
 import pickle
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ from splitfed import SplitfedError
 from splitfed.data import DATASETS
 from splitfed.data.readers import read_cifar_batch, read_idx
 
-from .formats import write_cifar10, write_cifar_batch, write_fmnist, write_idx
+from .formats import idx_bytes, write_cifar10, write_cifar_batch, write_fmnist, write_idx
 
 
 @pytest.mark.parametrize("compress", [True, False])
@@ -166,3 +169,130 @@ def test_synthetic_is_seeded_and_balanced():
     b = DATASETS.get("synthetic")(None, shape=(3, 32, 32), samples=100)
     assert torch.equal(a.train_x, b.train_x) and a.in_shape == (3, 32, 32)
     assert torch.bincount(a.train_y).tolist() == [10] * 10
+
+
+def _fmnist_with(folder, name: str, raw: bytes) -> None:
+    write_fmnist(folder)
+    (folder / f"{name}.gz").write_bytes(gzip.compress(raw))
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "message"),
+    [
+        pytest.param(
+            "train-labels-idx1-ubyte",
+            idx_bytes(0x09, (50,), bytes([0xFF] + [1] * 49)),
+            r"train-labels-idx1-ubyte.gz: expected 50 integer labels .* in 0..9, got int8 \[50\] in -1..1",
+            id="negative int8 label",
+        ),
+        pytest.param(  # 3.7 must not become class 3
+            "train-labels-idx1-ubyte",
+            idx_bytes(0x0D, (50,), np.full(50, 3.7, ">f4").tobytes()),
+            r"expected 50 integer labels .*, got float32",
+            id="fractional float labels",
+        ),
+        pytest.param(
+            "t10k-labels-idx1-ubyte",
+            idx_bytes(0x0D, (20,), np.full(20, np.nan, ">f4").tobytes()),
+            r"t10k-labels-idx1-ubyte.gz: expected 20 integer labels",
+            id="NaN labels",
+        ),
+        pytest.param(
+            "train-images-idx3-ubyte",
+            idx_bytes(0x0C, (50, 28, 28), bytes(50 * 28 * 28 * 4)),
+            r"expected uint8 images \[n, 28, 28\], got int32",
+            id="int32 images",
+        ),
+        pytest.param(
+            "t10k-images-idx3-ubyte",
+            idx_bytes(0x08, (0, 28, 28), b""),
+            r"t10k-images-idx3-ubyte.gz: holds no images; the test split needs at least one",
+            id="empty test set",
+        ),
+    ],
+)
+def test_fmnist_refuses_hostile_label_and_image_files(tmp_path, name, raw, message):
+    _fmnist_with(tmp_path, name, raw)
+    with pytest.raises(SplitfedError, match=message):
+        DATASETS.get("fmnist")(str(tmp_path))
+
+
+def test_idx_header_sizes_are_exact_integers_checked_before_reading(tmp_path):
+    # four dimensions of 2^16: 2^64 elements, which int64 arithmetic wraps to 0 = the empty data
+    path = tmp_path / "overflow"
+    path.write_bytes(idx_bytes(0x08, (2**16,) * 4, b""))
+    with pytest.raises(SplitfedError, match=r"header says shape \(65536, 65536, 65536, 65536\)"):
+        read_idx(path)
+    # the same header gzipped: nothing to compare with before decompressing, so memory decides
+    path = tmp_path / "overflow.gz"
+    path.write_bytes(gzip.compress(idx_bytes(0x08, (2**16,) * 4, b"")))
+    with pytest.raises(SplitfedError, match=r"IDX file .*overflow.gz \(shape .*\) needs .* PiB of memory"):
+        read_idx(path)
+
+
+def test_idx_gzip_bomb_is_not_decompressed_beyond_its_header(tmp_path):
+    """A header announcing 10 bytes in front of 64 MiB of zeros: read 11 bytes, then refuse."""
+    path = tmp_path / "bomb.gz"
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    body = idx_bytes(0x08, (10,), b"")
+    chunks = [compressor.compress(body)] + [compressor.compress(bytes(1 << 20)) for _ in range(64)]
+    path.write_bytes(b"".join(chunks) + compressor.flush())
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(
+            SplitfedError, match=r"header says shape \(10,\) \(10 bytes\), its data hold more"
+        ):
+            read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"reading the bomb allocated {peak} bytes"
+
+
+def test_idx_larger_than_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    from splitfed import _limits
+
+    path = write_idx(tmp_path / "a.gz", np.zeros((100, 28, 28), np.uint8))
+    monkeypatch.setattr(_limits, "available_memory", lambda: 10_000)
+    with pytest.raises(SplitfedError, match=r"shape \(100, 28, 28\)\) needs .* of memory, but 9.8 KiB"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([3.7, 1.0], r"labels must be 2 integers in 0..9, got float64 \[2\]"),
+        ([float("nan"), 1.0], "labels must be 2 integers in 0..9, got float64"),
+        ([-1, 2], r"labels must be 2 integers in 0..9, got int64 \[2\] in -1..2"),
+        ([True, False], "labels must be 2 integers in 0..9, got bool"),
+        ([[1], [2, 3]], "corrupt CIFAR-10 batch"),  # ragged
+    ],
+)
+def test_cifar_labels_must_be_integers_in_range(tmp_path, labels, message):
+    path = tmp_path / "b"
+    with path.open("wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, f)
+    with pytest.raises(SplitfedError, match=message):
+        read_cifar_batch(path)
+
+
+def test_cifar_empty_batch_is_refused(tmp_path):
+    path = tmp_path / "b"
+    with path.open("wb") as f:
+        pickle.dump({b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, f)
+    with pytest.raises(SplitfedError, match="holds no images"):
+        read_cifar_batch(path)
+
+
+def test_every_dataset_needs_nonempty_splits_and_labels_in_its_classes():
+    from splitfed.data import Dataset
+
+    x, y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 2, 3])
+    Dataset("ok", x, y, x, y, num_classes=4)
+    with pytest.raises(SplitfedError, match="the test split is empty"):
+        Dataset("d", x, y, x[:0], y[:0], num_classes=4)
+    with pytest.raises(SplitfedError, match=r"train labels span 0..3; its 3 classes need labels in 0..2"):
+        Dataset("d", x, y, x, y, num_classes=3)
+    with pytest.raises(SplitfedError, match="4 images but 4 labels of type torch.float32"):
+        Dataset("d", x, y.float(), x, y, num_classes=4)

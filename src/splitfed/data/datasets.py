@@ -1,5 +1,6 @@
 """Datasets, held whole as tensors (normalised once at load) and registered by name."""
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._limits import check_fits
 from .._rng import generator
 from ..errors import SplitfedError
 from ..registry import Registry
@@ -27,6 +29,25 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     augment: Augment | None = None  # applied to every training batch, on the batch's device
+
+    def __post_init__(self) -> None:
+        # One check for every loader, registered ones included: an empty split or a label outside the
+        # classes fails later far from its cause (a division by zero, a CUDA device-side assert).
+        for split in ("train", "test"):
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if len(x) == 0:
+                raise SplitfedError(f"data set {self.name}: the {split} split is empty; it needs samples")
+            if len(y) != len(x) or y.dtype.is_floating_point or y.dtype == torch.bool:
+                raise SplitfedError(
+                    f"data set {self.name}: the {split} split has {len(x)} images but {len(y)} labels of "
+                    f"type {y.dtype}; it needs one integer label per image"
+                )
+            low, high = int(y.min()), int(y.max())
+            if low < 0 or high >= self.num_classes:
+                raise SplitfedError(
+                    f"data set {self.name}: {split} labels span {low}..{high}; "
+                    f"its {self.num_classes} classes need labels in 0..{self.num_classes - 1}"
+                )
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -115,10 +136,21 @@ def fmnist(data_dir: str | None = None) -> Dataset:
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
             raise SplitfedError(
-                f"{files[split + '_x']}: expected uint8 images [n, 28, 28], got {list(x.shape)}"
+                f"{files[split + '_x']}: expected uint8 images [n, 28, 28], got {x.dtype} {list(x.shape)}"
             )
-        if y.ndim != 1 or len(y) != len(x) or (len(y) and y.max() > 9):
-            raise SplitfedError(f"{files[split + '_y']}: expected {len(x)} labels in 0..9")
+        if len(x) == 0:
+            raise SplitfedError(
+                f"{files[split + '_x']}: holds no images; the {split} split needs at least one"
+            )
+        # Labels must be stored as integers: a float 3.7 would otherwise become class 3 without a word.
+        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu" or y.min() < 0 or y.max() > 9:
+            found = f"{y.dtype} {list(y.shape)}"
+            if y.size and y.dtype.kind in "iuf":
+                found += f" in {y.min()}..{y.max()}"
+            raise SplitfedError(
+                f"{files[split + '_y']}: expected {len(x)} integer labels (IDX type ubyte, byte, short or "
+                f"int) in 0..9, got {found}"
+            )
     mean, std = (0.2860,), (0.3530,)
     return Dataset(
         "fmnist",
@@ -192,19 +224,54 @@ def cifar10(data_dir: str | None = None) -> Dataset:
     )
 
 
+SYNTHETIC_SHAPE = (1, 28, 28)  # synthetic data's default C, H, W
+SYNTHETIC_SAMPLES = 2000  # synthetic data's default number of training samples
+# (C, H, W) and classes of the built-in data sets, known before loading them (their readers insist on them)
+_KNOWN_SHAPES = {"digits": ((1, 8, 8), 10), "fmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}
+
+
+def known_shape(
+    dataset: str, synthetic_shape: tuple[int, ...] | None = None
+) -> tuple[tuple[int, ...], int] | None:
+    """(input shape C,H,W, classes) of a data set before it is loaded; None for a registered one."""
+    if dataset == "synthetic":
+        return tuple(synthetic_shape or SYNTHETIC_SHAPE), 10
+    return _KNOWN_SHAPES.get(dataset)
+
+
+def _synthetic_test_size(samples: int, classes: int) -> int:
+    return max(classes * 20, samples // 5)
+
+
+def check_synthetic_fits(shape: tuple[int, ...], samples: int, classes: int = 10) -> None:
+    """Refuse synthetic data larger than the memory available, before generating any of it."""
+    n_test = _synthetic_test_size(samples, classes)
+    per_sample = 3 * 4 * math.prod(shape)  # float32: each sample's prototype, its noise, their sum
+    check_fits(
+        f"synthetic data ({samples} training + {n_test} test samples of {list(shape)})",
+        (samples + n_test) * per_sample,
+        per_sample * 6 // 5,  # a training sample brings a fifth of a test sample along
+        "training samples",
+    )
+
+
 @DATASETS.register("synthetic")
 def synthetic(
-    data_dir: str | None = None, shape: tuple[int, ...] = (1, 28, 28), samples: int = 2000, classes: int = 10
+    data_dir: str | None = None,
+    shape: tuple[int, ...] = SYNTHETIC_SHAPE,
+    samples: int = SYNTHETIC_SAMPLES,
+    classes: int = 10,
 ) -> Dataset:
     """Seeded class-conditional images: a smooth prototype per class plus noise; balanced classes.
 
     The data are fixed (their own seed), like a real data set; the run seed varies partition and training.
     """
+    check_synthetic_fits(tuple(shape), samples, classes)
     g = generator(0, "synthetic", tuple(shape), samples, classes)
     c, h, w = shape
     coarse = torch.randn(classes, c, max(1, h // 4), max(1, w // 4), generator=g)
     prototypes = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    n_test = max(classes * 20, samples // 5)
+    n_test = _synthetic_test_size(samples, classes)
     y = torch.arange(samples + n_test) % classes
     y = torch.cat([y[:samples][torch.randperm(samples, generator=g)], y[samples:]])
     x = prototypes[y] + 1.5 * torch.randn(len(y), c, h, w, generator=g)
