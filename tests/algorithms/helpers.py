@@ -1,10 +1,13 @@
 import copy
+from collections import OrderedDict
 
 import torch
+from torch import nn
 
 from splitfed.algorithms import ALGORITHMS, Algorithm, register
 from splitfed.algorithms.base import LOCKSTEP, ONE, PER_CLIENT
 from splitfed.executors import train
+from splitfed.models import MODELS, register_model
 from splitfed.setup import Setup, prepare
 
 
@@ -60,3 +63,23 @@ if TEST_ALGORITHM not in ALGORITHMS:
             grad = server.step(z, y)
             server.step(z, y)
             return list(grad.split([len(s.labels) for s in batch]))
+
+
+# A model without kinks (no ReLU, no max-pool): a rounding difference between two executions then grows
+# smoothly, by at most (1 + ηL) per step, so several steps can be compared against a fixed bound on any
+# CPU. With ReLU and max-pool a last-bit difference can flip which input a max-pool picks, and the runs
+# part by lr × (a gradient's size) in one step (seen: 4e-8 to 2e-4 within one round of cnn4).
+SMOOTH_MODEL = "test_smooth"
+if SMOOTH_MODEL not in MODELS:
+
+    @register_model(SMOOTH_MODEL)
+    def _smooth(num_classes, in_shape):
+        """conv3x3(8)+tanh, avg-pool, linear(32)+tanh, linear: smooth everywhere."""
+        c, h, w = in_shape
+        return nn.Sequential(
+            OrderedDict(
+                conv=nn.Sequential(nn.Conv2d(c, 8, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2)),
+                fc1=nn.Sequential(nn.Flatten(), nn.Linear(8 * (h // 2) * (w // 2), 32), nn.Tanh()),
+                fc2=nn.Linear(32, num_classes),
+            )
+        )
