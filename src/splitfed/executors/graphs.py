@@ -76,8 +76,12 @@ class StepGraphs:
                 obj.add_counters(clients, delta)
             return
         self.seen[key] = self.seen.get(key, 0) + 1
-        if self.seen[key] <= WARMUP:
-            fn(clients, copies, x, y, sizes)
+        if self.seen[key] <= WARMUP:  # on a side stream, as before any capture (torch.cuda.graphs docs)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                fn(clients, copies, x, y, sizes)
+            torch.cuda.current_stream().wait_stream(side)
             return
         self._capture(key, fn, clients, copies, x, y, sizes)
 
