@@ -26,8 +26,18 @@ from pathlib import Path
 
 
 def checks(out: Path, device: str) -> None:
-    """Stage 1, in this process: graphs and batched execution agree with the eager reference."""
+    """Stage 1, in this process: graphs and batched execution agree with the eager reference.
+
+    In strict float32 (no TF32, deterministic cuDNN): with PyTorch's defaults a convolution runs in TF32,
+    whose rounding depends on the algorithm cuDNN picks, which may differ between eager and captured runs.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before CUDA starts
     import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
 
     from splitfed import Config
     from splitfed.config import ALL_ALGORITHMS

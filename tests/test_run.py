@@ -234,3 +234,22 @@ def test_client_sampling_is_seeded_and_varies_by_round():
     assert len({tuple(p) for p in rounds}) > 1
     assert rounds == [prepare(setup.cfg).participants(r) for r in range(1, 6)]
     assert prepare(setup.cfg.replace(clients_per_round=None)).participants(1) == list(range(10))
+
+
+def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(tmp_path):
+    from splitfed.setup import prepare
+
+    setups = [prepare(small_config(validation_samples=50, seed=s)) for s in (0, 1)]
+    full = prepare(small_config())
+    for setup in setups:
+        data = setup.data
+        assert len(data.val_y) == 50 and len(data.train_y) == len(full.data.train_y) - 50
+        assert sum(setup.data_sizes) <= len(data.train_y)  # clients share only the rest
+        # the held-out samples are not among the training samples
+        rows = {tuple(x.flatten().tolist()) for x in data.val_x}
+        assert not rows & {tuple(x.flatten().tolist()) for x in data.train_x}
+    assert torch.equal(setups[0].data.val_x, setups[1].data.val_x)  # one draw, whatever the run seed
+    result = run(small_config(validation_samples=50, algorithm=("fedavg",), out=str(tmp_path / "r")))
+    assert all(0 <= r["val_accuracy"] <= 1 and r["val_loss"] > 0 for r in result.history)
+    with pytest.raises(SplitfedError, match="validation_samples must be between 1 and"):
+        prepare(small_config(validation_samples=10**6))

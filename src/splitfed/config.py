@@ -89,6 +89,11 @@ class Config:
     # measurement
     divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
+    validation_samples: int = _f(
+        0,
+        "training samples held out as a validation set before partitioning (one fixed draw for every run "
+        "seed; 0: none); its accuracy is recorded each round as val_accuracy, for choosing hyper-parameters",
+    )
     synthetic_shape: tuple[int, ...] | None = _f(
         None, "synthetic data: C,H,W; default 1,28,28", metavar="C,H,W"
     )
@@ -252,6 +257,7 @@ def _validate(c: Config) -> None:
         if not ok:
             raise SplitfedError(msg)
 
+    need(c.validation_samples >= 0, f"validation_samples must be >= 0, got {c.validation_samples}")
     for name in ("clients", "batch_size", "rounds", "local_epochs", "divergence_samples"):
         need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
     for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):

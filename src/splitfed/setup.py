@@ -145,6 +145,8 @@ def prepare(cfg: Config) -> Setup:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = load_data(cfg)
+    if cfg.validation_samples:
+        data = data.hold_out(cfg.validation_samples)
 
     check_model(model_name, data.num_classes, data.in_shape, cfg.model_args)  # fits in memory, or one line
     # The initial model: its own seed, and the global RNG left as it was.

@@ -29,6 +29,8 @@ class Dataset:
     test_y: torch.Tensor
     num_classes: int
     augment: Augment | None = None  # applied to every training batch, on the batch's device
+    val_x: torch.Tensor | None = None  # a validation split held out of the training data, if any
+    val_y: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # One check for every loader, registered ones included: an empty split or a label outside the
@@ -55,8 +57,33 @@ class Dataset:
         return int(c), int(h), int(w)
 
     def to(self, device: torch.device) -> "Dataset":
-        move = {k: getattr(self, k).to(device) for k in ("train_x", "train_y", "test_x", "test_y")}
+        move = {
+            k: None if getattr(self, k) is None else getattr(self, k).to(device)
+            for k in ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
+        }
         return Dataset(self.name, **move, num_classes=self.num_classes, augment=self.augment)
+
+    def hold_out(self, samples: int) -> "Dataset":
+        """This data set with ``samples`` training samples moved to a validation split: one fixed draw
+        (its own seed, like the data themselves), so every run and seed validates on the same samples."""
+        if not 0 < samples < len(self.train_y):
+            raise SplitfedError(
+                f"validation_samples must be between 1 and {len(self.train_y) - 1} "
+                f"(the {self.name} training set has {len(self.train_y)} samples), got {samples}"
+            )
+        order = torch.randperm(len(self.train_y), generator=generator(0, "validation", self.name))
+        val, train = order[:samples].sort().values, order[samples:].sort().values
+        return Dataset(
+            self.name,
+            self.train_x[train],
+            self.train_y[train],
+            self.test_x,
+            self.test_y,
+            self.num_classes,
+            self.augment,
+            self.train_x[val],
+            self.train_y[val],
+        )
 
 
 # A loader takes (data_dir, **options) and returns a Dataset.

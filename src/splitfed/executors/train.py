@@ -56,6 +56,9 @@ def train(
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()
         acc, loss = split.evaluate(executor.w_c, executor.w_s, setup.data.test_x, setup.data.test_y)
+        if setup.data.val_x is not None:
+            val = split.evaluate(executor.w_c, executor.w_s, setup.data.val_x, setup.data.val_y)
+            record |= {"val_accuracy": val[0], "val_loss": val[1]}
         flops = {"client": 0.0, "main_server": 0.0}
         client_fps, server_fps = setup.flops_per_sample
         for side in ctx.sides:
