@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -137,10 +138,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from ._limits import preflight
-    from .runner import run
 
     config = config_from_args(args)
     preflight(config)  # what this machine can hold, checked before anything is loaded or written
+    if config.processes > 1 and "WORLD_SIZE" not in os.environ:
+        from .runner import spawn_ranks
+
+        return spawn_ranks(config, sys.argv[1:] if args.argv is None else args.argv)
+    from .runner import run
+
     run(config)
     return 0
 
@@ -271,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
+    args.argv = argv
     # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
+    # In a torch.distributed job rank 0 speaks for every rank: the others say nothing, errors included.
+    quiet = os.environ.get("RANK", "0") != "0"
     log = logging.getLogger("splitfed")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
     held = _HeldWarnings()
     handler.addFilter(held.release_on_first_record)
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 result = args.func(args)
             except SplitfedError as e:
                 held.discard()
-                print(f"splitfed: error: {e}", file=sys.stderr)
+                if not quiet:
+                    print(f"splitfed: error: {e}", file=sys.stderr)
                 return e.exit_code
             except KeyboardInterrupt:
                 held.release()

@@ -107,6 +107,11 @@ class Config:
     threads: int | None = _f(
         None, "CPU threads for torch; default: torch's. Results repeat bit for bit at equal threads"
     )
+    processes: int = _f(
+        1,
+        "processes that share the clients (torch.distributed ranks; --processes K starts them here, or "
+        "launch with torchrun). Results repeat bit for bit at equal processes and threads",
+    )
     out: str | None = _f(None, "run directory; default: runs/<date>-<time>", metavar="DIR")
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
@@ -258,7 +263,7 @@ def _validate(c: Config) -> None:
             raise SplitfedError(msg)
 
     need(c.validation_samples >= 0, f"validation_samples must be >= 0, got {c.validation_samples}")
-    for name in ("clients", "batch_size", "rounds", "local_epochs", "divergence_samples"):
+    for name in ("clients", "batch_size", "rounds", "local_epochs", "divergence_samples", "processes"):
         need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
     for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
         v = getattr(c, name)

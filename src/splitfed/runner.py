@@ -18,12 +18,13 @@ import torch
 from torch import nn
 
 from ._limits import check_output_dir, preflight
-from .algorithms import ALGORITHMS
+from .algorithms import ALGORITHMS, create
 from .config import Config
 from .data import class_histogram, format_histogram
 from .engine.checkpoint import load_checkpoint
 from .errors import SplitfedError
 from .executors import train
+from .executors.distributed import check_distributable, join, launched, leave, share
 from .report import format_table, plot_run, summarize, write_summary_csv
 from .setup import Setup, prepare
 
@@ -186,16 +187,40 @@ def run(config: Config) -> RunResult:
         config = config.replace(threads=Config.from_toml(Path(config.out) / "config.toml").threads)
     check_algorithms(config)
     preflight(config)  # what this machine can hold, before anything is loaded or written
+    group = None
+    if launched():  # one rank of a torch.distributed job: the clients are shared among the ranks
+        config = config.replace(processes=int(os.environ["WORLD_SIZE"]))
+        for name in config.algorithm:
+            check_distributable(create(config, name))
+    elif config.processes > 1:
+        raise SplitfedError(
+            f"processes = {config.processes}: start the ranks with `splitfed run --processes "
+            f"{config.processes} ...` or torchrun --nproc-per-node {config.processes} -m splitfed run ..."
+        )
     setup = prepare(config)
+    if launched():
+        group = join(setup.device)
     cfg = setup.cfg
-    run_dir = RunDir(cfg)
+    leader = group is None or group.leader
     histogram = class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu()
-    run_dir.start(setup, histogram)
+    error, run_dir = None, None
+    if leader:  # rank 0 alone writes the run directory; every rank stops if it cannot
+        try:
+            run_dir = RunDir(cfg)
+            run_dir.start(setup, histogram)
+        except SplitfedError as e:
+            error = str(e)
+    if group is not None:
+        error = share(group, error)
+    if error is not None:
+        raise SplitfedError(error)
     log.info(
         f"splitfed: {cfg.dataset} ({len(setup.data.train_y)} train / {len(setup.data.test_y)} test), "
         f"model {cfg.model} cut at layer {cfg.cut_layer}, {cfg.clients} clients, partition {cfg.partition}"
         + (f" ({cfg.partition_option})" if cfg.partition_option is not None else "")
-        + f", τ = {setup.tau()} iterations/round, device {setup.device}; writing {run_dir.path}"
+        + f", τ = {setup.tau()} iterations/round, device {setup.device}"
+        + (f", {cfg.processes} processes" if group is not None else "")
+        + (f"; writing {run_dir.path}" if run_dir is not None else "")
     )
     log.info("client class histogram:\n" + format_histogram(histogram))
     progress = Progress(cfg)
@@ -204,15 +229,94 @@ def run(config: Config) -> RunResult:
     for name in cfg.algorithm:
 
         def on_round(record: dict[str, Any]) -> None:
+            assert run_dir is not None
             run_dir.append_metrics(record)
             progress(record)
 
-        executor, algo_history, _ = train(name, setup, run_dir.checkpoint(name), on_round)
+        checkpoint = run_dir.checkpoint(name) if run_dir is not None else None
+        executor, algo_history, _ = train(name, setup, checkpoint, on_round, group)
         history += algo_history
         models[name] = setup.assemble(executor.w_c, executor.w_s)
+    if run_dir is None:  # another rank: rank 0 writes the results
+        assert group is not None
+        leave(group)
+        return RunResult(cfg, Path(cfg.out or ""), history, models, [])
     title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
     if cfg.partition_option is not None:
         title += f" {cfg.partition_option}"
     # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
     summary = run_dir.finish(history, list(cfg.algorithm), title)
+    if group is not None:
+        leave(group)
     return RunResult(cfg, run_dir.path, history, models, summary)
+
+
+def spawn_ranks(config: Config, argv: list[str]) -> int:
+    """``splitfed run --processes K``: the same command as K ranks of a torch.distributed job on this
+    machine (what ``torchrun --standalone --nproc-per-node K -m splitfed`` does), rank 0 speaking for all.
+
+    Everything a rank would refuse is checked here first, so a mistake is one line, not K. If a rank dies,
+    the others are stopped and the exit status says so; ``--resume`` continues from the last checkpoint.
+    """
+    import contextlib
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    check_algorithms(config)
+    for name in config.algorithm:
+        check_distributable(create(config, name))
+    if not config.resume:
+        RunDir(config)  # a used --out: refused now, before any rank starts
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    k = config.processes
+    threads = str(config.threads or max(1, (os.cpu_count() or 1) // k))
+    with contextlib.ExitStack() as stack:
+        logs = [
+            stack.enter_context(tempfile.TemporaryFile()) for _ in range(1, k)
+        ]  # ranks 1.. speak on failure
+        procs = []
+        for rank in range(k):
+            env = dict(
+                os.environ,
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                WORLD_SIZE=str(k),
+                LOCAL_WORLD_SIZE=str(k),
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                OMP_NUM_THREADS=threads,
+            )
+            out = None if rank == 0 else logs[rank - 1]
+            cmd = [sys.executable, "-m", "splitfed", *argv]
+            procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=out))
+        try:
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+                if failed or all(c == 0 for c in codes):
+                    break
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            failed = [(0, 130)]
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+        if not failed:
+            return 0
+        rank, code = failed[0]
+        if rank != 0:
+            logs[rank - 1].seek(0)
+            tail = logs[rank - 1].read().decode(errors="replace").strip().splitlines()[-20:]
+            print("\n".join(tail), file=sys.stderr)
+            print(
+                f"splitfed: error: rank {rank} of {k} exited with {code}; continue with --resume",
+                file=sys.stderr,
+            )
+        return code

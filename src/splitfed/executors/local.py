@@ -93,17 +93,20 @@ def check_definition(algo: Algorithm) -> None:
 class LocalExecutor:
     """Runs ``algo`` in this process; ``w_c``, ``w_s`` are the global models between rounds."""
 
-    def __init__(self, algo: Algorithm, ctx: Context, batched: bool, cuda_graphs: bool = False) -> None:
+    def __init__(
+        self, algo: Algorithm, ctx: Context, batched: bool, cuda_graphs: bool = False, most: int | None = None
+    ) -> None:
+        """``most``: the most participants this executor trains in one round (default: every participant)."""
         check_definition(algo)
         self.algo, self.ctx, self.batched = algo, ctx, batched
         self.w_c, self.w_s = ctx.init_c.clone(), ctx.init_s.clone()
         # Independent clients computed one by one need one working copy; so does a relay, and a schedule
         # that finishes each client before the next starts. Otherwise every participant holds a copy.
-        most = algo.participants(list(range(ctx.copies_per_round)))
+        parts = algo.participants(list(range(ctx.copies_per_round)))
         self.one_by_one = algo.independent_clients and not batched
         sequential = algo.schedule == CLIENT_SEQUENTIAL or algo.client_side == RELAY
-        live = 1 if self.one_by_one or sequential else len(most)
-        location = "main_server" if UNION in most else "client"  # the union is no client: one place
+        live = 1 if self.one_by_one or sequential else max(1, len(parts) if most is None else most)
+        location = "main_server" if UNION in parts else "client"  # the union is no client: one place
         self.clients = ctx.client_side(live, location=location, vectorised=batched)
         if algo.server_side == ON_CLIENT:
             self.servers = ctx.server_side(live, location=location, vectorised=batched)
@@ -117,8 +120,8 @@ class LocalExecutor:
 
     def run_round(self, rnd: int, clients: list[int]) -> None:
         """Train one round with the participating ``clients`` (sorted ids)."""
-        algo, ctx = self.algo, self.ctx
-        plan = plan_round(algo, ctx, rnd, clients, self.one_by_one)
+        algo = self.algo
+        plan = self._plan(rnd, clients)
         free = list(range(self.clients.num_copies))
         held: dict[int, int] = {}  # participant -> its copy
         self._handed = self.w_c  # what the fed server hands the next participant (a relay: the last one's)
@@ -135,6 +138,15 @@ class LocalExecutor:
                 if plan.last[n] == k:
                     self._finish(n, held[n], plan.weights[n])
                     free.insert(0, held.pop(n))
+        self._end_round()
+
+    def _plan(self, rnd: int, clients: list[int]) -> RoundPlan:
+        return plan_round(self.algo, self.ctx, rnd, clients, self.one_by_one)
+
+    def _end_round(self) -> None:
+        """The fed server's rule over what the participants uploaded (a relay keeps the last model); the
+        main server's model, or the rule over its per-participant copies."""
+        algo = self.algo
         self.w_c = self._handed.clone() if algo.client_side == RELAY else self._sums[0].result
         self.w_s = (
             self._sums[1].result
@@ -183,13 +195,18 @@ class LocalExecutor:
             Smashed(n, link.up("smashed", n, z), link.up("labels", n, labels))
             for n, z, labels in zip(ns, smashed, ys, strict=True)
         ]
-        copy_of = (
-            dict(zip(ns, copies, strict=True)) if algo.server_side == PER_CLIENT else dict.fromkeys(ns, 0)
-        )
-        grads = algo.main_server(InProcessMainServer(self.servers, copy_of), batch)
+        grads = self._main_server(batch, copies)
         self.clients.backward_each(
             copies, [link.down("smashed_grad", n, a) for n, a in zip(ns, grads, strict=True)]
         )
+
+    def _main_server(self, batch: list[Smashed], copies: list[int]) -> list[torch.Tensor]:
+        """The definition's main-server step on one slot's smashed data (per-client server copies are the
+        clients' own copy indices)."""
+        ns = [s.client for s in batch]
+        per_client = self.algo.server_side == PER_CLIENT
+        copy_of = dict(zip(ns, copies, strict=True)) if per_client else dict.fromkeys(ns, 0)
+        return self.algo.main_server(InProcessMainServer(self.servers, copy_of), batch)
 
 
 EXECUTIONS = ("sequential", "batched")

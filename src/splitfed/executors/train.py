@@ -17,6 +17,7 @@ from ..engine.context import Context
 from ..engine.metrics import SplitModel
 from ..engine.side import State
 from ..setup import Setup
+from .distributed import DistributedExecutor, Group, merged_streams, share
 from .local import LocalExecutor, make_executor
 
 
@@ -25,16 +26,30 @@ def train(
     setup: Setup,
     checkpoint: Path | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    group: Group | None = None,
 ) -> tuple[LocalExecutor, list[dict[str, Any]], Context]:
-    """Train algorithm ``name`` for cfg.rounds rounds, resuming from ``checkpoint`` if it exists."""
+    """Train algorithm ``name`` for cfg.rounds rounds, resuming from ``checkpoint`` if it exists.
+
+    With a ``group`` (a torch.distributed job) every rank trains its clients; rank 0 alone reads and
+    writes the checkpoint, evaluates, and reports rounds (the others return an empty history).
+    """
     cfg = setup.cfg
     ctx = setup.context()
-    executor = make_executor(create(cfg, name), ctx, cfg.execution, cfg.cuda_graphs)
+    algo = create(cfg, name)
+    if group is None:
+        executor = make_executor(algo, ctx, cfg.execution, cfg.cuda_graphs)
+    else:
+        rounds = [setup.participants(r) for r in range(1, cfg.rounds + 1)]
+        batched = cfg.execution == "batched" or (cfg.execution == "auto" and setup.device.type == "cuda")
+        executor = DistributedExecutor(algo, ctx, group, batched, rounds)
+    leader = group is None or group.leader
     split = SplitModel(setup.client_module, setup.server_module)
     device = setup.device
     history: list[dict[str, Any]] = []
-    if checkpoint is not None and checkpoint.exists():
-        saved = load_checkpoint(checkpoint)
+    saved = load_checkpoint(checkpoint) if leader and checkpoint is not None and checkpoint.exists() else None
+    if group is not None:
+        saved = share(group, saved)
+    if saved is not None:
         executor.w_c = State.from_dict({k: v.to(device) for k, v in saved["w_c"].items()})
         executor.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
         ctx.streams.load_state_dict(saved["streams"])
@@ -43,7 +58,7 @@ def train(
     for rnd in range(len(history) + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"algorithm": name, "round": rnd}
-        if cfg.divergence_every and (rnd - 1) % cfg.divergence_every == 0:  # at the round-start model
+        if leader and cfg.divergence_every and (rnd - 1) % cfg.divergence_every == 0:  # round-start model
             record |= setup.divergence(split, executor.w_c, executor.w_s)
         clients = setup.participants(rnd)
         ctx.meter.reset()
@@ -55,6 +70,9 @@ def train(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()
+        streams = ctx.streams.state_dict() if group is None else merged_streams(group, ctx.streams)
+        if not leader:
+            continue
         acc, loss = split.evaluate(executor.w_c, executor.w_s, setup.data.test_x, setup.data.test_y)
         if setup.data.val_x is not None:
             val = split.evaluate(executor.w_c, executor.w_s, setup.data.val_x, setup.data.val_y)
@@ -96,7 +114,7 @@ def train(
                     "round": rnd,
                     "w_c": executor.w_c.to_dict(),
                     "w_s": executor.w_s.to_dict(),
-                    "streams": ctx.streams.state_dict(),
+                    "streams": streams,
                     "history": history,
                 },
             )

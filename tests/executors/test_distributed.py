@@ -1,0 +1,156 @@
+"""The torch.distributed executor: 2 gloo processes on the CPU train what one process trains.
+
+Between one process and two, only sums are taken in another order (the fed server's all-reduce of each
+rank's weighted sum, against one running sum): last-bit differences, on a model without kinks (see
+tests/algorithms/test_execution.py) bounded like the batched executor's, atol 1e-5 after several steps.
+At equal processes and threads a resumed run repeats the uninterrupted one exactly.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from splitfed import run
+from splitfed.engine.checkpoint import load_checkpoint
+
+from ..algorithms.helpers import SMOOTH_MODEL
+from ..conftest import small_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank(rank: int, world: int, port: int, changes: dict) -> None:
+    """One rank of the job, as torchrun would start it (its environment), running ``run()``."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    from ..algorithms import helpers  # noqa: F401  (registers the smooth model in this process)
+
+    run(small_config(**changes))
+
+
+def run_ranks(world: int, **changes) -> None:
+    mp.spawn(_rank, args=(world, _free_port(), changes), nprocs=world, join=True)
+
+
+def final_states(out, name):
+    saved = load_checkpoint(out / "checkpoints" / f"{name}.pt")
+    return saved["w_c"], saved["w_s"], saved["history"]
+
+
+CASE = dict(
+    model=SMOOTH_MODEL,
+    clients=6,
+    clients_per_round=4,
+    rounds=3,
+    local_iters=3,
+    lr=0.05,
+    momentum=0.9,
+    threads=1,
+)
+
+
+@pytest.mark.parametrize("name", ["minibatch_sfl", "sfl_v1", "fedavg"])
+def test_two_processes_train_what_one_process_trains(tmp_path, name):
+    run(small_config(**CASE, algorithm=(name,), out=str(tmp_path / "one")))
+    run_ranks(2, **CASE, algorithm=(name,), out=str(tmp_path / "two"))
+    one_c, one_s, one_history = final_states(tmp_path / "one", name)
+    two_c, two_s, two_history = final_states(tmp_path / "two", name)
+    for a, b in ((one_c, two_c), (one_s, two_s)):
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+    for a, b in zip(one_history, two_history, strict=True):
+        assert a["participants"] == b["participants"] == 4
+        for key in ("samples", "server_steps", "client_bytes_up", "client_bytes_down", "bytes"):
+            assert a[key] == b[key], key  # the same messages, counted on the ranks that sent them
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
+    config = (tmp_path / "two" / "config.toml").read_text()
+    assert "processes = 2" in config
+
+
+def test_each_rank_holds_copies_only_of_its_own_clients():
+    from splitfed.algorithms import create
+    from splitfed.executors import make_executor
+    from splitfed.executors.distributed import DistributedExecutor, Group
+    from splitfed.setup import prepare
+
+    setup = prepare(small_config(clients=40, clients_per_round=8))
+    rounds = [setup.participants(r) for r in range(1, 3)]
+    algo = create(setup.cfg, "minibatch_sfl")
+    one = make_executor(algo, setup.context(), "sequential")
+    assert one.clients.num_copies == 8  # the round's participants, not the 40 clients
+    rank = DistributedExecutor(algo, setup.context(), Group(1, 2, setup.device), False, rounds)
+    owned = max(sum(n % 2 == 1 for n in r) for r in rounds)
+    assert rank.clients.num_copies == owned < 8
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "splitfed", "run", *args]
+
+
+BASE = [
+    "--dataset", "synthetic", "--synthetic-shape", "1,8,8", "--synthetic-samples", "400",
+    "--model", "digits_cnn", "--clients", "6", "--local-iters", "30", "--batch-size", "8",
+    "--divergence-every", "0", "--threads", "1", "--device", "cpu",
+    "--algorithm", "minibatch_sfl", "--processes", "2",
+]  # fmt: skip
+
+
+def test_a_killed_rank_and_a_restart_with_resume_give_the_uninterrupted_metrics(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    subprocess.run(_cli(*BASE, "--rounds", "4", "--out", str(tmp_path / "whole")), check=True, env=env)
+    out = tmp_path / "killed"
+    parent = subprocess.Popen(_cli(*BASE, "--rounds", "4", "--out", str(out)), env=env)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text()
+    ranks = [int(p) for p in children.split()]
+    os.kill(ranks[1], signal.SIGKILL)  # rank 1, mid-run
+    assert parent.wait(timeout=60) != 0
+    done = metrics.read_text().count("\n")
+    assert done < 4
+    subprocess.run(_cli(*BASE, "--rounds", "4", "--out", str(out), "--resume"), check=True, env=env)
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for a, b in zip(whole, resumed, strict=True):
+        for key in ("round", "test_accuracy", "test_loss", "train_loss"):
+            assert a[key] == b[key], (key, a["round"])
+
+
+@pytest.mark.parametrize("name", ["sfl_v2", "sl", "centralized"])
+def test_an_algorithm_whose_clients_take_turns_is_refused_in_one_line(tmp_path, name):
+    args = [
+        *BASE[:-4],
+        "--algorithm",
+        name,
+        "--processes",
+        "2",
+        "--rounds",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    p = subprocess.run(_cli(*args), capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "run it in one process" in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()
