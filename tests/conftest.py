@@ -17,6 +17,7 @@ def small_config(**changes) -> Config:
         local_iters=2,
         batch_size=8,
         divergence_samples=40,
+        divergence_every=1,
         device="cpu",
     )
     return Config(**(base | changes))

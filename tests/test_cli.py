@@ -213,3 +213,22 @@ def test_help_and_validation_share_the_choice_lists():
             Config(**{name: value}, **({"batch_alloc": "equal"} if name == "execution" else {}))
         with pytest.raises(SplitfedError, match=f"{name} must be one of {', '.join(allowed)}"):
             Config(**{name: "nonsense"})
+
+
+def test_list_reads_the_registries_from_the_source_and_agrees_with_them():
+    # `splitfed list` and --help read the built-in names without importing torch; they must be the names
+    # the registries hold once the package is imported.
+    from splitfed.algorithms import ALGORITHMS
+    from splitfed.data import DATASETS, PARTITIONS
+    from splitfed.models import MODELS
+    from splitfed.registry import builtin_entries
+
+    entries = builtin_entries()
+    registries = {"algorithm": ALGORITHMS, "dataset": DATASETS, "partition": PARTITIONS, "model": MODELS}
+    for kind, registry in registries.items():
+        builtin = {name for name, _ in entries[kind]}
+        assert builtin <= set(registry) and builtin, kind
+        assert builtin == {n for n in registry if not n.startswith("test_")}, kind  # tests add their own
+    code = "import sys, splitfed.cli; splitfed.cli.main(['list']); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False") and "minibatch_sfl" in out and "cnn4" in out

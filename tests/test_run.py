@@ -253,3 +253,23 @@ def test_a_validation_split_is_held_out_of_training_the_same_for_every_seed(tmp_
     assert all(0 <= r["val_accuracy"] <= 1 and r["val_loss"] > 0 for r in result.history)
     with pytest.raises(SplitfedError, match="validation_samples must be between 1 and"):
         prepare(small_config(validation_samples=10**6))
+
+
+def test_eval_every_skips_evaluations_but_never_the_last_round_and_accuracy_per_class_adds_up(tmp_path):
+    result = run(small_config(rounds=5, eval_every=2, algorithm=("fedavg",), out=str(tmp_path / "r")))
+    evaluated = [r["round"] for r in result.history if "test_accuracy" in r]
+    assert evaluated == [2, 4, 5]
+    assert all("train_loss" in r for r in result.history)  # every round still trains and is recorded
+    last = result.history[-1]
+    setup_counts = torch.bincount(load_test_labels(result.config))
+    per_class = torch.tensor(last["test_accuracy_per_class"], dtype=torch.float64)
+    assert (
+        abs(float((per_class * setup_counts).sum()) / int(setup_counts.sum()) - last["test_accuracy"]) < 1e-9
+    )
+    assert result.summary[0]["final_accuracy"] == last["test_accuracy"]
+
+
+def load_test_labels(cfg):
+    from splitfed.setup import load_data
+
+    return load_data(cfg).test_y

@@ -39,13 +39,9 @@ def _choices(name: str) -> list[str]:
         return list(CHOICES[name])
     if name not in REGISTRY_FIELDS:
         return []
-    # imported only when --help is asked for: the registries import torch, seconds of every command
-    from .algorithms import ALGORITHMS
-    from .data import DATASETS, PARTITIONS
-    from .models import MODELS
+    from .registry import builtin_entries  # the names, read from the source: no torch for --help
 
-    registry = {"algorithm": ALGORITHMS, "dataset": DATASETS, "model": MODELS, "partition": PARTITIONS}[name]
-    return list(registry)
+    return [entry for entry, _ in builtin_entries()[name]]
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -189,15 +185,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .algorithms import ALGORITHMS
-    from .data import DATASETS, PARTITIONS
-    from .models import MODELS
+    from .registry import builtin_entries  # read from the source: no torch, an answer in milliseconds
 
-    for title, reg in (("algorithms", ALGORITHMS), ("datasets", DATASETS), ("partitions", PARTITIONS)):
-        print(f"{title}: {', '.join(reg)}")
+    entries = builtin_entries()
+    for kind in ("algorithm", "dataset", "partition"):
+        print(f"{kind}s: {', '.join(name for name, _ in entries[kind])}")
     print("models:")
-    for name in MODELS:
-        doc = next(iter((MODELS.get(name).__doc__ or "").strip().splitlines()), "")
+    for name, doc in entries["model"]:
         print(f"  {name:<12} {doc}")
     return 0
 

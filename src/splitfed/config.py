@@ -87,8 +87,14 @@ class Config:
     )
     cuda_graphs: bool = _f(True, "on CUDA, replay each recurring step as a captured CUDA graph")
     # measurement
-    divergence_every: int = _f(1, "measure gradient divergence every K rounds (0: never)")
+    divergence_every: int = _f(
+        5, "measure gradient divergence every K rounds, from round 1 (0: never); it costs a gradient pass"
+    )
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
+    eval_every: int = _f(1, "evaluate on the test set every K rounds (the last round always)")
+    eval_batch_size: int = _f(
+        0, "samples per evaluation forward; 0: as many as fit (CUDA: all, halved on out-of-memory; CPU: 1000)"
+    )
     validation_samples: int = _f(
         0,
         "training samples held out as a validation set before partitioning (one fixed draw for every run "
@@ -263,7 +269,16 @@ def _validate(c: Config) -> None:
             raise SplitfedError(msg)
 
     need(c.validation_samples >= 0, f"validation_samples must be >= 0, got {c.validation_samples}")
-    for name in ("clients", "batch_size", "rounds", "local_epochs", "divergence_samples", "processes"):
+    positive = (
+        "clients",
+        "batch_size",
+        "rounds",
+        "local_epochs",
+        "divergence_samples",
+        "processes",
+        "eval_every",
+    )
+    for name in positive:
         need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
     for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
         v = getattr(c, name)
@@ -280,6 +295,7 @@ def _validate(c: Config) -> None:
         f"weight_decay must be >= 0, got {c.weight_decay}",
     )
     need(c.divergence_every >= 0, f"divergence_every must be >= 0, got {c.divergence_every}")
+    need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0 (0: automatic), got {c.eval_batch_size}")
     p = c.non_iid_ratio
     need(p is None or 0.0 <= p <= 1.0, f"non_iid_ratio must be in [0, 1], got {p}")
     need(len(c.algorithm) > 0, "algorithm must name at least one algorithm")

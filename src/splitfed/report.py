@@ -139,6 +139,7 @@ def summarize(history: list[dict[str, Any]], algorithms: list[str]) -> list[dict
         if not recs:
             continue
         last = recs[-1]
+        evaluated = [r for r in recs if r.get("test_accuracy") is not None] or [last]  # see eval_every
         divs = [r["divergence_client_relative"] for r in recs if "divergence_client_relative" in r]
 
         def mean(key: str, scale: float = 1.0, recs: list = recs) -> float:
@@ -149,9 +150,9 @@ def summarize(history: list[dict[str, Any]], algorithms: list[str]) -> list[dict
             {
                 "algorithm": name,
                 "rounds": last["round"],
-                "final_accuracy": last["test_accuracy"],
-                "best_accuracy": max(r["test_accuracy"] for r in recs),
-                "final_test_loss": last["test_loss"],
+                "final_accuracy": evaluated[-1].get("test_accuracy", math.nan),
+                "best_accuracy": max(r.get("test_accuracy", math.nan) for r in evaluated),
+                "final_test_loss": evaluated[-1].get("test_loss", math.nan),
                 "final_train_loss": last["train_loss"],
                 "divergence_client_relative": divs[-1] if divs else math.nan,
                 "train_s_per_round": mean("train_time_s"),

@@ -162,9 +162,13 @@ class Progress:
         eta = self.seconds / self.rounds_timed * remaining
         div = record.get("divergence_client_relative")
         div_text = f"  div_c {div:.3f}" if div is not None else ""
-        log.info(
-            f"[{record['algorithm']:>13}] round {record['round']:>3}/{cfg.rounds}  "
+        acc_text = (  # rounds between evaluations (eval_every) have none
             f"acc {record['test_accuracy']:.4f}  test_loss {record['test_loss']:.4f}  "
+            if "test_accuracy" in record
+            else ""
+        )
+        log.info(
+            f"[{record['algorithm']:>13}] round {record['round']:>3}/{cfg.rounds}  {acc_text}"
             f"train_loss {record['train_loss']:.4f}{div_text}  "
             f"{record['round_time_s']:.2f}s  ETA {_clock(eta)}"
         )

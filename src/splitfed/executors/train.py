@@ -73,10 +73,13 @@ def train(
         streams = ctx.streams.state_dict() if group is None else merged_streams(group, ctx.streams)
         if not leader:
             continue
-        acc, loss = split.evaluate(executor.w_c, executor.w_s, setup.data.test_x, setup.data.test_y)
-        if setup.data.val_x is not None:
-            val = split.evaluate(executor.w_c, executor.w_s, setup.data.val_x, setup.data.val_y)
-            record |= {"val_accuracy": val[0], "val_loss": val[1]}
+        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
+            w, batch = (executor.w_c, executor.w_s), cfg.eval_batch_size
+            acc, loss, per_class = split.evaluate(*w, setup.data.test_x, setup.data.test_y, batch)
+            record |= {"test_accuracy": acc, "test_loss": loss, "test_accuracy_per_class": per_class}
+            if setup.data.val_x is not None:
+                val = split.evaluate(*w, setup.data.val_x, setup.data.val_y, batch)
+                record |= {"val_accuracy": val[0], "val_loss": val[1]}
         flops = {"client": 0.0, "main_server": 0.0}
         client_fps, server_fps = setup.flops_per_sample
         for side in ctx.sides:
@@ -87,8 +90,6 @@ def train(
         round_time = time.perf_counter() - t0
         elapsed += round_time
         record |= {
-            "test_accuracy": acc,
-            "test_loss": loss,
             "train_loss": ctx.meter.train_loss,
             "participants": len(clients),
             "samples": sum(s.samples for s in server_sides),

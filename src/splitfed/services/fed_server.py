@@ -198,7 +198,8 @@ class FedServer(pb_grpc.FedServerServicer):
             loss_sum = sum(self.uploads[n][2]["train_loss"] * self.uploads[n][2]["samples"] for n in clients)
             train_loss = loss_sum / max(samples, 1)
             client_flops, server_flops = samples * (fps_c + fps_s), 0.0
-        acc, loss = self.split_model.evaluate(w_c, w_s, self.setup.data.test_x, self.setup.data.test_y)
+        data, batch = self.setup.data, self.cfg.eval_batch_size
+        acc, loss, per_class = self.split_model.evaluate(w_c, w_s, data.test_x, data.test_y, batch)
         up = [main_wire["in"][n] + self.wire["in"][n] for n in range(self.cfg.clients)]
         down = [main_wire["out"][n] + self.wire["out"][n] for n in range(self.cfg.clients)]
         now = time.perf_counter()
@@ -207,6 +208,7 @@ class FedServer(pb_grpc.FedServerServicer):
             "round": r,
             "test_accuracy": acc,
             "test_loss": loss,
+            "test_accuracy_per_class": per_class,
             "train_loss": train_loss,
             "participants": len(clients),
             "dropped_clients": dropped,
