@@ -225,4 +225,6 @@ def preflight(cfg: "Config", check_out: bool = True) -> None:
     )
     from .setup import DEFAULT_MODEL  # the setup's choice of model per data set, not a copy of it
 
-    check_model(cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4"), num_classes, shape, cfg.model_args)
+    model = cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4")
+    if ":" not in model:  # a user's builder (pkg.module:name) is built once, in prepare, which reports it
+        check_model(model, num_classes, shape, cfg.model_args)

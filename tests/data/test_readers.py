@@ -294,5 +294,5 @@ def test_every_dataset_needs_nonempty_splits_and_labels_in_its_classes():
         Dataset("d", x, y, x[:0], y[:0], num_classes=4)
     with pytest.raises(SplitfedError, match=r"train labels span 0..3; its 3 classes need labels in 0..2"):
         Dataset("d", x, y, x, y, num_classes=3)
-    with pytest.raises(SplitfedError, match="4 images but 4 labels of type torch.float32"):
+    with pytest.raises(SplitfedError, match="4 samples but 4 labels of type torch.float32"):
         Dataset("d", x, y.float(), x, y, num_classes=4)

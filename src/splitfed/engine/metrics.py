@@ -2,6 +2,7 @@
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +16,17 @@ _CHUNK = 1000  # samples per evaluation forward on the CPU (larger is no faster 
 _GRAD_CHUNK = 500  # samples per forward + backward in the divergence gradients: bounds memory for ResNet-18
 
 
-class SplitModel:
-    """The two halves' template modules, run functionally on given (w_c, w_s) states."""
+# loss(output, target) -> the batch's mean loss, a scalar tensor (F.cross_entropy's contract)
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-    def __init__(self, client: nn.Module, server: nn.Module) -> None:
+
+class SplitModel:
+    """The two halves' template modules, run functionally on given (w_c, w_s) states; ``loss`` is the
+    run's training loss, which evaluation reports and the divergence gradients differentiate."""
+
+    def __init__(self, client: nn.Module, server: nn.Module, loss: LossFn = F.cross_entropy) -> None:
         self.halves = ((client, Layout(client)), (server, Layout(server)))
+        self.loss = loss
 
     def _forward(
         self, states: tuple[State, State], x: torch.Tensor, params: tuple[list, list] | None = None
@@ -42,7 +49,7 @@ class SplitModel:
     def evaluate(
         self, w_c: State, w_s: State, x: torch.Tensor, y: torch.Tensor, batch: int = 0
     ) -> tuple[float, float, list[float]]:
-        """(accuracy, mean cross-entropy, accuracy per class) of the assembled model on (x, y), in eval
+        """(accuracy, mean loss, accuracy per class) of the assembled model on (x, y), in eval
         mode, ``batch`` samples per forward (0: as many as fit: all on CUDA, halved on out-of-memory)."""
         self._mode(False)
         size = batch or (len(x) if x.is_cuda else _CHUNK)
@@ -64,7 +71,10 @@ class SplitModel:
         for i in range(0, len(x), size):
             xb, yb = x[i : i + size], y[i : i + size]
             logits = self._forward((w_c, w_s), xb)
-            loss += F.cross_entropy(logits, yb, reduction="sum").double()
+            if self.loss is F.cross_entropy:  # the sum in one kernel, as before user losses existed
+                loss += F.cross_entropy(logits, yb, reduction="sum").double()
+            else:
+                loss += self.loss(logits, yb).double() * len(yb)
             correct += torch.bincount(yb[logits.argmax(1) == yb], minlength=classes)
         per_class = (correct / torch.bincount(y, minlength=classes).clamp(min=1)).tolist()
         return int(correct.sum()) / len(x), float(loss) / len(x), per_class
@@ -85,7 +95,7 @@ class SplitModel:
                 [p.detach().requires_grad_() for p in layout.param_views(s.params)]
                 for (_, layout), s in zip(self.halves, states, strict=True)
             )
-            loss = F.cross_entropy(self._forward(states, xb, leaves), yb) * (len(yb) / len(x))
+            loss = self.loss(self._forward(states, xb, leaves), yb) * (len(yb) / len(x))
             grads = torch.autograd.grad(loss, leaves[0] + leaves[1])
             total[0] += _flat(grads[: len(leaves[0])], total[0])
             total[1] += _flat(grads[len(leaves[0]) :], total[1])
@@ -111,15 +121,17 @@ def divergence(grads: list[torch.Tensor], weights: torch.Tensor) -> dict[str, fl
 
 
 def train_flops_per_sample(
-    client: nn.Module, server: nn.Module, in_shape: tuple[int, ...]
+    client: nn.Module, server: nn.Module, in_shape: tuple[int, ...], dtype: torch.dtype = torch.float32
 ) -> tuple[float, float]:
     """Training FLOPs per sample (forward + backward; convolutions and matrix products) of each side.
 
-    The client side back-propagates to its weights only; the server side also to its input, the
-    smashed data's gradient. Counted once on copies, on a batch of two (BatchNorm needs two samples).
+    ``in_shape`` is one sample's shape, any rank ((C, H, W) images, (d,) rows); ``dtype`` the inputs'
+    (integer for token ids). The client side back-propagates to its weights only; the server side also to
+    its input, the smashed data's gradient. Counted once on copies, on a batch of two (BatchNorm needs two
+    samples).
     """
     client, server = copy.deepcopy(client).cpu().train(), copy.deepcopy(server).cpu().train()
-    x = torch.zeros(2, *in_shape)
+    x = torch.zeros(2, *in_shape, dtype=dtype)
     with FlopCounterMode(display=False) as counter:
         z = client(x)
         z.sum().backward()

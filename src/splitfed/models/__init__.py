@@ -1,17 +1,28 @@
-"""Models with named cut points, created by name from a registry."""
+"""Models with named cut points: created by name from a registry, imported as ``pkg.module:builder``, or
+given to ``run()`` as Python objects (an ``nn.Sequential``, a ``CutModel`` or a builder)."""
 
+import copy
+import hashlib
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import SplitfedError
 from ..registry import Registry
 from ._cut import CutModel, split
 
-# A builder takes (num_classes, in_shape=(C, H, W), **model_args) and returns a CutModel or nn.Sequential.
+# A builder takes (num_classes, in_shape, **model_args) and returns a CutModel or nn.Sequential; in_shape
+# is one sample's shape: (C, H, W) for images, (d,) for tabular rows.
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+Builder = Callable[..., nn.Module]
+ModelLike = nn.Module | Builder  # what run(model=...) takes
+PYTHON_MODEL = "python:"  # config.model of a model given to run() as an object: python:<name>@<fingerprint>
 
 
 def register_model(name: str) -> Callable:
@@ -19,19 +30,143 @@ def register_model(name: str) -> Callable:
     return MODELS.register(name)
 
 
-def build_model(
-    name: str, num_classes: int, in_shape: tuple[int, int, int], model_args: dict[str, Any] | None = None
+def resolve_model(name: str) -> ModelLike:
+    """What config.model names: a registered builder, or the object at ``pkg.module:attr``."""
+    if name.startswith(PYTHON_MODEL):
+        raise SplitfedError(
+            f"model {name} was given to run() as a Python object; pass it again: run(config, model=...)"
+        )
+    if ":" in name:
+        return import_object(name)
+    if name not in MODELS:
+        raise SplitfedError(
+            f"unknown model {name!r}; choose one of: {', '.join(MODELS)}, "
+            "or name a builder as pkg.module:function"
+        )
+    return MODELS.get(name)
+
+
+def import_object(spec: str) -> Any:
+    """The object at ``pkg.module:attr`` (attr may be dotted), imported from the current directory or
+    PYTHONPATH; any way that fails is one SplitfedError."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SplitfedError(f"model {spec!r}: name a builder as pkg.module:function")
+    # `python -m splitfed` puts the current directory on the path; the installed `splitfed` script does not
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # the user's module: missing, or failing as it imports (any error, one line)
+        first = (str(e).splitlines() or [""])[0]
+        raise SplitfedError(
+            f"model {spec}: cannot import {module_name} ({type(e).__name__}: {first})"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SplitfedError(f"model {spec}: module {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, nn.Module) or callable(obj)):
+        raise SplitfedError(
+            f"model {spec} is a {type(obj).__name__}; it must be an nn.Sequential or a builder "
+            "(num_classes, in_shape) -> nn.Sequential"
+        )
+    return obj
+
+
+def make_model(
+    obj: ModelLike,
+    num_classes: int,
+    in_shape: tuple[int, ...],
+    model_args: dict[str, Any] | None = None,
+    name: str = "",
 ) -> CutModel:
-    builder = MODELS.get(name)
+    """A CutModel from a model object: a copy of a given module (its own weights), or what a builder
+    returns for (num_classes, in_shape, **model_args). ``name`` says which model in errors."""
+    name = name or describe(obj)
     model_args = dict(model_args or {})
-    params = inspect.signature(builder).parameters
-    accepted = list(params)[2:]
-    for key in model_args:
-        if key not in accepted:
+    if isinstance(obj, nn.Module):
+        if model_args:
+            raise SplitfedError(f"model {name} is a module, not a builder: model_args do not apply to it")
+        return _cut_model(copy.deepcopy(obj), name)  # the caller's module stays untouched (and on its device)
+    if not callable(obj):
+        raise SplitfedError(
+            f"model {name} is a {type(obj).__name__}; give an nn.Sequential, a CutModel or a builder "
+            "(num_classes, in_shape) -> nn.Sequential"
+        )
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # no signature to read (a builtin): the call itself will say
+        params = None
+    if params is not None:
+        try:
+            inspect.signature(obj).bind(num_classes, in_shape)
+        except TypeError:
+            signature = inspect.signature(obj)
             raise SplitfedError(
-                f"model {name} has no argument {key!r}; it accepts: {', '.join(accepted) or 'none'}"
-            )
-    return CutModel.from_sequential(builder(num_classes, in_shape, **model_args))
+                f"model {name}: a builder must take (num_classes, in_shape); it takes {signature}"
+            ) from None
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        accepted = list(params)[2:]
+        for key in model_args:
+            if key not in accepted and not takes_any:
+                raise SplitfedError(
+                    f"model {name} has no argument {key!r}; it accepts: {', '.join(accepted) or 'none'}"
+                )
+    return _cut_model(obj(num_classes, in_shape, **model_args), name)
+
+
+def _cut_model(model: Any, name: str) -> CutModel:
+    # Only a Sequential's forward is the composition of its children, so only a Sequential can be cut
+    # between them; any other module's children would run without its own forward.
+    if not isinstance(model, nn.Sequential):
+        raise SplitfedError(
+            f"model {name} is a {type(model).__name__}; a model to split must be an nn.Sequential (cut "
+            "between its top-level children) or a CutModel"
+        )
+    return CutModel.from_sequential(model)
+
+
+def build_model(
+    name: str, num_classes: int, in_shape: tuple[int, ...], model_args: dict[str, Any] | None = None
+) -> CutModel:
+    """The model config.model names (registered, or ``pkg.module:builder``) for this data."""
+    return make_model(resolve_model(name), num_classes, in_shape, model_args, name)
+
+
+def describe(obj: ModelLike) -> str:
+    """A model object's name for messages."""
+    if isinstance(obj, nn.Module):
+        return type(obj).__name__
+    return getattr(obj, "__qualname__", None) or type(obj).__name__
+
+
+def import_name(obj: ModelLike) -> str | None:
+    """``pkg.module:name`` if the builder ``obj`` can be imported by that name (not from __main__)."""
+    if isinstance(obj, nn.Module):
+        return None
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    spec = f"{module}:{qualname}"
+    try:
+        return spec if import_object(spec) is obj else None
+    except SplitfedError:
+        return None
+
+
+def model_label(obj: ModelLike, built: nn.Module) -> str:
+    """What config.toml records for a model given as an object: ``pkg.module:name`` for a builder that
+    can be imported by that name (the CLI can then rebuild it), else ``python:<name>@<fingerprint>`` of
+    the built model's architecture and initial weights (a resumed run refuses another model)."""
+    spec = import_name(obj)
+    if spec is not None:
+        return spec
+    h = hashlib.blake2b(repr(built).encode(), digest_size=4)
+    for key, t in built.state_dict().items():
+        h.update(f"{key}{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return f"{PYTHON_MODEL}{describe(obj)}@{h.hexdigest()}"
 
 
 def num_params(module: nn.Module) -> int:
@@ -40,4 +175,16 @@ def num_params(module: nn.Module) -> int:
 
 from . import cnn, resnet, vit  # noqa: E402,F401  (fill the registry)
 
-__all__ = ["MODELS", "CutModel", "build_model", "num_params", "register_model", "split"]
+__all__ = [
+    "MODELS",
+    "CutModel",
+    "ModelLike",
+    "build_model",
+    "import_name",
+    "make_model",
+    "model_label",
+    "num_params",
+    "register_model",
+    "resolve_model",
+    "split",
+]
