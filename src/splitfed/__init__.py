@@ -2,8 +2,8 @@
 
 from splitfed import Config, run
 result = run(Config(dataset="digits", algorithm=("minibatch_sfl", "fedavg"), rounds=5))
-accuracy = {r["algorithm"]: r["test_accuracy"] for r in result.history}  # each algorithm's last round
-accuracy["minibatch_sfl"], result.models["minibatch_sfl"]
+result.final_accuracy["minibatch_sfl"], result.models["minibatch_sfl"]
+# your own model and data: run(config, model=nn.Sequential(...), data=(x, y)); see docs/api.md
 
 The public names are imported on first use (PEP 562), so ``import splitfed`` (and ``splitfed --help``)
 does not import torch.
@@ -28,6 +28,8 @@ _LAZY = {
     "split": ".models",
     "RunResult": ".runner",
     "run": ".runner",
+    "export_model": ".export",
+    "load_model": ".export",
 }
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "CutModel",
     "RunResult",
     "SplitfedError",
+    "export_model",
+    "load_model",
     "register_model",
     "run",
     "split",
@@ -50,6 +54,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .config import Config
     from .data import DATASETS, PARTITIONS
     from .errors import SplitfedError
+    from .export import export_model, load_model
     from .models import MODELS, CutModel, register_model, split
     from .runner import RunResult, run
 

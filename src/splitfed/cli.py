@@ -1,4 +1,4 @@
-"""The ``splitfed`` command: ``run`` an experiment, ``list`` what is registered."""
+"""The ``splitfed`` command: ``run`` an experiment, ``export`` its models, ``list`` what is registered."""
 
 import argparse
 import dataclasses
@@ -143,7 +143,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return spawn_ranks(config, sys.argv[1:] if args.argv is None else args.argv)
     from .runner import run
 
-    run(config)
+    run(config, progress=False)  # main() has pointed the "splitfed" logger at stdout already
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    export_model(args.run_dir, args.out, args.algorithm, round=args.round)
     return 0
 
 
@@ -218,6 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=1, metavar="INT", help="runs side by side (processes)"
     )
     p_sweep.set_defaults(func=_cmd_sweep)
+    p_export = sub.add_parser(
+        "export",
+        help="save a run's model as a plain PyTorch state_dict (for a model built the same way)",
+    )
+    p_export.add_argument("run_dir", metavar="RUN", help="the run directory")
+    p_export.add_argument(
+        "--algorithm", metavar="NAME", help="whose model (default: the run's only algorithm)"
+    )
+    p_export.add_argument("--out", required=True, metavar="FILE", help="where to write the state_dict")
+    p_export.add_argument(
+        "--round",
+        type=int,
+        metavar="INT",
+        help="the model after this round, saved by model_every (default: the last round checkpointed)",
+    )
+    p_export.set_defaults(func=_cmd_export)
     p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
     p_report.add_argument("sweep_dir")
     p_report.add_argument(

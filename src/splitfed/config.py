@@ -52,9 +52,13 @@ class Config:
 
     # what to run
     algorithm: tuple[str, ...] = _f(ALL_ALGORITHMS, "algorithms to run, in order (comma-separated)")
-    dataset: str = _f("digits", "data set")
+    dataset: str = _f("digits", "data set, or PATH.pt: a torch.save'd dict of tensors (docs/api.md)")
     data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)", metavar="DIR")
-    model: str | None = _f(None, "model name; default: the data set's (digits_cnn, cnn4, resnet18)")
+    model: str | None = _f(
+        None,
+        "model name, or pkg.module:builder (imported from the current directory or PYTHONPATH); "
+        "default: the data set's (digits_cnn, cnn4, resnet18)",
+    )
     model_args: dict = _f(  # noqa: RUF009 (_f builds a default_factory)
         {}, "extra model arguments, e.g. norm=group width=16", flag="model-arg"
     )
@@ -119,6 +123,11 @@ class Config:
         "launch with torchrun). Results repeat bit for bit at equal processes and threads",
     )
     out: str | None = _f(None, "run directory; default: runs/<date>-<time>", metavar="DIR")
+    model_every: int = _f(
+        0,
+        "also save each algorithm's model every K rounds, as models/<algorithm>/round-<R>.pt (0: only the "
+        "final models/<algorithm>.pt); each file is the model's size",
+    )
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
@@ -295,6 +304,7 @@ def _validate(c: Config) -> None:
         f"weight_decay must be >= 0, got {c.weight_decay}",
     )
     need(c.divergence_every >= 0, f"divergence_every must be >= 0, got {c.divergence_every}")
+    need(c.model_every >= 0, f"model_every must be >= 0 (0: final models only), got {c.model_every}")
     need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0 (0: automatic), got {c.eval_batch_size}")
     p = c.non_iid_ratio
     need(p is None or 0.0 <= p <= 1.0, f"non_iid_ratio must be in [0, 1], got {p}")

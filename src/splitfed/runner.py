@@ -1,15 +1,23 @@
-"""``run(Config)``: check everything, then train each algorithm on the same setup and write the run dir.
+"""``run(config, model=, data=, loss=, on_round=, progress=)``: check everything, then train each
+algorithm on the same setup and write the run directory.
 
-A run directory holds: config.toml (resolved), partition.csv/.txt, checkpoints/<algorithm>.pt (every
-round), metrics.jsonl (one object per round per algorithm), and, once every algorithm has finished,
-summary.csv, accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--resume`` it.
+A run directory holds: config.toml (resolved), data.json (the inputs' shape and classes), partition.csv/
+.txt, checkpoints/<algorithm>.pt (every round), metrics.jsonl (one object per round per algorithm),
+models/<algorithm>.pt (each final model's state_dict; per round too with model_every), tensorboard/
+<algorithm>/ (when tensorboard is installed), and, once every algorithm has finished, summary.csv,
+accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--resume`` it.
 """
 
+import contextlib
 import csv
 import datetime
+import functools
+import importlib.util
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +30,52 @@ from .algorithms import ALGORITHMS, create
 from .config import Config
 from .data import class_histogram, format_histogram
 from .engine.checkpoint import load_checkpoint
+from .engine.metrics import LossFn
+from .engine.side import State
 from .errors import SplitfedError
 from .executors import train
 from .executors.distributed import check_distributable, join, launched, leave, share
+from .export import save_state_dict
+from .models import ModelLike
 from .report import format_table, plot_run, summarize, write_summary_csv
 from .setup import Setup, prepare
 
 log = logging.getLogger("splitfed")
 
 # Fields a resumed run may change: they do not alter what has been computed so far.
-RESUMABLE_CHANGES = {"rounds", "device", "out", "resume"}
+RESUMABLE_CHANGES = {"rounds", "device", "out", "resume", "model_every"}
 
 
 @dataclass
 class RunResult:
-    """What ``run`` returns: every round's metrics, the final model of each algorithm, the summary."""
+    """What ``run`` returns: every round's metrics, the final model of each algorithm, the summary.
+
+    ``history`` holds every algorithm's rounds one algorithm after another; ``by_algorithm`` and
+    ``final_accuracy`` index them by algorithm.
+    """
 
     config: Config
     out_dir: Path
     history: list[dict[str, Any]]
     models: dict[str, nn.Module]
     summary: list[dict[str, Any]]
+
+    @property
+    def by_algorithm(self) -> dict[str, list[dict[str, Any]]]:
+        """Each algorithm's round records, in round order."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for record in self.history:
+            out.setdefault(record["algorithm"], []).append(record)
+        return out
+
+    @property
+    def final_accuracy(self) -> dict[str, float]:
+        """Each algorithm's test accuracy at its last round (always evaluated, whatever eval_every)."""
+        return {
+            name: next(r["test_accuracy"] for r in reversed(records) if "test_accuracy" in r)
+            for name, records in self.by_algorithm.items()
+            if any("test_accuracy" in r for r in records)
+        }
 
 
 def check_algorithms(cfg: Config) -> None:
@@ -95,10 +128,30 @@ class RunDir:
     def checkpoint(self, algorithm: str) -> Path:
         return self.path / "checkpoints" / f"{algorithm}.pt"
 
+    def model_file(self, algorithm: str, rnd: int | None = None) -> Path:
+        """models/<algorithm>.pt (the final model), or models/<algorithm>/round-<R>.pt."""
+        models = self.path / "models"
+        return models / f"{algorithm}.pt" if rnd is None else models / algorithm / f"round-{rnd}.pt"
+
+    def save_model(self, algorithm: str, model: nn.Module, rnd: int | None = None) -> Path:
+        """The assembled model's state_dict on the CPU, as plain ``torch.save(model.state_dict())``:
+        ``model.load_state_dict(torch.load(path))`` restores it into a model built the same way."""
+        return save_state_dict(model, self.model_file(algorithm, rnd))
+
     def start(self, setup: Setup, histogram: torch.Tensor) -> None:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
         write_atomic(self.path / "config.toml", self.cfg.to_toml())
+        # What rebuilding the model needs besides config.toml (splitfed export), without the data.
+        data = setup.data
+        info = {
+            "in_shape": list(data.in_shape),
+            "num_classes": data.num_classes,
+            "input_dtype": str(data.train_x.dtype).removeprefix("torch."),
+            "train_samples": len(data.train_y),
+            "test_samples": len(data.test_y),
+        }
+        write_atomic(self.path / "data.json", json.dumps(info) + "\n")
         with (self.path / "partition.csv").open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])
@@ -145,6 +198,85 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+class TensorBoard:
+    """One scalar per numeric metric per round (dicts as ``bytes/smashed``; per-client and per-class
+    lists stay in metrics.jsonl), under RUN/tensorboard/<algorithm>/, when the tensorboard package is
+    installed (``pip install 'splitfed[tensorboard]'``); nothing otherwise."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writers: dict[str, Any] = {}
+        self.enabled = importlib.util.find_spec("tensorboard") is not None
+
+    def add(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        name = record["algorithm"]
+        if name not in self.writers:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # installed but broken (e.g. a protobuf it cannot use): say so, go on
+                log.warning(f"tensorboard is installed but cannot be imported ({e}); no TensorBoard scalars")
+                self.enabled = False
+                return
+            self.writers[name] = SummaryWriter(log_dir=str(self.path / name))
+        writer = self.writers[name]
+        for key, value in scalars(record):
+            writer.add_scalar(key, value, record["round"])
+        writer.flush()  # rounds take seconds: a TensorBoard open beside the run sees each as it ends
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        self.writers.clear()
+
+
+def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
+    """A round record's numeric metrics as (tag, value); a dict of numbers gives ``key/entry`` tags."""
+    for key, value in record.items():
+        if key in ("algorithm", "round"):
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    yield f"{key}/{sub}", float(v)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield key, float(value)
+
+
+def interactive() -> bool:
+    """Whether a person is likely watching: stdout is a terminal, or this runs in a Jupyter kernel."""
+    if sys.stdout is not None and sys.stdout.isatty():
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+@contextlib.contextmanager
+def printing(progress: bool | None) -> Iterator[None]:
+    """While a ``run`` lasts: with ``progress`` on (None: ``interactive()``), the "splitfed" logger's
+    INFO lines (setup, a line per round, the table) reach stdout, through the logging configuration if
+    there is one, else a handler of its own; off, logging is left as configured (by default: silent)."""
+    if not (interactive() if progress is None else progress):
+        yield
+        return
+    handler = None
+    if not log.hasHandlers():
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    level = log.level
+    if not log.isEnabledFor(logging.INFO):
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        if handler is not None:
+            log.removeHandler(handler)
+
+
 class Progress:
     """One line per round with accuracy and an ETA for the whole run."""
 
@@ -179,8 +311,38 @@ def _clock(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
-def run(config: Config) -> RunResult:
-    """Run every algorithm of ``config`` on one shared setup; see the module docstring for outputs."""
+def run(
+    config: Config | None = None,
+    *,
+    model: ModelLike | None = None,
+    data: Any = None,
+    loss: LossFn | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool | None = None,
+) -> RunResult:
+    """Run every algorithm of ``config`` (default: ``Config()``) on one shared setup; see the module
+    docstring for the files it writes, and docs/api.md for each argument.
+
+    ``model``: an ``nn.Sequential`` (cut at config.cut_layer between its top-level children; trained
+    from its own weights), a ``CutModel``, or a builder ``(num_classes, in_shape) -> nn.Sequential``
+    (built under the init seed). ``data``: ``(x_train, y_train[, x_test, y_test])`` tensors, a dict of
+    them, or torch Datasets ``train`` / ``(train, test)``, read once into tensors; without a test set a
+    fixed 20% of each class is held out. ``loss(output, target)``: the batch's mean loss (default
+    cross-entropy). ``on_round(record)``: called with each round's record as it is written to
+    metrics.jsonl. ``progress``: print the run's progress to stdout (default: when stdout is a terminal
+    or in a notebook).
+    """
+    with printing(progress):
+        return _run(config or Config(), model, data, loss, on_round)
+
+
+def _run(
+    config: Config,
+    model: ModelLike | None,
+    data: Any,
+    loss: LossFn | None,
+    user_on_round: Callable[[dict[str, Any]], None] | None,
+) -> RunResult:
     if (
         config.resume
         and config.threads is None
@@ -190,7 +352,13 @@ def run(config: Config) -> RunResult:
         # continue with the thread count the run started with, so that it repeats bit for bit
         config = config.replace(threads=Config.from_toml(Path(config.out) / "config.toml").threads)
     check_algorithms(config)
-    preflight(config)  # what this machine can hold, before anything is loaded or written
+    # what this machine can hold, before anything is loaded or written (objects are checked by prepare)
+    preflight(
+        config.replace(
+            model="python:" if model is not None else config.model,
+            dataset="python:" if data is not None else config.dataset,
+        )
+    )
     group = None
     if launched():  # one rank of a torch.distributed job: the clients are shared among the ranks
         config = config.replace(processes=int(os.environ["WORLD_SIZE"]))
@@ -201,7 +369,7 @@ def run(config: Config) -> RunResult:
             f"processes = {config.processes}: start the ranks with `splitfed run --processes "
             f"{config.processes} ...` or torchrun --nproc-per-node {config.processes} -m splitfed run ..."
         )
-    setup = prepare(config)
+    setup = prepare(config, model, data, loss)
     if launched():
         group = join(setup.device)
     cfg = setup.cfg
@@ -230,17 +398,32 @@ def run(config: Config) -> RunResult:
     progress = Progress(cfg)
     history: list[dict[str, Any]] = []
     models: dict[str, nn.Module] = {}
-    for name in cfg.algorithm:
+    tensorboard = TensorBoard(run_dir.path / "tensorboard") if run_dir is not None else None
 
-        def on_round(record: dict[str, Any]) -> None:
-            assert run_dir is not None
-            run_dir.append_metrics(record)
-            progress(record)
+    def on_round(record: dict[str, Any]) -> None:
+        assert run_dir is not None and tensorboard is not None
+        run_dir.append_metrics(record)
+        tensorboard.add(record)
+        progress(record)
+        if user_on_round is not None:
+            user_on_round(record)
 
-        checkpoint = run_dir.checkpoint(name) if run_dir is not None else None
-        executor, algo_history, _ = train(name, setup, checkpoint, on_round, group)
-        history += algo_history
-        models[name] = setup.assemble(executor.w_c, executor.w_s)
+    def on_weights(name: str, rnd: int, w_c: State, w_s: State) -> None:
+        if run_dir is not None and cfg.model_every and rnd % cfg.model_every == 0:
+            run_dir.save_model(name, setup.assemble(w_c, w_s), rnd)
+
+    try:
+        for name in cfg.algorithm:
+            checkpoint = run_dir.checkpoint(name) if run_dir is not None else None
+            save = functools.partial(on_weights, name) if leader else None
+            executor, algo_history, _ = train(name, setup, checkpoint, on_round, group, save)
+            history += algo_history
+            models[name] = setup.assemble(executor.w_c, executor.w_s)
+            if run_dir is not None:
+                run_dir.save_model(name, models[name])
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
     if run_dir is None:  # another rank: rank 0 writes the results
         assert group is not None
         leave(group)

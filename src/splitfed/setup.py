@@ -2,28 +2,49 @@
 
 ``prepare(cfg)`` checks the config against the data and the model and builds the ``Setup`` that the
 in-process executors, the distributed executor and each networked role share, so all of them train from
-the same partition, initial weights and sample streams. It touches no files.
+the same partition, initial weights and sample streams. It touches no files. The Python API may hand it
+the user's own model, data and loss as objects (``prepare(cfg, model=..., data=..., loss=...)``).
 """
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._limits import check_batches, check_model
 from ._rng import derive_seed, generator
 from .config import PARTITION_OPTIONS, Config
 from .data import DATASETS, PARTITIONS, ClientStreams, Dataset, make_partition
-from .data.datasets import SYNTHETIC_SAMPLES, SYNTHETIC_SHAPE
+from .data.datasets import (
+    PYTHON_DATA,
+    SYNTHETIC_SAMPLES,
+    SYNTHETIC_SHAPE,
+    is_data_file,
+    load_data_file,
+    user_data,
+)
 from .engine.context import Context
 from .engine.link import Link
-from .engine.metrics import SplitModel, measure_divergence, train_flops_per_sample
+from .engine.metrics import LossFn, SplitModel, measure_divergence, train_flops_per_sample
 from .engine.side import Layout, State
 from .errors import SplitfedError
-from .models import MODELS, build_model, split
+from .models import (
+    MODELS,
+    PYTHON_MODEL,
+    CutModel,
+    ModelLike,
+    describe,
+    import_name,
+    make_model,
+    model_label,
+    resolve_model,
+    split,
+)
 
 DEFAULT_MODEL = {"digits": "digits_cnn", "fmnist": "cnn4", "cifar10": "resnet18", "synthetic": "cnn4"}
 
@@ -42,6 +63,9 @@ class Setup:
     init_s: State
     flops_per_sample: tuple[float, float]  # training FLOPs per sample: client side, server side
     divergence_idx: list[torch.Tensor]  # the fixed per-client samples for divergence
+    # loss(output, target) -> the batch's mean loss: what every side trains on, evaluation reports and
+    # divergence differentiates (a user's, from run(loss=...); cross-entropy by default)
+    loss: LossFn = F.cross_entropy
 
     @property
     def device(self) -> torch.device:
@@ -97,6 +121,10 @@ class Setup:
             Link(len(self.parts), self.cfg.wire_dtype),
         )
 
+    def split_model(self) -> SplitModel:
+        """The two halves run functionally, for evaluation and divergence, with the run's loss."""
+        return SplitModel(self.client_module, self.server_module, self.loss)
+
     def divergence(self, split: SplitModel, w_c: State, w_s: State) -> dict[str, float]:
         """Client-side and server-side gradient divergence at (w_c, w_s) on the fixed subsamples."""
         x, y = self.data.train_x, self.data.train_y
@@ -104,15 +132,21 @@ class Setup:
 
     def assemble(self, w_c: State, w_s: State) -> nn.Module:
         """The full model (a CutModel) holding the given client-side and server-side states."""
-        model = copy.deepcopy(self.model).to(w_c.params.device)
-        for half, state in zip(split(model, self.cfg.cut_layer), (w_c, w_s), strict=True):
-            layout = Layout(half)
-            with torch.no_grad():
-                for p, v in zip(half.parameters(), layout.param_views(state.params), strict=True):
-                    p.copy_(v)
-                for b, v in zip(half.buffers(), layout.buffer_dict(state.buffers).values(), strict=True):
-                    b.copy_(v.to(b.dtype))
-        return model
+        assert self.cfg.cut_layer is not None  # resolved by prepare
+        return assemble(copy.deepcopy(self.model).to(w_c.params.device), self.cfg.cut_layer, w_c, w_s)
+
+
+def assemble(model: nn.Module, cut_layer: int, w_c: State, w_s: State) -> nn.Module:
+    """``model`` (a CutModel built like the run's) with the given client-side and server-side states
+    copied into its halves; returned for chaining."""
+    for half, state in zip(split(model, cut_layer), (w_c, w_s), strict=True):
+        layout = Layout(half)
+        with torch.no_grad():
+            for p, v in zip(half.parameters(), layout.param_views(state.params), strict=True):
+                p.copy_(v)
+            for b, v in zip(half.buffers(), layout.buffer_dict(state.buffers).values(), strict=True):
+                b.copy_(v.to(b.dtype))
+    return model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -124,6 +158,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(cfg: Config) -> Dataset:
+    """The data set config.dataset names: a registered one, or a ``PATH.pt`` file of tensors."""
+    if cfg.dataset.startswith(PYTHON_DATA):
+        raise SplitfedError(
+            f"dataset {cfg.dataset} was given to run() as Python data; pass it again: run(config, data=...)"
+        )
+    if is_data_file(cfg.dataset):
+        return load_data_file(cfg.dataset)
     loader = DATASETS.get(cfg.dataset)
     if cfg.dataset == "synthetic":
         return loader(
@@ -134,34 +175,53 @@ def load_data(cfg: Config) -> Dataset:
     return loader(cfg.data_dir)
 
 
-def prepare(cfg: Config) -> Setup:
-    """Validate the whole config against data and model, and build the shared setup. Touches no files."""
-    DATASETS.get(cfg.dataset)
+def prepare(
+    cfg: Config,
+    model: ModelLike | None = None,
+    data: Any = None,
+    loss: LossFn | None = None,
+) -> Setup:
+    """Validate the whole config against data and model, and build the shared setup. Touches no files.
+
+    ``model`` (an nn.Sequential, a CutModel or a builder) and ``data`` (see ``data.datasets.user_data``)
+    replace config.model and config.dataset, which then record what was given (``check_user_objects``);
+    ``loss`` replaces cross-entropy.
+    """
+    check_user_objects(cfg, model, data)
+    if data is None and not is_data_file(cfg.dataset) and not cfg.dataset.startswith(PYTHON_DATA):
+        DATASETS.get(cfg.dataset)
     PARTITIONS.get(cfg.partition)
-    model_name = cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4")
-    MODELS.get(model_name)
+    if model is None:
+        model_name = cfg.model or DEFAULT_MODEL.get(cfg.dataset, "cnn4")
+        builder = resolve_model(model_name)
+    else:
+        model_name, builder = describe(model), model
     device = resolve_device(cfg.device)
     # CPU kernels sum in an order that depends on the thread count: it is part of what a run repeats.
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    data = load_data(cfg)
+    data_set = load_data(cfg) if data is None else user_data(data)
+    if data is not None:  # config.toml records the data's fingerprint: a resumed run refuses other data
+        cfg = cfg.replace(dataset=data_set.name)
     if cfg.validation_samples:
-        data = data.hold_out(cfg.validation_samples)
+        data_set = data_set.hold_out(cfg.validation_samples)
 
-    check_model(model_name, data.num_classes, data.in_shape, cfg.model_args)  # fits in memory, or one line
-    # The initial model: its own seed, and the global RNG left as it was.
+    if model is None and model_name in MODELS:  # a registered model fits in memory, or one line
+        check_model(model_name, data_set.num_classes, data_set.in_shape, cfg.model_args)
+    # The initial model: its own seed, and the global RNG left as it was. A module given as an object
+    # keeps its own weights; the seed is for builders.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed_for("init"), "init"))
-        model = build_model(model_name, data.num_classes, data.in_shape, cfg.model_args)
-    cut_layer = cfg.cut_layer if cfg.cut_layer is not None else model.middle_cut
-    model.check_cut(cut_layer)
-    try:
-        with torch.no_grad():
-            model.eval()(data.train_x[:2])
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise SplitfedError(  # noqa: B904 (the cause is in the message; no traceback for a user mistake)
-            f"model {model_name} cannot take {cfg.dataset} inputs {list(data.in_shape)}: {first}"
+        built = build(builder, model_name, data_set.num_classes, data_set.in_shape, cfg.model_args)
+    if model is not None:
+        model_name = model_label(model, built)
+    cut_layer = cfg.cut_layer if cfg.cut_layer is not None else built.middle_cut
+    built.check_cut(cut_layer)
+    _check_forward(built, model_name, cfg.dataset, data_set, loss)
+    if loss is not None and "loss" not in {f.name for f in dataclasses.fields(Context)}:
+        # the engine's sides train on cross-entropy until the Context carries a loss (engine/context.py)
+        raise SplitfedError(
+            "loss=: this version trains on cross-entropy only; a custom loss is not supported yet"
         )
 
     changes: dict[str, Any] = {
@@ -178,14 +238,22 @@ def prepare(cfg: Config) -> Setup:
     cfg = cfg.replace(**changes)
 
     parts = make_partition(
-        cfg.partition, data.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
+        cfg.partition, data_set.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
     )
     check_batches(cfg.batch_size, cfg.batch_alloc, [len(p) for p in parts])
-    client_module, server_module = split(model, cut_layer)
+    client_module, server_module = split(built, cut_layer)
+    for side, half in (("client", client_module), ("server", server_module)):
+        if not any(True for _ in half.parameters()):  # nothing to train there: the split is not a split
+            blocks = ", ".join(type(m).__name__ for m in half)
+            raise SplitfedError(
+                f"cut_layer {cut_layer} leaves model {model_name}'s {side} side without parameters "
+                f"({blocks}); choose a cut with trainable layers on both sides (cuts: "
+                f"{', '.join(map(str, built.cut_points))})"
+            )
     momentum = cfg.momentum > 0
     init_c = Layout(client_module).state_of(client_module, momentum, device)
     init_s = Layout(server_module).state_of(server_module, momentum, device)
-    flops = train_flops_per_sample(client_module, server_module, data.in_shape)
+    flops = train_flops_per_sample(client_module, server_module, data_set.in_shape, data_set.train_x.dtype)
     client_module.to(device)
     server_module.to(device)
     div_idx = []
@@ -194,5 +262,85 @@ def prepare(cfg: Config) -> Setup:
         div_idx.append(p[order[: cfg.divergence_samples]].to(device))
     parts = [p.to(device) for p in parts]
     return Setup(
-        cfg, data.to(device), parts, model, client_module, server_module, init_c, init_s, flops, div_idx
+        cfg,
+        data_set.to(device),
+        parts,
+        built,
+        client_module,
+        server_module,
+        init_c,
+        init_s,
+        flops,
+        div_idx,
+        F.cross_entropy if loss is None else loss,
     )
+
+
+def check_user_objects(cfg: Config, model: ModelLike | None, data: Any) -> None:
+    """Refuse a model or data given both in the config and as an object: which would be meant?
+
+    Beside an object, config.model / config.dataset may be unset (for the dataset: its default) or record
+    an earlier run's object, as a resumed run's config.toml does (a ``python:`` label, or the builder's
+    own ``pkg.module:name``); prepare records this object's in their place, and a resumed run compares.
+    """
+    recorded = cfg.model is None or cfg.model.startswith(PYTHON_MODEL)
+    if model is not None and not recorded and import_name(model) != cfg.model:
+        raise SplitfedError(
+            f"a model is given twice: config.model = {cfg.model!r} and run(model=...); give one"
+        )
+    if data is not None and cfg.dataset != Config().dataset and not cfg.dataset.startswith(PYTHON_DATA):
+        raise SplitfedError(
+            f"data are given twice: config.dataset = {cfg.dataset!r} and run(data=...); give one"
+        )
+
+
+def build(
+    builder: ModelLike, name: str, num_classes: int, in_shape: tuple[int, ...], model_args: dict[str, Any]
+) -> CutModel:
+    """The model for this data; a builder that fails on them is one line (registered ones were checked
+    on the meta device already, so this is in practice a user's builder)."""
+    try:
+        return make_model(builder, num_classes, in_shape, model_args, name)
+    except SplitfedError:
+        raise
+    except (TypeError, ValueError, RuntimeError, ZeroDivisionError, IndexError) as e:
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SplitfedError(  # noqa: B904 (the cause is in the message; no traceback for a user mistake)
+            f"model {name} cannot be built for inputs {list(in_shape)}: {first}"
+        )
+
+
+def _check_forward(model: nn.Module, name: str, dataset: str, data: Dataset, loss: LossFn | None) -> None:
+    """Two training samples through the model (and the loss): the shapes fit, or one line says why."""
+    x, y = data.train_x[:2], data.train_y[:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kind = "" if x.dtype == torch.float32 else f" of {x.dtype}"  # integer inputs: say so
+        raise SplitfedError(  # noqa: B904 (the cause is in the message; no traceback for a user mistake)
+            f"model {name} cannot take {dataset} inputs {list(data.in_shape)}{kind}: {first}"
+        )
+    if not isinstance(out, torch.Tensor) or out.shape != (len(x), data.num_classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SplitfedError(
+            f"model {name} outputs {got} for {len(x)} samples; it must output [{len(x)}, "
+            f"{data.num_classes}], one score per class"
+        )
+    if loss is None:
+        return
+    if not callable(loss):
+        raise SplitfedError(f"loss must be a function loss(output, target); got {type(loss).__name__}")
+    try:
+        value = loss(out, y)
+    except Exception as e:  # the user's function, on a valid output and labels: any error, one line
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise SplitfedError(
+            f"loss fails on the model's output and labels ({type(e).__name__}: {first})"
+        ) from None
+    if not (isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point()):
+        got = f"shape {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise SplitfedError(
+            f"loss must return the batch's mean loss as a scalar float tensor; it returned {got}"
+        )

@@ -14,7 +14,6 @@ import torch
 from ..algorithms import create
 from ..engine.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from ..engine.context import Context
-from ..engine.metrics import SplitModel
 from ..engine.side import State
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
@@ -27,11 +26,14 @@ def train(
     checkpoint: Path | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     group: Group | None = None,
+    on_weights: Callable[[int, State, State], None] | None = None,
 ) -> tuple[LocalExecutor, list[dict[str, Any]], Context]:
     """Train algorithm ``name`` for cfg.rounds rounds, resuming from ``checkpoint`` if it exists.
 
     With a ``group`` (a torch.distributed job) every rank trains its clients; rank 0 alone reads and
     writes the checkpoint, evaluates, and reports rounds (the others return an empty history).
+    ``on_weights(round, w_c, w_s)`` sees each round's model before its checkpoint is written (so a kill
+    between the two repeats the round, and the call, rather than skip it).
     """
     cfg = setup.cfg
     ctx = setup.context()
@@ -43,7 +45,7 @@ def train(
         batched = cfg.execution == "batched" or (cfg.execution == "auto" and setup.device.type == "cuda")
         executor = DistributedExecutor(algo, ctx, group, batched, rounds)
     leader = group is None or group.leader
-    split = SplitModel(setup.client_module, setup.server_module)
+    split = setup.split_model()
     device = setup.device
     history: list[dict[str, Any]] = []
     saved = load_checkpoint(checkpoint) if leader and checkpoint is not None and checkpoint.exists() else None
@@ -106,6 +108,8 @@ def train(
             "wall_time_s": elapsed,
         }
         history.append(record)
+        if on_weights is not None:
+            on_weights(rnd, executor.w_c, executor.w_s)
         if checkpoint is not None:
             save_checkpoint(
                 checkpoint,
