@@ -91,6 +91,9 @@ class Config:
         5, "measure gradient divergence every K rounds, from round 1 (0: never); it costs a gradient pass"
     )
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
+    divergence_clients: int | None = _f(
+        None, "clients the divergence is measured over: a fixed random draw of this many; default all"
+    )
     eval_every: int = _f(1, "evaluate on the test set every K rounds (the last round always)")
     eval_batch_size: int = _f(
         0, "samples per evaluation forward; 0: as many as fit (CUDA: all, halved on out-of-memory; CPU: 1000)"
@@ -280,7 +283,14 @@ def _validate(c: Config) -> None:
     )
     for name in positive:
         need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
-    for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
+    for name in (
+        "clients_per_round",
+        "divergence_clients",
+        "local_iters",
+        "shards_per_client",
+        "synthetic_samples",
+        "threads",
+    ):
         v = getattr(c, name)
         need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
     if c.threads is not None:

@@ -41,7 +41,7 @@ class Setup:
     init_c: State
     init_s: State
     flops_per_sample: tuple[float, float]  # training FLOPs per sample: client side, server side
-    divergence_idx: list[torch.Tensor]  # the fixed per-client samples for divergence
+    divergence_idx: dict[int, torch.Tensor]  # client -> its fixed samples for divergence (some clients)
 
     @property
     def device(self) -> torch.device:
@@ -100,7 +100,9 @@ class Setup:
     def divergence(self, split: SplitModel, w_c: State, w_s: State) -> dict[str, float]:
         """Client-side and server-side gradient divergence at (w_c, w_s) on the fixed subsamples."""
         x, y = self.data.train_x, self.data.train_y
-        return measure_divergence(split, x, y, self.divergence_idx, self.data_sizes, w_c, w_s)
+        clients = list(self.divergence_idx)
+        sizes = [self.data_sizes[n] for n in clients]
+        return measure_divergence(split, x, y, list(self.divergence_idx.values()), sizes, w_c, w_s)
 
     def assemble(self, w_c: State, w_s: State) -> nn.Module:
         """The full model (a CutModel) holding the given client-side and server-side states."""
@@ -188,10 +190,18 @@ def prepare(cfg: Config) -> Setup:
     flops = train_flops_per_sample(client_module, server_module, data.in_shape)
     client_module.to(device)
     server_module.to(device)
-    div_idx = []
-    for n, p in enumerate(parts):
+    # The divergence's clients (all, or a fixed draw: thousands of clients) and their fixed samples.
+    chosen = range(cfg.clients)
+    if cfg.divergence_clients is not None and cfg.divergence_clients < cfg.clients:
+        draw = torch.randperm(
+            cfg.clients, generator=generator(cfg.seed_for("sampling"), "divergence-clients")
+        )
+        chosen = sorted(draw[: cfg.divergence_clients].tolist())
+    div_idx = {}
+    for n in chosen:
+        p = parts[n]
         order = torch.randperm(len(p), generator=generator(cfg.seed_for("sampling"), "divergence", n))
-        div_idx.append(p[order[: cfg.divergence_samples]].to(device))
+        div_idx[n] = p[order[: cfg.divergence_samples]].to(device)
     parts = [p.to(device) for p in parts]
     return Setup(
         cfg, data.to(device), parts, model, client_module, server_module, init_c, init_s, flops, div_idx
