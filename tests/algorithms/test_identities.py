@@ -178,6 +178,29 @@ def reference_training(setup, rounds, make_opt, make_schedule=None, clip=None):
     return model
 
 
+def test_the_identity_holds_with_a_learning_rate_schedule():
+    # MiniBatch-SFL with τ = 1 is SGD on the union batch; with a schedule, SGD at torch's rate of each round.
+    cfg = small_config(
+        model=SMOOTH_MODEL,
+        local_iters=1,
+        rounds=3,
+        lr=0.1,
+        momentum=0.5,
+        lr_schedule="exponential",
+        lr_gamma=0.5,
+    )
+    setup, algo, _, _ = train_one(cfg, "minibatch_sfl")
+    ref = reference_training(
+        setup,
+        [[b] for b in union_batches(setup, 3)],
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.5),
+        lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.5),
+    )
+    assert_same_model(final_model(setup, algo), ref)
+    unscheduled = train_one(cfg.replace(lr_schedule="none", lr_gamma=None), "minibatch_sfl")[1]
+    assert_different_model(final_model(setup, unscheduled), ref)
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
 def test_sfl_v1_equals_fedavg_with_adam(optimizer):
     # Both average every per-client copy's weights and Adam state each round, so they stay equal.

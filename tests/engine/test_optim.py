@@ -411,3 +411,39 @@ def test_the_config_chooses_each_side_s_optimizer():
 def test_optimizer_knobs_that_cannot_apply_are_one_line_errors(fields, message):
     with pytest.raises(SplitfedError, match=message):
         Config(**fields)
+
+
+# --- on a GPU ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"optimizer": "sgd", "momentum": 0.9, "dampening": 0.1},
+        {"optimizer": "adamw", "weight_decay": 0.1},
+        {"optimizer": "adam", "precision": "bf16"},
+    ],
+    ids=["sgd", "adamw", "adam-bf16"],
+)
+def test_cuda_graphs_replay_each_round_s_rate_as_eager_steps_do(fields, caplog):
+    # Captured once, replayed every round: the rate (a tensor set per round) and the optimizer state must
+    # follow as in the eager run; a capture that fails falls back to eager with a warning, which fails here.
+    from ..algorithms.helpers import SMOOTH_MODEL, assert_same_model, final_model, train_one
+    from ..conftest import small_config
+
+    cfg = small_config(
+        device="cuda",
+        execution="batched",
+        model=SMOOTH_MODEL,
+        local_iters=4,
+        rounds=3,
+        lr_schedule="exponential",
+        lr_gamma=0.5,
+        clip_grad_norm=0.5,
+        divergence_every=0,
+        **fields,
+    )
+    for name in ("minibatch_sfl", "fedavg"):
+        setup, graphs, _, _ = train_one(cfg.replace(cuda_graphs=True), name)
+        _, eager, _, _ = train_one(cfg.replace(cuda_graphs=False), name)
+        assert_same_model(final_model(setup, graphs), final_model(setup, eager), atol=1e-5)
+    assert "capture failed" not in caplog.text
