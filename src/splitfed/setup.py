@@ -21,6 +21,7 @@ from .data.datasets import SYNTHETIC_SAMPLES, SYNTHETIC_SHAPE
 from .engine.context import Context
 from .engine.link import Link
 from .engine.metrics import SplitModel, measure_divergence, train_flops_per_sample
+from .engine.optim import side_optimizer
 from .engine.side import Layout, State
 from .errors import SplitfedError
 from .models import MODELS, build_model, split
@@ -184,9 +185,8 @@ def prepare(cfg: Config) -> Setup:
     )
     check_batches(cfg.batch_size, cfg.batch_alloc, [len(p) for p in parts])
     client_module, server_module = split(model, cut_layer)
-    momentum = cfg.momentum > 0
-    init_c = Layout(client_module).state_of(client_module, momentum, device)
-    init_s = Layout(server_module).state_of(server_module, momentum, device)
+    init_c = Layout(client_module).state_of(client_module, side_optimizer(cfg, "client"), device)
+    init_s = Layout(server_module).state_of(server_module, side_optimizer(cfg, "server"), device)
     flops = train_flops_per_sample(client_module, server_module, data.in_shape)
     client_module.to(device)
     server_module.to(device)
