@@ -2,7 +2,6 @@
 TensorBoard; the CLI's --model pkg.module:builder and --dataset PATH.pt; the examples of docs/api.md and
 the README, executed."""
 
-import dataclasses
 import json
 import re
 import sys
@@ -19,13 +18,11 @@ from splitfed import Config, SplitfedError, run
 from splitfed.cli import main
 from splitfed.config import ALL_ALGORITHMS
 from splitfed.data.datasets import user_data
-from splitfed.engine.context import Context
 from splitfed.engine.metrics import SplitModel, train_flops_per_sample
 from splitfed.models import MODELS, split
 from splitfed.setup import prepare
 
 ROOT = Path(__file__).resolve().parent.parent
-CUSTOM_LOSS = "loss" in {f.name for f in dataclasses.fields(Context)}  # the engine trains on a given loss
 
 
 @pytest.fixture(autouse=True)
@@ -307,7 +304,7 @@ def test_tensorboard_event_files_hold_each_rounds_scalars(tmp_path):
             assert [e.value for e in smashed] == [r["bytes"]["smashed"] for r in records]
 
 
-def test_a_user_loss_is_checked_and_used_by_evaluation(tmp_path):
+def test_a_user_loss_is_checked_and_used_by_evaluation():
     x, y = tabular(300)
 
     def smoothed(output, target):
@@ -335,17 +332,34 @@ def test_a_user_loss_is_checked_and_used_by_evaluation(tmp_path):
     ):
         with pytest.raises(SplitfedError, match=message):
             prepare(cfg(), model=user_model(), data=(x, y), loss=bad)
-    config = cfg(algorithm=("minibatch_sfl",), divergence_every=0, out=str(tmp_path / "r"))
-    if not CUSTOM_LOSS:  # refused, not ignored, until the engine's sides train on it
-        with pytest.raises(SplitfedError, match="cross-entropy only"):
-            run(config, model=user_model(), data=(x, y), loss=smoothed)
-        return
+
+
+@pytest.mark.parametrize("execution", ["sequential", "batched"])
+def test_a_user_loss_is_what_training_minimises_and_what_metrics_report(tmp_path, execution):
+    x, y = tabular(300)
+
+    def smoothed(output, target):
+        return F.cross_entropy(output, target, label_smoothing=0.2)
+
+    config = cfg(
+        algorithm=("minibatch_sfl", "sfl_v1"),
+        execution=execution,
+        divergence_every=0,
+        out=str(tmp_path / "r"),
+    )
     result = run(config, model=user_model(), data=(x, y), loss=smoothed)
     plain = run(config.replace(out=str(tmp_path / "ce")), model=user_model(), data=(x, y))
-    assert result.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
-    with torch.no_grad():
-        expected = float(smoothed(result.models["minibatch_sfl"].eval()(test_x), test_y))
-    assert result.history[-1]["test_loss"] == pytest.approx(expected, rel=1e-5)
+    test = user_data((x, y))
+    for name in ("minibatch_sfl", "sfl_v1"):
+        ours, theirs = result.by_algorithm[name][-1], plain.by_algorithm[name][-1]
+        assert ours["train_loss"] != theirs["train_loss"]  # the sides trained on the smoothed loss
+        with torch.no_grad():
+            logits = result.models[name].eval()(test.test_x)
+        assert ours["test_loss"] == pytest.approx(float(smoothed(logits, test.test_y)), rel=1e-5)
+    # the same data, batches and initial weights: only the loss differs, and so do the trained weights
+    a = result.models["minibatch_sfl"].state_dict()
+    b = plain.models["minibatch_sfl"].state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
 def _one_line(excinfo) -> str:
@@ -526,8 +540,6 @@ def python_blocks(path: Path) -> list[str]:
 def _exec_blocks(blocks: list[str], where: str) -> None:
     namespace: dict = {"__name__": "__docs__"}
     for i, block in enumerate(blocks):
-        if "loss=" in block and not CUSTOM_LOSS:
-            continue  # the engine trains on cross-entropy only: run(loss=...) is refused (tested above)
         exec(compile(block, f"{where} python block {i + 1}", "exec"), namespace)
 
 

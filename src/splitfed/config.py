@@ -26,6 +26,11 @@ CHOICES = {
     "sflv2_schedule": ("client_sequential", "interleaved"),
     "execution": ("auto", "sequential", "batched"),
     "wire_dtype": ("float32", "float16", "bfloat16"),
+    "optimizer": ("sgd", "adam", "adamw"),
+    "client_optimizer": ("sgd", "adam", "adamw"),  # or none: optimizer's
+    "server_optimizer": ("sgd", "adam", "adamw"),
+    "lr_schedule": ("none", "step", "cosine", "exponential"),
+    "precision": ("fp32", "bf16"),
 }
 # Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
 # help lists the registry's names.
@@ -76,11 +81,39 @@ class Config:
     rounds: int = _f(20, "rounds (fed-server aggregations)")
     local_epochs: int = _f(5, "local epochs E per round: τ = E·⌈mean |D_n| / b⌉ iterations")
     local_iters: int | None = _f(None, "local iterations τ per round; replaces local_epochs when set")
+    # optimizer, per side: torch.optim's arithmetic; its state is kept per side and averaged with the
+    # weights wherever they are averaged (engine/optim.py has the table per algorithm)
+    optimizer: str = _f("sgd", "optimizer of both sides (torch.optim's SGD, Adam, AdamW)")
+    client_optimizer: str | None = _f(None, "client-side optimizer; default: optimizer")
+    server_optimizer: str | None = _f(None, "server-side optimizer; default: optimizer")
     lr: float = _f(0.01, "learning rate of both sides")
     client_lr: float | None = _f(None, "client-side learning rate η_c; default: lr")
     server_lr: float | None = _f(None, "server-side learning rate η_s; default: lr")
-    momentum: float = _f(0.0, "SGD momentum (state kept per side, averaged with the weights)")
-    weight_decay: float = _f(0.0, "SGD weight decay")
+    momentum: float = _f(0.0, "SGD momentum")
+    dampening: float = _f(0.0, "SGD dampening, in [0, 1)")
+    nesterov: bool = _f(False, "SGD Nesterov momentum (needs momentum > 0 and dampening 0)")
+    weight_decay: float = _f(0.0, "weight decay: L2 added to the gradient (sgd, adam), decoupled (adamw)")
+    betas: tuple[float, ...] = _f((0.9, 0.999), "Adam/AdamW coefficients β1,β2", metavar="B1,B2")
+    eps: float = _f(1e-8, "Adam/AdamW ε")
+    amsgrad: bool = _f(False, "Adam/AdamW: the AMSGrad variant")
+    lr_schedule: str = _f(
+        "none",
+        "learning rate per round, as torch.optim.lr_scheduler's StepLR, CosineAnnealingLR, ExponentialLR",
+    )
+    lr_step_size: int | None = _f(None, "lr_schedule=step: rounds between decays (required)")
+    lr_gamma: float | None = _f(
+        None, "lr_schedule=step, exponential: factor per decay (step's default 0.1; exponential: required)"
+    )
+    lr_min: float | None = _f(None, "lr_schedule=cosine: the final rate η_min; default 0")
+    lr_cosine_rounds: int | None = _f(
+        None, "lr_schedule=cosine: rounds T_max to reach lr_min; default: rounds"
+    )
+    clip_grad_norm: float | None = _f(
+        None,
+        "clip each copy's gradient to this L2 norm, per side (the whole model where it is not split); "
+        "default: no clipping",
+    )
+    precision: str = _f("fp32", "training forward passes in fp32, or bf16 autocast (weights stay fp32)")
     client_grad_scale: str = _f("local_mean", "the gradient sent back to a client's side (spec §2)")
     sflv2_schedule: str = _f("client_sequential", "SFL-V2's order of clients at the main server (spec §3)")
     wire_dtype: str = _f("float32", "smashed data and their gradients as sent")
@@ -95,6 +128,9 @@ class Config:
         5, "measure gradient divergence every K rounds, from round 1 (0: never); it costs a gradient pass"
     )
     divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
+    divergence_clients: int | None = _f(
+        None, "clients the divergence is measured over: a fixed random draw of this many; default all"
+    )
     eval_every: int = _f(1, "evaluate on the test set every K rounds (the last round always)")
     eval_batch_size: int = _f(
         0, "samples per evaluation forward; 0: as many as fit (CUDA: all, halved on out-of-memory; CPU: 1000)"
@@ -247,10 +283,11 @@ def coerce(f: dataclasses.Field, value: Any, where: str, *, from_cli: bool = Fal
                 return tuple(item(v.strip()) for v in text.split(","))
             if isinstance(value, str) and item is str:  # one name for a list of names
                 return (value,)
+            kinds = (int, float) if item is float else item  # a list of numbers may hold integers
             if isinstance(value, list | tuple) and all(
-                isinstance(v, item) and not isinstance(v, bool) for v in value
+                isinstance(v, kinds) and not isinstance(v, bool) for v in value
             ):
-                return tuple(value)
+                return tuple(item(v) for v in value)
         elif (
             tp is dict
             and isinstance(value, dict)
@@ -268,7 +305,8 @@ def coerce(f: dataclasses.Field, value: Any, where: str, *, from_cli: bool = Fal
 def _type_name(tp: Any) -> str:
     base, optional = _base_type(tp)
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
-    name = names.get(base) or ("a list of integers" if typing.get_args(base)[0] is int else "a list of names")
+    lists = {int: "a list of integers", float: "a list of numbers"}
+    name = names.get(base) or lists.get(typing.get_args(base)[0], "a list of names")
     return name + (" or none" if optional else "")
 
 
@@ -289,7 +327,14 @@ def _validate(c: Config) -> None:
     )
     for name in positive:
         need(getattr(c, name) >= 1, f"{name} must be a positive integer, got {getattr(c, name)}")
-    for name in ("clients_per_round", "local_iters", "shards_per_client", "synthetic_samples", "threads"):
+    for name in (
+        "clients_per_round",
+        "divergence_clients",
+        "local_iters",
+        "shards_per_client",
+        "synthetic_samples",
+        "threads",
+    ):
         v = getattr(c, name)
         need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
     if c.threads is not None:
@@ -298,11 +343,6 @@ def _validate(c: Config) -> None:
     for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha"):
         v = getattr(c, name)
         need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v}")
-    need(0 <= c.momentum < 1, f"momentum must be in [0, 1), got {c.momentum}")
-    need(
-        c.weight_decay >= 0 and math.isfinite(c.weight_decay),
-        f"weight_decay must be >= 0, got {c.weight_decay}",
-    )
     need(c.divergence_every >= 0, f"divergence_every must be >= 0, got {c.divergence_every}")
     need(c.model_every >= 0, f"model_every must be >= 0 (0: final models only), got {c.model_every}")
     need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0 (0: automatic), got {c.eval_batch_size}")
@@ -318,7 +358,11 @@ def _validate(c: Config) -> None:
     need(c.cut_layer is None or c.cut_layer >= 1, f"cut_layer must be a positive integer, got {c.cut_layer}")
     for name, allowed in CHOICES.items():
         v = getattr(c, name)
-        need(v in allowed, f"{name} must be one of {', '.join(allowed)}; got {v!r}")
+        optional = _base_type(FIELDS[name].type)[1]
+        need(
+            v in allowed or (optional and v is None), f"{name} must be one of {', '.join(allowed)}; got {v!r}"
+        )
+    _validate_optimizer(c)
     for part, (knob, _) in PARTITION_OPTIONS.items():
         if getattr(c, knob) is not None and c.partition != part:
             raise SplitfedError(f"{knob} applies to partition={part} only (partition is {c.partition})")
@@ -334,6 +378,64 @@ def _validate(c: Config) -> None:
         re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", c.device) is not None,
         f"device must be cpu, cuda, cuda:N or auto; got {c.device!r}",
     )
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+SGD_ONLY = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
+ADAM_ONLY = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
+# The schedule knobs and the schedules that read them.
+SCHEDULE_OPTIONS = {
+    "lr_step_size": ("step",),
+    "lr_gamma": ("step", "exponential"),
+    "lr_min": ("cosine",),
+    "lr_cosine_rounds": ("cosine",),
+}
+
+
+def _validate_optimizer(c: Config) -> None:
+    """The optimizer, schedule, clipping knobs: in range, and none set that no side's optimizer reads."""
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise SplitfedError(msg)
+
+    def number(name: str, ok: bool, what: str) -> None:
+        v = getattr(c, name)
+        need(v is None or (math.isfinite(v) and ok), f"{name} must be {what}, got {v}")
+
+    number("momentum", 0 <= c.momentum < 1, "in [0, 1)")
+    number("dampening", 0 <= c.dampening < 1, "in [0, 1)")
+    number("weight_decay", c.weight_decay >= 0, ">= 0")
+    number("eps", c.eps >= 0, ">= 0")
+    number("clip_grad_norm", c.clip_grad_norm is None or c.clip_grad_norm > 0, "a positive number")
+    number("lr_gamma", c.lr_gamma is None or c.lr_gamma > 0, "a positive number")
+    number("lr_min", c.lr_min is None or c.lr_min >= 0, ">= 0")
+    for name in ("lr_step_size", "lr_cosine_rounds"):
+        v = getattr(c, name)
+        need(v is None or v >= 1, f"{name} must be a positive integer, got {v}")
+    need(
+        len(c.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in c.betas),
+        f"betas must be two numbers in [0, 1), got {','.join(map(str, c.betas))}",
+    )
+    used = {c.client_optimizer or c.optimizer, c.server_optimizer or c.optimizer}
+    for knobs, owners in ((SGD_ONLY, {"sgd"}), (ADAM_ONLY, {"adam", "adamw"})):
+        for name, default in knobs.items():
+            need(
+                getattr(c, name) == default or bool(used & owners),
+                f"{name} applies to {'/'.join(sorted(owners))} only (optimizers: {', '.join(sorted(used))})",
+            )
+    if c.nesterov:
+        need(
+            c.momentum > 0 and c.dampening == 0,
+            "nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)",
+        )
+    for name, schedules in SCHEDULE_OPTIONS.items():
+        if getattr(c, name) is not None and c.lr_schedule not in schedules:
+            raise SplitfedError(
+                f"{name} applies to lr_schedule={' or '.join(schedules)} only (it is {c.lr_schedule})"
+            )
+    need(c.lr_schedule != "step" or c.lr_step_size is not None, "lr_schedule=step needs lr_step_size")
+    need(c.lr_schedule != "exponential" or c.lr_gamma is not None, "lr_schedule=exponential needs lr_gamma")
 
 
 def _check_text(c: Config) -> None:

@@ -7,7 +7,6 @@ the user's own model, data and loss as objects (``prepare(cfg, model=..., data=.
 """
 
 import copy
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ from .data.datasets import (
 from .engine.context import Context
 from .engine.link import Link
 from .engine.metrics import LossFn, SplitModel, measure_divergence, train_flops_per_sample
+from .engine.optim import side_optimizer
 from .engine.side import Layout, State
 from .errors import SplitfedError
 from .models import (
@@ -62,7 +62,7 @@ class Setup:
     init_c: State
     init_s: State
     flops_per_sample: tuple[float, float]  # training FLOPs per sample: client side, server side
-    divergence_idx: list[torch.Tensor]  # the fixed per-client samples for divergence
+    divergence_idx: dict[int, torch.Tensor]  # client -> its fixed samples for divergence (some clients)
     # loss(output, target) -> the batch's mean loss: what every side trains on, evaluation reports and
     # divergence differentiates (a user's, from run(loss=...); cross-entropy by default)
     loss: LossFn = F.cross_entropy
@@ -119,6 +119,7 @@ class Setup:
             self.batch_sizes(),
             self.data_sizes,
             Link(len(self.parts), self.cfg.wire_dtype),
+            loss=self.loss,
         )
 
     def split_model(self) -> SplitModel:
@@ -128,7 +129,9 @@ class Setup:
     def divergence(self, split: SplitModel, w_c: State, w_s: State) -> dict[str, float]:
         """Client-side and server-side gradient divergence at (w_c, w_s) on the fixed subsamples."""
         x, y = self.data.train_x, self.data.train_y
-        return measure_divergence(split, x, y, self.divergence_idx, self.data_sizes, w_c, w_s)
+        clients = list(self.divergence_idx)
+        sizes = [self.data_sizes[n] for n in clients]
+        return measure_divergence(split, x, y, list(self.divergence_idx.values()), sizes, w_c, w_s)
 
     def assemble(self, w_c: State, w_s: State) -> nn.Module:
         """The full model (a CutModel) holding the given client-side and server-side states."""
@@ -218,11 +221,6 @@ def prepare(
     cut_layer = cfg.cut_layer if cfg.cut_layer is not None else built.middle_cut
     built.check_cut(cut_layer)
     _check_forward(built, model_name, cfg.dataset, data_set, loss)
-    if loss is not None and "loss" not in {f.name for f in dataclasses.fields(Context)}:
-        # the engine's sides train on cross-entropy until the Context carries a loss (engine/context.py)
-        raise SplitfedError(
-            "loss=: this version trains on cross-entropy only; a custom loss is not supported yet"
-        )
 
     changes: dict[str, Any] = {
         "model": model_name,
@@ -250,16 +248,23 @@ def prepare(
                 f"({blocks}); choose a cut with trainable layers on both sides (cuts: "
                 f"{', '.join(map(str, built.cut_points))})"
             )
-    momentum = cfg.momentum > 0
-    init_c = Layout(client_module).state_of(client_module, momentum, device)
-    init_s = Layout(server_module).state_of(server_module, momentum, device)
+    init_c = Layout(client_module).state_of(client_module, side_optimizer(cfg, "client"), device)
+    init_s = Layout(server_module).state_of(server_module, side_optimizer(cfg, "server"), device)
     flops = train_flops_per_sample(client_module, server_module, data_set.in_shape, data_set.train_x.dtype)
     client_module.to(device)
     server_module.to(device)
-    div_idx = []
-    for n, p in enumerate(parts):
+    # The divergence's clients (all, or a fixed draw: thousands of clients) and their fixed samples.
+    chosen = range(cfg.clients)
+    if cfg.divergence_clients is not None and cfg.divergence_clients < cfg.clients:
+        draw = torch.randperm(
+            cfg.clients, generator=generator(cfg.seed_for("sampling"), "divergence-clients")
+        )
+        chosen = sorted(draw[: cfg.divergence_clients].tolist())
+    div_idx = {}
+    for n in chosen:
+        p = parts[n]
         order = torch.randperm(len(p), generator=generator(cfg.seed_for("sampling"), "divergence", n))
-        div_idx.append(p[order[: cfg.divergence_samples]].to(device))
+        div_idx[n] = p[order[: cfg.divergence_samples]].to(device)
     parts = [p.to(device) for p in parts]
     return Setup(
         cfg,

@@ -92,7 +92,7 @@ def test_batched_equals_sequential_after_one_step_of_a_real_model(name, model):
     for a, b in ((bat.w_c, seq.w_c), (bat.w_s, seq.w_s)):
         torch.testing.assert_close(a.params, b.params, **ONE_STEP)
         torch.testing.assert_close(a.buffers, b.buffers, **ONE_STEP)  # BatchNorm running statistics
-        torch.testing.assert_close(a.momentum, b.momentum, **ONE_STEP)
+        torch.testing.assert_close(a.opt, b.opt, **ONE_STEP)
 
 
 @pytest.mark.parametrize("name", ["minibatch_sfl", "sfl_v1", "fedavg"])

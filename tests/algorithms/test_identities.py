@@ -1,5 +1,6 @@
 """The spec's algebraic identities: each pins down what an algorithm computes, to float tolerance."""
 
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -157,3 +158,69 @@ def test_server_side_steps_per_round(name, schedule, steps_per_round):
     _, _, history, _ = train_one(cfg, name)
     assert [r["server_steps"] for r in history] == [steps_per_round(3, 4)] * 2
     assert all(r["participants"] == 4 for r in history)
+
+
+def reference_training(setup, rounds, make_opt, make_schedule=None, clip=None):
+    """A torch.optim optimizer (and lr_scheduler, stepped once per round) on the unsplit initial model, one
+    step per (x, y) of each round's batches; ``clip``: clip_grad_norm_ over the whole model."""
+    model = copy.deepcopy(setup.model).train()
+    opt = make_opt(model.parameters())
+    schedule = make_schedule(opt) if make_schedule else None
+    for batches in rounds:
+        for x, y in batches:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+        if schedule is not None:
+            schedule.step()
+    return model
+
+
+def test_the_identity_holds_with_a_learning_rate_schedule():
+    # MiniBatch-SFL with τ = 1 is SGD on the union batch; with a schedule, SGD at torch's rate of each round.
+    cfg = small_config(
+        model=SMOOTH_MODEL,
+        local_iters=1,
+        rounds=3,
+        lr=0.1,
+        momentum=0.5,
+        lr_schedule="exponential",
+        lr_gamma=0.5,
+    )
+    setup, algo, _, _ = train_one(cfg, "minibatch_sfl")
+    ref = reference_training(
+        setup,
+        [[b] for b in union_batches(setup, 3)],
+        lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.5),
+        lambda opt: torch.optim.lr_scheduler.ExponentialLR(opt, 0.5),
+    )
+    assert_same_model(final_model(setup, algo), ref)
+    unscheduled = train_one(cfg.replace(lr_schedule="none", lr_gamma=None), "minibatch_sfl")[1]
+    assert_different_model(final_model(setup, unscheduled), ref)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_sfl_v1_equals_fedavg_with_adam(optimizer):
+    # Both average every per-client copy's weights and Adam state each round, so they stay equal.
+    cfg = small_config(model=SMOOTH_MODEL, local_iters=3, rounds=2, optimizer=optimizer, weight_decay=0.1)
+    setup, v1, _, _ = train_one(cfg, "sfl_v1")
+    _, fl, _, _ = train_one(cfg, "fedavg")
+    assert_same_model(final_model(setup, v1), final_model(setup, fl), atol=1e-5)
+    torch.testing.assert_close(v1.w_c.opt, fl.w_c.opt, rtol=1e-4, atol=1e-6)
+    assert v1.w_c.opt[-1].item() == pytest.approx(6)  # Adam's step: 3 per round, averaged over equal steps
+
+
+def test_one_client_fedavg_is_torch_adam_with_whole_model_clipping_across_rounds():
+    # One client: averaging is the identity, so the Adam state carries over the rounds as in one optimizer.
+    cfg = small_config(
+        model=SMOOTH_MODEL, clients=1, local_iters=3, rounds=2, optimizer="adam", clip_grad_norm=0.05
+    )
+    setup, fl, _, _ = train_one(cfg, "fedavg")
+    streams = setup.context().streams
+    rounds = [[streams.batch(0, cfg.batch_size) for _ in range(3)] for _ in range(2)]
+    ref = reference_training(setup, rounds, lambda ps: torch.optim.Adam(ps, lr=cfg.lr), clip=0.05)
+    assert_same_model(final_model(setup, fl), ref, atol=1e-5)
+    unclipped = train_one(cfg.replace(clip_grad_norm=None), "fedavg")[1]
+    assert_different_model(final_model(setup, unclipped), ref)

@@ -12,7 +12,7 @@ from ..conftest import small_config
 def test_divergence_is_zero_when_every_client_has_the_same_data():
     setup = prepare(small_config(model="resnet18", model_args={"width": 4}, synthetic_shape=(3, 16, 16)))
     same = setup.divergence_idx[0]
-    setup.divergence_idx = [same] * len(setup.divergence_idx)
+    setup.divergence_idx = dict.fromkeys(setup.divergence_idx, same)
     buffers_before = setup.init_c.buffers.clone()
     split_model = SplitModel(setup.client_module, setup.server_module)
     div = setup.divergence(split_model, setup.init_c, setup.init_s)
@@ -62,3 +62,43 @@ def test_training_flops_per_sample_of_cnn4():
     fc2_forward = 2 * 1000 * 10
     _, s = train_flops_per_sample(*split(model, 3), (1, 28, 28))
     assert s == 3 * fc2_forward  # forward + weight gradient + gradient of the smashed data
+
+
+def test_divergence_without_holding_the_gradients_is_the_same():
+    # Thousands of clients: the gradients are computed twice rather than held (memory of one client's).
+    from splitfed.engine.metrics import _divergences
+
+    g = torch.Generator().manual_seed(0)
+    grads = [(torch.randn(50, generator=g), torch.randn(7, generator=g)) for _ in range(6)]
+    weights = torch.rand(6, generator=g, dtype=torch.float64)
+    weights = (weights / weights.sum()).tolist()
+    calls = []
+
+    def compute(n):
+        calls.append(n)
+        return grads[n]
+
+    held = _divergences(compute, weights, keep=True)
+    assert calls == list(range(6))
+    calls.clear()
+    twice = _divergences(compute, weights, keep=False)
+    assert calls == list(range(6)) * 2
+    for a, b in zip(held, twice):
+        for form in ("raw", "relative", "per_param"):
+            assert math.isclose(a[form], b[form], rel_tol=1e-12)
+    one_side = divergence([c for c, _ in grads], torch.tensor(weights, dtype=torch.float64))
+    assert math.isclose(one_side["raw"], held[0]["raw"], rel_tol=1e-12)
+
+
+def test_divergence_over_a_fixed_draw_of_clients():
+    full = prepare(small_config(clients=8))
+    some = prepare(small_config(clients=8, divergence_clients=3))
+    assert len(full.divergence_idx) == 8 and len(some.divergence_idx) == 3
+    assert (
+        some.divergence_idx.keys()
+        == prepare(small_config(clients=8, divergence_clients=3)).divergence_idx.keys()
+    )
+    for n, idx in some.divergence_idx.items():  # the same samples of each chosen client
+        assert torch.equal(idx, full.divergence_idx[n])
+    split_model = SplitModel(some.client_module, some.server_module)
+    assert some.divergence(split_model, some.init_c, some.init_s)["divergence_client"] > 0

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from splitfed.engine.optim import Optimizer
 from splitfed.engine.side import (
-    SGD,
     Layout,
     Meter,
     Side,
@@ -13,6 +13,10 @@ from splitfed.engine.side import (
     joint_step,
     weighted_average,
 )
+
+
+def SGD(lr, momentum=0.0, weight_decay=0.0):
+    return Optimizer("sgd", lr, momentum, weight_decay=weight_decay)
 
 
 def make_module():
@@ -28,7 +32,7 @@ def test_side_sgd_matches_torch_optim_sgd(momentum, weight_decay):
     reference = make_module()
     side = Side(
         module,
-        Layout(module).state_of(module, momentum > 0),
+        Layout(module).state_of(module, SGD(0.1, momentum)),
         2,
         SGD(0.1, momentum, weight_decay),
         "c",
@@ -42,12 +46,10 @@ def test_side_sgd_matches_torch_optim_sgd(momentum, weight_decay):
         opt.zero_grad()
         nn.functional.cross_entropy(reference(x), y).backward()
         opt.step()
-    expected = Layout(reference).state_of(reference, False)
+    expected = Layout(reference).state_of(reference)
     torch.testing.assert_close(side.state(1).params, expected.params, rtol=0, atol=1e-6)
     torch.testing.assert_close(side.state(1).buffers, expected.buffers, rtol=0, atol=1e-6)  # BN statistics
-    assert torch.equal(
-        side.state(0).params, Layout(module).state_of(make_module(), False).params
-    )  # untouched
+    assert torch.equal(side.state(0).params, Layout(module).state_of(make_module()).params)  # untouched
     assert side.steps == 4 and side.samples == 24
 
 
@@ -55,7 +57,7 @@ def test_side_sgd_matches_torch_optim_sgd(momentum, weight_decay):
 def test_all_copies_forward_then_backward_as_minibatch_sfl_does(vectorised):
     # Every client's forward comes before any backward: copies must not disturb each other.
     module = make_module()
-    init = Layout(module).state_of(module, True)
+    init = Layout(module).state_of(module, SGD(0.1, 0.9))
     side = Side(module, init, 3, SGD(0.1, 0.9), "c", Meter(), vectorised=vectorised)
     x = torch.randn(3, 5, 1, 8, 8)
     upstream = torch.randn(2, 3, 5, 3)  # the gradients "returned by the server", per step and copy
@@ -71,7 +73,7 @@ def test_all_copies_forward_then_backward_as_minibatch_sfl_does(vectorised):
             single.backward(0, upstream[t, k])
         torch.testing.assert_close(side.state(k).params, single.state(0).params, **tol)
         torch.testing.assert_close(side.state(k).buffers, single.state(0).buffers, **tol)
-        torch.testing.assert_close(side.state(k).momentum, single.state(0).momentum, **tol)
+        torch.testing.assert_close(side.state(k).opt, single.state(0).opt, **tol)
     assert side.steps == 6 and side.samples == 30
 
 
@@ -82,7 +84,7 @@ ONE_STEP = {"rtol": 1e-5, "atol": 1e-6}
 
 def test_train_each_vectorised_is_each_copy_trained_alone():
     module = make_module()
-    init = Layout(module).state_of(module, True)
+    init = Layout(module).state_of(module, SGD(0.1, 0.9))
     g = torch.Generator().manual_seed(3)
     xs, ys = torch.randn(3, 6, 1, 8, 8, generator=g), torch.randint(0, 3, (3, 6), generator=g)
     meters = Meter(), Meter()
@@ -101,7 +103,10 @@ def test_train_each_vectorised_is_each_copy_trained_alone():
 def test_joint_each_vectorised_is_each_copy_trained_alone():
     torch.manual_seed(0)
     client, server = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh()), nn.Sequential(nn.Linear(8, 3))
-    init_c, init_s = Layout(client).state_of(client, True), Layout(server).state_of(server, True)
+    init_c, init_s = (
+        Layout(client).state_of(client, SGD(0.5, 0.9)),
+        Layout(server).state_of(server, SGD(0.5, 0.9)),
+    )
     xs, ys = torch.randn(4, 5, 1, 4, 4), torch.randint(0, 3, (4, 5))
     runs = []
     for vectorised in (False, True):
@@ -112,13 +117,13 @@ def test_joint_each_vectorised_is_each_copy_trained_alone():
         runs.append((c, s, meter))
     (c0, s0, m0), (c1, s1, m1) = runs
     torch.testing.assert_close(c1.store.params, c0.store.params, **ONE_STEP)
-    torch.testing.assert_close(s1.store.momentum, s0.store.momentum, **ONE_STEP)
+    torch.testing.assert_close(s1.store.opt, s0.store.opt, **ONE_STEP)
     assert abs(m1.train_loss - m0.train_loss) < 1e-6
 
 
 def test_a_copy_updated_under_a_pending_graph_is_an_error_not_silent():
     module = make_module()
-    side = Side(module, Layout(module).state_of(module, False), 2, SGD(0.1), "c", Meter())
+    side = Side(module, Layout(module).state_of(module), 2, SGD(0.1), "c", Meter())
     x = torch.randn(2, 5, 1, 8, 8)
     z0, z1 = side.forward(0, x[0]), side.forward(1, x[1])
     side.backward(0, torch.ones_like(z0))
@@ -129,7 +134,7 @@ def test_a_copy_updated_under_a_pending_graph_is_an_error_not_silent():
 def test_joint_step_equals_split_step_with_gradient_passing():
     torch.manual_seed(0)
     client, server = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh()), nn.Sequential(nn.Linear(8, 3))
-    init_c, init_s = Layout(client).state_of(client, False), Layout(server).state_of(server, False)
+    init_c, init_s = Layout(client).state_of(client), Layout(server).state_of(server)
     x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     meter = Meter()
     jc, js = Side(client, init_c, 1, SGD(0.5), "c", meter), Side(server, init_s, 1, SGD(0.5), "s", meter)
@@ -141,14 +146,12 @@ def test_joint_step_equals_split_step_with_gradient_passing():
     torch.testing.assert_close(js.state(0).params, ss.state(0).params)
 
 
-def test_weighted_average_covers_params_buffers_and_momentum():
+def test_weighted_average_covers_params_buffers_and_optimizer_state():
     a = State(torch.tensor([1.0, 2.0]), torch.tensor([4.0]), torch.tensor([1.0, 1.0]))
     b = State(torch.tensor([3.0, 6.0]), torch.tensor([0.0]), torch.tensor([3.0, 5.0]))
     avg = weighted_average([a, b], [0.25, 0.75])
     assert (
-        avg.params.tolist() == [2.5, 5.0]
-        and avg.buffers.tolist() == [1.0]
-        and avg.momentum.tolist() == [2.5, 4.0]
+        avg.params.tolist() == [2.5, 5.0] and avg.buffers.tolist() == [1.0] and avg.opt.tolist() == [2.5, 4.0]
     )
     acc = WeightedSum()
     acc.add(a, 0.5)

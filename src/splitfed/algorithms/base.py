@@ -121,8 +121,8 @@ class Algorithm:
         """Round end, for copies held per participant: w^{r+1} := Σ_n p_n w_n (the weights p_n sum to 1).
 
         Returned as an accumulator that takes each participant's model as it arrives (``add(w_n, p_n)``,
-        then ``result``), so no executor holds every client's copy at once. Momentum is averaged with the
-        weights (spec §7), which keeps the τ = 1 identities exact.
+        then ``result``), so no executor holds every client's copy at once. The optimizer state is averaged
+        with the weights (spec §7; engine/optim.py), which keeps the τ = 1 identities exact with momentum.
         """
         return WeightedSum()
 

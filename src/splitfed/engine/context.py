@@ -3,13 +3,15 @@
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .._rng import generator
 from ..config import Config
 from ..data import ClientStreams
 from .link import Link
-from .side import SGD, Meter, Side, State
+from .optim import LossFn, LRSchedule, side_optimizer
+from .side import Meter, Side, State
 
 UNION = -1  # the participant that holds the union of the round's clients' data (centralized training)
 
@@ -30,6 +32,10 @@ class Context:
     link: Link
     meter: Meter = field(default_factory=Meter)
     sides: list[Side] = field(default_factory=list)
+    # the mean loss of a batch, loss(output, target), on every side created after it is set (Side's
+    # docstring has the contract)
+    loss: LossFn = F.cross_entropy
+    _schedules: dict[float, LRSchedule] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_clients(self) -> int:
@@ -40,33 +46,34 @@ class Context:
         """How many clients take part in a round (so how many client-side copies can be live at once)."""
         return self.cfg.clients_per_round or self.num_clients
 
-    def _side(self, module: nn.Module, init: State, copies: int, lr: float | None, **kw) -> Side:
-        opt = SGD(lr or self.cfg.lr, self.cfg.momentum, self.cfg.weight_decay)
-        side = Side(module, init, copies, opt, meter=self.meter, **kw)
+    def _side(self, half: str, module: nn.Module, init: State, copies: int, **kw) -> Side:
+        opt = side_optimizer(self.cfg, half)
+        side = Side(
+            module, init, copies, opt, meter=self.meter, loss=self.loss, precision=self.cfg.precision, **kw
+        )
         self.sides.append(side)
         return side
 
     def client_side(self, copies: int, location: str = "client", vectorised: bool = False) -> Side:
         """Copies of the client-side model, trained with η_c; starts at w_c^0."""
         return self._side(
-            self.client_module,
-            self.init_c,
-            copies,
-            self.cfg.client_lr,
-            location=location,
-            vectorised=vectorised,
+            "client", self.client_module, self.init_c, copies, location=location, vectorised=vectorised
         )
 
     def server_side(self, copies: int, location: str = "main_server", vectorised: bool = False) -> Side:
         """Copies of the server-side model, trained with η_s; starts at w_s^0."""
         return self._side(
-            self.server_module,
-            self.init_s,
-            copies,
-            self.cfg.server_lr,
-            location=location,
-            vectorised=vectorised,
+            "server", self.server_module, self.init_s, copies, location=location, vectorised=vectorised
         )
+
+    def set_round(self, rnd: int) -> None:
+        """Set every side's learning rate to round ``rnd``'s (from 1) under ``lr_schedule``; call it before
+        the round trains. The rate depends on ``rnd`` alone, so a resumed run needs nothing saved for it."""
+        for side in self.sides:
+            base = side.opt.lr
+            if base not in self._schedules:
+                self._schedules[base] = LRSchedule(self.cfg, base)
+            side.set_lr(self._schedules[base](rnd))
 
     def batch_size(self, n: int) -> int:
         """b_n; the union draws batches of b."""

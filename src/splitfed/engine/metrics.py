@@ -2,7 +2,7 @@
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -10,14 +10,11 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from .optim import LossFn
 from .side import Layout, State
 
 _CHUNK = 1000  # samples per evaluation forward on the CPU (larger is no faster there)
 _GRAD_CHUNK = 500  # samples per forward + backward in the divergence gradients: bounds memory for ResNet-18
-
-
-# loss(output, target) -> the batch's mean loss, a scalar tensor (F.cross_entropy's contract)
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class SplitModel:
@@ -108,16 +105,44 @@ def _flat(grads: tuple[torch.Tensor, ...], like: torch.Tensor) -> torch.Tensor:
 
 def divergence(grads: list[torch.Tensor], weights: torch.Tensor) -> dict[str, float]:
     """Σ_n p_n ‖g_n − Σ_m p_m g_m‖₂ and its normalised forms: relative to ‖Σ p_m g_m‖, per √dim."""
-    g = torch.stack(grads)
-    w = weights.to(g)
-    mean = w @ g
-    raw = float(w @ (g - mean).norm(dim=1))
-    norm = float(mean.norm())
-    return {
-        "raw": raw,
-        "relative": raw / norm if norm > 0 else math.nan,
-        "per_param": raw / math.sqrt(g.shape[1]) if g.shape[1] else math.nan,
-    }
+    return _divergences(lambda n: (grads[n],), weights.tolist(), keep=True)[0]
+
+
+_KEEP_BYTES = 512 * 2**20  # gradients held at once; beyond, computed twice instead (N = 10,000 clients)
+
+
+def _divergences(
+    grads: Callable[[int], Sequence[torch.Tensor]], weights: list[float], keep: bool
+) -> list[dict[str, float]]:
+    """The divergence of each of the gradients grads(n) (one per side), over the clients n, in two passes
+    (their mean, then each one's distance to it). With ``keep`` false nothing is held between the passes:
+    every gradient is computed twice and memory stays that of one client's."""
+    held: list[Sequence[torch.Tensor]] = []
+    means: list[torch.Tensor] = []
+    for n, p_n in enumerate(weights):
+        gs = grads(n)
+        means = (
+            [p_n * g.double() for g in gs]
+            if not means
+            else [m.add_(g.double(), alpha=p_n) for m, g in zip(means, gs, strict=True)]
+        )
+        if keep:
+            held.append(gs)
+    raws = [0.0] * len(means)
+    for n, p_n in enumerate(weights):
+        for i, (g, mean) in enumerate(zip(held[n] if keep else grads(n), means, strict=True)):
+            raws[i] += p_n * float((g.double() - mean).norm())
+    out = []
+    for raw, mean in zip(raws, means, strict=True):
+        norm, dim = float(mean.norm()), mean.numel()
+        out.append(
+            {
+                "raw": raw,
+                "relative": raw / norm if norm > 0 else math.nan,
+                "per_param": raw / math.sqrt(dim) if dim else math.nan,
+            }
+        )
+    return out
 
 
 def train_flops_per_sample(
@@ -155,15 +180,15 @@ def measure_divergence(
 
     ``samples[n]`` indexes client n's fixed subsample of (x, y); clients are weighted by |D_n|.
     """
-    grads_c, grads_s = [], []
-    for idx in samples:
-        gc, gs = split.gradients(w_c, w_s, x[idx], y[idx])
-        grads_c.append(gc)
-        grads_s.append(gs)
     sizes = torch.tensor(data_sizes, dtype=torch.float64)
-    weights = sizes / sizes.sum()
+    weights = (sizes / sizes.sum()).tolist()
+    keep = len(samples) * (w_c.params.numel() + w_s.params.numel()) * 4 <= _KEEP_BYTES
+
+    def grads(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return split.gradients(w_c, w_s, x[samples[n]], y[samples[n]])
+
     out = {}
-    for side, grads in (("client", grads_c), ("server", grads_s)):
-        for form, value in divergence(grads, weights).items():
+    for side, forms in zip(("client", "server"), _divergences(grads, weights, keep), strict=True):
+        for form, value in forms.items():
             out[f"divergence_{side}" + ("" if form == "raw" else f"_{form}")] = value
     return out

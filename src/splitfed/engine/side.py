@@ -8,43 +8,53 @@ few flat tensors per copy.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from .optim import LossFn, Optimizer, clip_grad_norm_
+
 
 @dataclass
 class State:
-    """One copy of a side's state: parameters, buffers (BatchNorm statistics) and momentum, each flat.
+    """One copy of a side's state: parameters, buffers (BatchNorm statistics) and optimizer state, each flat.
 
-    ``momentum`` is empty when the optimizer has none. Buffers are kept as float, counters included.
+    ``opt`` holds every slot of the side's optimizer one after another (see engine/optim.py: SGD's
+    momentum buffer, Adam's exp_avg, exp_avg_sq and step); it is empty for plain SGD. Buffers are kept as
+    float, counters included. Averaging, checkpoints and the network messages treat a State as these three
+    flat tensors, under the names of ``KEYS``.
     """
 
     params: torch.Tensor
     buffers: torch.Tensor
-    momentum: torch.Tensor
+    opt: torch.Tensor
+
+    KEYS: ClassVar[tuple[str, str, str]] = ("params", "buffers", "opt")
 
     def clone(self) -> "State":
-        return State(self.params.clone(), self.buffers.clone(), self.momentum.clone())
+        return State(self.params.clone(), self.buffers.clone(), self.opt.clone())
 
     def copy_(self, other: "State") -> None:
         self.params.copy_(other.params)
         self.buffers.copy_(other.buffers)
-        self.momentum.copy_(other.momentum)
+        self.opt.copy_(other.opt)
 
     @property
     def nbytes(self) -> int:
         """Bytes this state takes on the wire."""
-        return sum(t.numel() * t.element_size() for t in (self.params, self.buffers, self.momentum))
+        return sum(t.numel() * t.element_size() for t in (self.params, self.buffers, self.opt))
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        return {"params": self.params, "buffers": self.buffers, "momentum": self.momentum}
+        return dict(zip(self.KEYS, (self.params, self.buffers, self.opt), strict=True))
 
     @classmethod
     def from_dict(cls, d: dict[str, torch.Tensor]) -> "State":
-        return cls(d["params"], d["buffers"], d["momentum"])
+        # "momentum": a checkpoint written before the optimizer state was generalised; its layout (SGD's
+        # buffer, or nothing) is what the same config's SGD state is now.
+        return cls(d["params"], d["buffers"], d["opt"] if "opt" in d else d["momentum"])
 
 
 class WeightedSum:
@@ -84,13 +94,16 @@ class Layout:
         self.num_params = sum(s.numel() for _, s in self.params)
         self.num_buffers = sum(s.numel() for _, s in self.buffers)
 
-    def state_of(self, module: nn.Module, momentum: bool, device: torch.device | str = "cpu") -> State:
+    def state_of(
+        self, module: nn.Module, opt: Optimizer | None = None, device: torch.device | str = "cpu"
+    ) -> State:
+        """The module's weights as a State, with ``opt``'s initial (zero) state; none without ``opt``."""
         flat = [p.detach().reshape(-1).float() for p in module.parameters()]
         bufs = [b.detach().reshape(-1).float() for b in module.buffers()]
         params = torch.cat(flat).to(device) if flat else torch.zeros(0, device=device)
         buffers = torch.cat(bufs).to(device) if bufs else torch.zeros(0, device=device)
-        mom = torch.zeros_like(params) if momentum else torch.zeros(0, device=device)
-        return State(params, buffers, mom)
+        size = opt.state_size(self.num_params) if opt is not None else 0
+        return State(params, buffers, torch.zeros(size, device=device))
 
     @staticmethod
     def _views(flat: torch.Tensor, entries: list[tuple[str, torch.Size]]) -> list[torch.Tensor]:
@@ -118,28 +131,6 @@ class Layout:
 
     def param_names(self) -> list[str]:
         return [n for n, _ in self.params]
-
-
-@dataclass(frozen=True)
-class SGD:
-    """Plain SGD with optional momentum and weight decay, as torch.optim.SGD (dampening 0, no Nesterov)."""
-
-    lr: float
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-    def step(
-        self, params: list[torch.Tensor], grads: Sequence[torch.Tensor], bufs: list[torch.Tensor]
-    ) -> None:
-        grads = list(grads)
-        if self.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=self.weight_decay)
-        if self.momentum:
-            # A zero buffer makes the first step's buffer equal the gradient, as torch.optim.SGD does.
-            torch._foreach_mul_(bufs, self.momentum)
-            torch._foreach_add_(bufs, grads)
-            grads = bufs
-        torch._foreach_add_(params, grads, alpha=-self.lr)
 
 
 class Meter:
@@ -179,6 +170,7 @@ class Meter:
 
 
 ALL = -1  # the copy index of a vectorised call over every copy at once
+PRECISIONS = ("fp32", "bf16")
 
 
 class Side:
@@ -188,6 +180,12 @@ class Side:
     computes on it ("client" or "main_server"), for FLOP accounting. With ``vectorised``, a call on every
     copy at once (``forward_each``, ``train_each``, ``joint_each`` with copies 0..K-1 and equal shapes)
     runs as one batched computation (``torch.func.vmap``) instead of a loop over the copies.
+
+    ``loss(output, target)`` is the mean loss of a batch as a 0-dim tensor (default: cross-entropy); the
+    output it gets is float32. A vectorised call applies it to each copy's (output, target) in turn, so
+    any loss that works on one batch works there too. Inside a captured CUDA graph it must be pure tensor
+    operations (no ``.item()``, no branch on a tensor's value). ``precision`` "bf16" runs the training
+    forward passes under bfloat16 autocast; weights, gradients and optimizer state stay float32.
     """
 
     def __init__(
@@ -195,11 +193,15 @@ class Side:
         module: nn.Module,
         init: State,
         copies: int,
-        opt: SGD,
+        opt: Optimizer,
         location: str,
         meter: Meter,
         vectorised: bool = False,
+        loss: LossFn = F.cross_entropy,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
         self.module = module
         self.layout = Layout(module)
         self.names = self.layout.param_names()
@@ -207,21 +209,25 @@ class Side:
         self.location = location
         self.meter = meter
         self.vectorised = vectorised
-        self.store = State(
-            *(t.unsqueeze(0).repeat(copies, 1) for t in (init.params, init.buffers, init.momentum))
-        )
+        self.loss = loss
+        self.precision = precision
+        self.store = State(*(t.unsqueeze(0).repeat(copies, 1) for t in (init.params, init.buffers, init.opt)))
         self.rows = [
-            State(self.store.params[k], self.store.buffers[k], self.store.momentum[k]) for k in range(copies)
+            State(self.store.params[k], self.store.buffers[k], self.store.opt[k]) for k in range(copies)
         ]
         self._views = {k: self._make_views(r) for k, r in enumerate(self.rows)}
         self._views[ALL] = self._make_views(self.store)  # [K, *shape] views, for vectorised calls
         self._pending: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        # On CUDA a slot may be replayed as a CUDA graph: the optimizer then runs kernels that read the
+        # rate from this tensor (filled in place by set_lr) and never sync; on the CPU it reads lr_value.
+        self.graph_safe = init.params.is_cuda
+        self.lr_value = opt.lr
+        self.lr = torch.tensor(opt.lr, dtype=torch.float32, device=init.params.device)
         self.samples = 0  # samples trained (forward + backward) since the last reset
         self.steps = 0  # optimizer steps since the last reset
 
-    def _make_views(self, s: State) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], list[torch.Tensor]]:
-        mom = self.layout.param_views(s.momentum) if s.momentum.shape[-1] else []
-        return self.layout.param_views(s.params), self.layout.buffer_dict(s.buffers), mom
+    def _make_views(self, s: State) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        return self.layout.param_views(s.params), self.layout.buffer_dict(s.buffers)
 
     @property
     def num_copies(self) -> int:
@@ -232,6 +238,14 @@ class Side:
 
     def load(self, k: int, state: State) -> None:
         self.rows[k].copy_(state)
+
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps (of every copy), e.g. a schedule's rate for this round.
+
+        Filled in place: a captured CUDA graph reads the new rate on its next replay. Call it between
+        slots, not inside one."""
+        self.lr_value = lr
+        self.lr.fill_(lr)
 
     def counters(self, clients: Sequence[int] = ()) -> dict[str, int]:
         return {"samples": self.samples, "steps": self.steps}
@@ -252,7 +266,7 @@ class Side:
 
     def _forward(self, k: int, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Copy k's output on x with the graph to its parameters (k = ALL: every copy, x stacked [K, ...])."""
-        params, buffers, _ = self._views[k]
+        params, buffers = self._views[k]
         leaves = [p.detach().requires_grad_() for p in params]
         self.module.train()
         updated = {n: b.clone() for n, b in buffers.items()}  # see Layout.buffer_copies
@@ -260,16 +274,48 @@ class Side:
         def call(p: list[torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.module, (dict(zip(self.names, p, strict=True)), b), (x,))
 
-        out = torch.func.vmap(call)(leaves, updated, x) if k == ALL else call(leaves, updated, x)
+        # no autocast cache: a CUDA graph must not keep casts made outside its memory pool (torch docs)
+        bf16 = self.precision == "bf16"
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
+            out = torch.func.vmap(call)(leaves, updated, x) if k == ALL else call(leaves, updated, x)
+        if bf16:  # what travels and what the loss sees stay float32, as in fp32
+            out = out.float()
         if buffers:
             torch._foreach_copy_(list(buffers.values()), list(updated.values()))
         self.samples += x.shape[0] * x.shape[1] if k == ALL else len(x)
         return out, leaves
 
-    def _step(self, k: int, grads: Sequence[torch.Tensor]) -> None:
-        params, _, mom = self._views[k]
-        self.opt.step(params, grads, mom)
+    def _flat(self, k: int, grads: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The per-tensor gradients of copy k as one flat vector [P] ([K, P] for k = ALL)."""
+        lead = (self.num_copies,) if k == ALL else ()
+        if not grads:
+            return torch.zeros(*lead, 0, device=self.store.params.device)
+        return torch.cat([g.reshape(*lead, -1) for g in grads], dim=-1)
+
+    def _apply(self, k: int, flat_grad: torch.Tensor) -> None:
+        """One optimizer step of copy k (every copy: k = ALL) with its flat gradient, already clipped."""
+        s = self.store if k == ALL else self.rows[k]
+        self.opt.step(
+            s.params, flat_grad, s.opt, self.lr if self.graph_safe else self.lr_value, self.graph_safe
+        )
         self.steps += self.num_copies if k == ALL else 1
+
+    def _step(self, k: int, grads: Sequence[torch.Tensor]) -> None:
+        """Clip copy k's gradient over this side (when asked) and step it."""
+        flat = self._flat(k, grads)
+        if self.opt.clip_grad_norm is not None:
+            clip_grad_norm_([flat], self.opt.clip_grad_norm)
+        self._apply(k, flat)
+
+    def _loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.loss(out, y)
+
+    def _mean_losses(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per copy, the mean loss of out [K, b, ...] against y [K, b, ...]: a [K] tensor."""
+        if self.loss is F.cross_entropy:  # one kernel for every copy instead of K
+            per_sample = F.cross_entropy(out.flatten(0, 1), y.flatten(0, 1), reduction="none")
+            return per_sample.view(len(out), -1).mean(1)
+        return torch.stack([self.loss(o, t) for o, t in zip(out.unbind(0), y.unbind(0), strict=True)])
 
     # --- a client side: forward now, backward when the smashed data's gradient comes back ------------------
     def forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
@@ -305,10 +351,10 @@ class Side:
 
     # --- a whole step on (x, y) -------------------------------------------------------------------------
     def train_step(self, k: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """One step of copy k on the mean cross-entropy of (x, y); returns ∂loss/∂x if x requires grad."""
+        """One step of copy k on the mean loss of (x, y); returns ∂loss/∂x if x requires grad."""
         out, leaves = self._forward(k, x)
-        loss = F.cross_entropy(out, y)
-        self.meter.add_loss(loss, len(y))
+        loss = self._loss(out, y)
+        self.meter.add_loss(loss, len(x))
         inputs = [*leaves, x] if x.requires_grad else leaves
         grads = torch.autograd.grad(loss, inputs)
         self._step(k, grads[: len(leaves)])
@@ -328,39 +374,39 @@ class Side:
         x = torch.stack(list(xs)).detach().requires_grad_()
         y = torch.stack(list(ys))
         out, leaves = self._forward(ALL, x)
-        losses = _mean_losses(out, y)  # copy k's mean loss; their sum's gradient is each copy's own
-        self.meter.add_loss(losses.sum() / len(losses), y.numel())
+        losses = self._mean_losses(out, y)  # copy k's mean loss; their sum's gradient is each copy's own
+        self.meter.add_loss(losses.sum() / len(losses), x.shape[0] * x.shape[1])
         grads = torch.autograd.grad(losses.sum(), [*leaves, x])
         self._step(ALL, grads[:-1])
         return list(grads[-1].unbind(0))
 
 
-def _mean_losses(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per copy, the mean cross-entropy of out [K, b, classes] against y [K, b]."""
-    per_sample = F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="none")
-    return per_sample.view(y.shape).mean(1)
-
-
 def joint_step(client: Side, server: Side, k: int, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One SGD step of the unsplit model (client side then server side, one autograd graph) on copy k of
-    both sides (k = ALL: every copy at once, x and y stacked [K, b, ...])."""
+    """One step of the unsplit model (client side then server side, one autograd graph) on copy k of
+    both sides (k = ALL: every copy at once, x and y stacked [K, b, ...]). Clipping, if the client side
+    asks for it, is over the whole model's gradient, as clip_grad_norm_ on the unsplit model would."""
     z, c_leaves = client._forward(k, x)
     out, s_leaves = server._forward(k, z)
     if k == ALL:
-        losses = _mean_losses(out, y)
+        losses = server._mean_losses(out, y)
         loss, total = losses.sum(), losses.sum() / len(losses)
+        count = x.shape[0] * x.shape[1]
     else:
-        loss = total = F.cross_entropy(out, y)
-    server.meter.add_loss(total, y.numel())
+        loss = total = server._loss(out, y)
+        count = len(x)
+    server.meter.add_loss(total, count)
     grads = torch.autograd.grad(loss, c_leaves + s_leaves)
-    client._step(k, grads[: len(c_leaves)])
-    server._step(k, grads[len(c_leaves) :])
+    flat = [client._flat(k, grads[: len(c_leaves)]), server._flat(k, grads[len(c_leaves) :])]
+    if client.opt.clip_grad_norm is not None:
+        clip_grad_norm_(flat, client.opt.clip_grad_norm)
+    client._apply(k, flat[0])
+    server._apply(k, flat[1])
 
 
 def joint_each(
     client: Side, server: Side, copies: Sequence[int], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
 ) -> None:
-    """For each i, one SGD step of the unsplit model copy copies[i] on (xs[i], ys[i])."""
+    """For each i, one step of the unsplit model copy copies[i] on (xs[i], ys[i])."""
     if client.batched(copies, xs) and server.batched(copies, xs):
         joint_step(client, server, ALL, torch.stack(list(xs)), torch.stack(list(ys)))
         return

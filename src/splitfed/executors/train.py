@@ -65,6 +65,7 @@ def train(
         clients = setup.participants(rnd)
         ctx.meter.reset()
         ctx.link.reset()
+        ctx.set_round(rnd)  # the round's learning rate (lr_schedule) on every side
         for side in ctx.sides:
             side.samples = side.steps = 0
         t1 = time.perf_counter()

@@ -88,7 +88,7 @@ class Shapes:
         )
 
     def state_message(self, halves: tuple[str, ...]) -> Expect:
-        """A model state: for each half ("client", "server"), its params, buffers and momentum."""
+        """A model state: for each half ("client", "server"), its params, buffers and optimizer state."""
         tensors, total = {}, 4096
         for half in halves:
             sizes = self.client_state if half == "client" else self.server_state
@@ -107,7 +107,7 @@ def state_tensors(prefix: str, state: State) -> dict[str, torch.Tensor]:
 
 
 def state_from(prefix: str, tensors: dict[str, torch.Tensor], device: torch.device) -> State:
-    return State(*(tensors[f"{prefix}.{k}"].float().to(device) for k in ("params", "buffers", "momentum")))
+    return State(*(tensors[f"{prefix}.{k}"].float().to(device) for k in State.KEYS))
 
 
 def grpc_options(deploy: Deployment) -> list[tuple[str, int]]:

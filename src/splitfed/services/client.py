@@ -75,6 +75,7 @@ class Client:
             # where this client's sampler stands at the start of round r: τ·b_n samples per round
             self.ctx.streams.skip_to(self.n, (r - 1) * self.iterations * self.ctx.batch_sizes[self.n])
             self.ctx.meter.reset()
+            self.ctx.set_round(r)
             try:
                 self._train_round(r)
             except Restart as e:

@@ -79,6 +79,7 @@ class MainServer(pb_grpc.MainServerServicer):
         self.clock: float | None = None  # when someone started waiting on the current slot
         self.progress = time.monotonic()  # when the last slot was handled (or the round began)
         self.ctx.meter.reset()
+        self.ctx.set_round(self.round)  # the round's learning rate (lr_schedule)
         self.samples = 0
         for k in range(self.server.num_copies):
             self.server.load(k, self.w_s)

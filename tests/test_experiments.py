@@ -1,0 +1,41 @@
+"""The shipped experiment grids run: their smallest points, shrunk to seconds, in the suite."""
+
+from pathlib import Path
+
+import pytest
+
+from splitfed import run
+from splitfed.data.datasets import find_fmnist
+from splitfed.errors import SplitfedError
+from splitfed.sweep import expand
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fmnist_available() -> bool:
+    try:
+        find_fmnist(None)
+        return True
+    except SplitfedError:
+        return False
+
+
+@pytest.mark.skipif(not fmnist_available(), reason="needs the Debian package dataset-fashion-mnist")
+@pytest.mark.parametrize(
+    ("grid", "pick"),
+    [
+        ("experiments/beyond/many-clients.toml", lambda p: p.config.clients == 10),
+        ("experiments/beyond/many-clients.toml", lambda p: p.config.clients == 1000),
+        ("experiments/beyond/vit-cuts.toml", lambda p: p.config.cut_layer == 4),
+    ],
+    ids=["many-clients-N10", "many-clients-N1000", "vit-cut-4"],
+)
+def test_a_grid_point_runs_as_written_but_short(tmp_path, grid, pick):
+    point = next(p for p in expand(ROOT / grid, tmp_path) if pick(p))
+    short = point.config.replace(rounds=2, local_iters=2, divergence_every=1, divergence_samples=10)
+    if short.divergence_clients is not None:  # keep the suite fast: the draw's size is not the point here
+        short = short.replace(divergence_clients=min(short.divergence_clients, 10))
+    result = run(short.replace(algorithm=("minibatch_sfl",), out=str(tmp_path / "run")))
+    assert [r["round"] for r in result.history] == [1, 2]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in result.history)
+    assert result.history[-1]["participants"] == (point.config.clients_per_round or point.config.clients)
