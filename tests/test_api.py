@@ -3,7 +3,9 @@ TensorBoard; the CLI's --model pkg.module:builder and --dataset PATH.pt; the exa
 the README, executed."""
 
 import json
+import os
 import re
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -247,6 +249,38 @@ def test_on_round_sees_every_record_and_can_stop_a_run_that_then_resumes(tmp_pat
         run(config.replace(resume=True), model=other, data=(x, y))
     with pytest.raises(SplitfedError, match="given to run\\(\\) as Python data; pass it again"):
         run(Config.from_toml(tmp_path / "r" / "config.toml").replace(resume=True), model=user_model())
+
+
+def _rank(rank: int, world: int, port: int, out: str, seeds: list[int]) -> None:
+    """One rank of a torch.distributed job (torchrun's environment) calling run() with its own objects."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    x, y = tabular(300)
+    torch.manual_seed(seeds[rank])
+    model = nn.Sequential(Block(12, 32), Block(32, 32), nn.Linear(32, 5))
+    run(cfg(algorithm=("minibatch_sfl",), rounds=1, divergence_every=0, out=out), model=model, data=(x, y))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_ranks_of_a_distributed_job_must_be_given_the_same_objects(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "same"), [0, 0]), nprocs=2, join=True)
+    assert (tmp_path / "same" / "models" / "minibatch_sfl.pt").is_file()
+    with pytest.raises(mp.ProcessRaisedException, match="rank 1 was given another model or data than rank 0"):
+        mp.spawn(_rank, args=(2, _free_port(), str(tmp_path / "other"), [0, 1]), nprocs=2, join=True)
+    assert not (tmp_path / "other").exists()
 
 
 def test_progress_prints_each_round_when_on_and_nothing_when_off(tmp_path, capsys, monkeypatch):

@@ -246,7 +246,7 @@ def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float]]:
 
 def interactive() -> bool:
     """Whether a person is likely watching: stdout is a terminal, or this runs in a Jupyter kernel."""
-    if sys.stdout is not None and sys.stdout.isatty():
+    if getattr(sys.stdout, "isatty", lambda: False)():  # some IDEs' replacements have no isatty
         return True
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
@@ -372,6 +372,8 @@ def _run(
     setup = prepare(config, model, data, loss)
     if launched():
         group = join(setup.device)
+        if model is not None or data is not None:
+            same_on_every_rank(setup.cfg)
     cfg = setup.cfg
     leader = group is None or group.leader
     histogram = class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu()
@@ -436,6 +438,23 @@ def _run(
     if group is not None:
         leave(group)
     return RunResult(cfg, run_dir.path, history, models, summary)
+
+
+def same_on_every_rank(cfg: Config) -> None:
+    """In a torch.distributed job every rank calls run() with its own objects: they must be the same
+    model and data on all (a module built unseeded would start each rank's clients from other weights).
+    Their labels in the config (fingerprints) are compared; every rank refuses alike."""
+    import torch.distributed as dist
+
+    labels: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(labels, (cfg.model, cfg.dataset))
+    for rank, label in enumerate(labels):
+        if label != labels[0]:
+            raise SplitfedError(
+                f"rank {rank} was given another model or data than rank 0 ({label[0]}, {label[1]} against "
+                f"{labels[0][0]}, {labels[0][1]}): build them the same way on every rank (seed a module's "
+                "construction, or pass a builder)"
+            )
 
 
 def spawn_ranks(config: Config, argv: list[str]) -> int:
