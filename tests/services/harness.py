@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from splitfed import Config
-from splitfed.engine.checkpoint import load_checkpoint
+from splitfed.engine.checkpoint import read_checkpoint
 from splitfed.engine.side import State
 from splitfed.executors import train
 from splitfed.services.deploy import Deployment, load, write_config
@@ -97,7 +97,7 @@ def metrics_lines(run_dir: Path) -> int:
 
 
 def deployed_model(deploy: Deployment) -> tuple[State, State]:
-    saved = load_checkpoint(Path(deploy.state_dir) / "fed_server.pt")
+    saved = read_checkpoint(Path(deploy.state_dir) / "fed_server.pt", "the deployment's result is gone")
     return State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
 
 

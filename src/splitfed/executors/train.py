@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..algorithms import create
-from ..engine.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
 from ..engine.metrics import SplitModel
 from ..engine.side import State
@@ -34,7 +34,7 @@ def train(
     device = setup.device
     history: list[dict[str, Any]] = []
     if checkpoint is not None and checkpoint.exists():
-        saved = load_checkpoint(checkpoint)
+        saved = load_run_checkpoint(checkpoint, name, setup)  # checked whole against this run
         executor.w_c = State.from_dict({k: v.to(device) for k, v in saved["w_c"].items()})
         executor.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
         ctx.streams.load_state_dict(saved["streams"])
@@ -88,17 +88,8 @@ def train(
         }
         history.append(record)
         if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "algorithm": name,
-                    "round": rnd,
-                    "w_c": executor.w_c.to_dict(),
-                    "w_s": executor.w_s.to_dict(),
-                    "streams": ctx.streams.state_dict(),
-                    "history": history,
-                },
+            save_run_checkpoint(
+                checkpoint, name, cfg, rnd, executor.w_c, executor.w_s, ctx.streams.state_dict(), history
             )
         if on_round is not None:
             on_round(record)
