@@ -29,7 +29,7 @@ from ._limits import check_output_dir, preflight
 from .algorithms import ALGORITHMS, create
 from .config import Config
 from .data import class_histogram, format_histogram
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import RESUMABLE_CHANGES, check_resumable, load_run_checkpoint
 from .engine.metrics import LossFn
 from .engine.side import State
 from .errors import SplitfedError
@@ -41,9 +41,6 @@ from .report import format_table, plot_run, summarize, write_summary_csv
 from .setup import Setup, prepare
 
 log = logging.getLogger("splitfed")
-
-# Fields a resumed run may change: they do not alter what has been computed so far.
-RESUMABLE_CHANGES = {"rounds", "device", "out", "resume", "model_every"}
 
 
 @dataclass
@@ -112,18 +109,10 @@ class RunDir:
             )
 
     def _check_same(self, saved: Config) -> None:
-        diffs = [
-            f"{k} ({v!r} -> {getattr(self.cfg, k)!r})"
-            for k, v in saved.to_dict().items()
-            if k not in RESUMABLE_CHANGES and v != getattr(self.cfg, k)
-        ]
-        if diffs:
-            raise SplitfedError(f"cannot resume {self.path} with a different config: {', '.join(diffs)}")
-        if self.cfg.rounds < saved.rounds:
-            raise SplitfedError(
-                f"cannot resume {self.path} with fewer rounds ({self.cfg.rounds}) "
-                f"than it was set to ({saved.rounds})"
-            )
+        """The flags given may change only RESUMABLE_CHANGES of config.toml; each checkpoint is then
+        checked against the config it was trained with (``start``), which an edited config.toml is not."""
+        remedy = f"only {', '.join(sorted(RESUMABLE_CHANGES - {'resume'}))} may change"
+        check_resumable(saved.to_dict(), self.cfg, str(self.path), remedy)
 
     def checkpoint(self, algorithm: str) -> Path:
         return self.path / "checkpoints" / f"{algorithm}.pt"
@@ -139,6 +128,14 @@ class RunDir:
         return save_state_dict(model, self.model_file(algorithm, rnd))
 
     def start(self, setup: Setup, histogram: torch.Tensor) -> None:
+        # Every checkpoint is checked whole (digest, config, structure) before anything is written: a
+        # refused resume leaves the run as it was. metrics.jsonl is rebuilt from their histories, which
+        # are written before their line is appended: a kill between the two never loses or doubles a round.
+        histories = [
+            load_run_checkpoint(self.checkpoint(name), name, setup)["history"][: self.cfg.rounds]
+            for name in self.cfg.algorithm
+            if self.checkpoint(name).exists()
+        ]
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
         write_atomic(self.path / "config.toml", self.cfg.to_toml())
@@ -160,13 +157,7 @@ class RunDir:
         write_atomic(
             self.path / "partition.txt", format_histogram(histogram, max_rows=histogram.shape[0]) + "\n"
         )
-        # metrics.jsonl is rebuilt from the checkpoints, which are written before their line is appended:
-        # a kill between the two never leaves a missing or doubled round.
-        lines = []
-        for name in self.cfg.algorithm:
-            if self.checkpoint(name).exists():
-                history = load_checkpoint(self.checkpoint(name))["history"][: self.cfg.rounds]
-                lines += [json.dumps(r) + "\n" for r in history]
+        lines = [json.dumps(r) + "\n" for history in histories for r in history]
         write_atomic(self.path / "metrics.jsonl", "".join(lines))
 
     def append_metrics(self, record: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from splitfed import Config
-from splitfed.engine.checkpoint import load_checkpoint
+from splitfed.engine.checkpoint import read_checkpoint
 from splitfed.engine.side import State
 from splitfed.executors import train
 from splitfed.services.deploy import Deployment, load, write_config
@@ -39,9 +39,13 @@ def deployment(tmp_path: Path, config: Config, **deploy_changes) -> tuple[Path, 
 
 
 class Roles:
-    """The processes of one deployment; each role's output goes to logs/<role>.log."""
+    """The processes of one deployment; each role's output goes to logs/<role>.log.
 
-    def __init__(self, config_file: Path, clients: int) -> None:
+    With ``servers_first``, the clients start once both servers listen: on a machine of few cores they
+    would otherwise slow the servers' start, and gRPC's reconnection backoff then delays them further.
+    """
+
+    def __init__(self, config_file: Path, clients: int, servers_first: bool = False) -> None:
         from splitfed.algorithms import create
 
         self.config_file = config_file
@@ -50,10 +54,21 @@ class Roles:
         self.procs: dict[str, subprocess.Popen] = {}
         self.start("fed_server")
         config, _ = load(config_file)
+        servers = ["fed_server"]
         if create(config, config.algorithm[0]).split:
             self.start("main_server")
+            servers.append("main_server")
+        if servers_first:
+            wait_for(lambda: all("listening on" in self.log(name) for name in servers), timeout=120)
         for k in range(clients):
             self.start("client", k)
+
+    def restart(self, name: str) -> None:
+        """Start the process called ``name`` (a role, or client_K) again, with the same command."""
+        if name.startswith("client_"):
+            self.start("client", int(name.removeprefix("client_")))
+        else:
+            self.start(name)
 
     def start(self, role: str, k: int | None = None) -> None:
         name = role if k is None else f"client_{k}"
@@ -97,14 +112,20 @@ def metrics_lines(run_dir: Path) -> int:
 
 
 def deployed_model(deploy: Deployment) -> tuple[State, State]:
-    saved = load_checkpoint(Path(deploy.state_dir) / "fed_server.pt")
+    saved = read_checkpoint(Path(deploy.state_dir) / "fed_server.pt", "the deployment's result is gone")
     return State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
 
 
 def simulated_model(config: Config) -> tuple[State, State]:
+    w_c, w_s, _ = simulated_run(config)
+    return w_c, w_s
+
+
+def simulated_run(config: Config) -> tuple[State, State, list[dict]]:
+    """The uninterrupted simulation of ``config``: its final model and its history (one record a round)."""
     setup = prepare(config.replace(out=None))
-    algo, _, _ = train(config.algorithm[0], setup)
-    return algo.w_c, algo.w_s
+    algo, history, _ = train(config.algorithm[0], setup)
+    return algo.w_c, algo.w_s, history
 
 
 def assert_states_close(a: State, b: State, atol: float = 1e-5) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..algorithms import create
-from ..engine.checkpoint import CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
 from ..engine.side import State
 from ..setup import Setup
@@ -48,7 +48,9 @@ def train(
     split = setup.split_model()
     device = setup.device
     history: list[dict[str, Any]] = []
-    saved = load_checkpoint(checkpoint) if leader and checkpoint is not None and checkpoint.exists() else None
+    saved = None
+    if leader and checkpoint is not None and checkpoint.exists():
+        saved = load_run_checkpoint(checkpoint, name, setup)  # checked whole against this run
     if group is not None:
         saved = share(group, saved)
     if saved is not None:
@@ -112,18 +114,7 @@ def train(
         if on_weights is not None:
             on_weights(rnd, executor.w_c, executor.w_s)
         if checkpoint is not None:
-            save_checkpoint(
-                checkpoint,
-                {
-                    "version": CHECKPOINT_VERSION,
-                    "algorithm": name,
-                    "round": rnd,
-                    "w_c": executor.w_c.to_dict(),
-                    "w_s": executor.w_s.to_dict(),
-                    "streams": streams,
-                    "history": history,
-                },
-            )
+            save_run_checkpoint(checkpoint, name, cfg, rnd, executor.w_c, executor.w_s, streams, history)
         if on_round is not None:
             on_round(record)
     return executor, history, ctx

@@ -26,7 +26,7 @@ import grpc
 
 from ..algorithms import Algorithm, create
 from ..algorithms.base import RELAY
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.checkpoint import STATE_REMEDY, Records, load_checkpoint, save_checkpoint
 from ..engine.metrics import SplitModel
 from ..engine.side import State
 from ..executors.local import plan_round
@@ -69,7 +69,13 @@ class FedServer(pb_grpc.FedServerServicer):
         self.round, self.w_c, self.w_s = 1, setup.init_c.clone(), setup.init_s.clone()
         self.history: list[dict[str, Any]] = []
         if self.state_file.exists():
-            saved = load_checkpoint(self.state_file)
+            expect = {
+                "round": int,
+                "w_c": setup.init_c.to_dict(),
+                "w_s": setup.init_s.to_dict(),
+                "history": Records(),
+            }
+            saved = load_checkpoint(self.state_file, "fed_server", self.cfg, expect, STATE_REMEDY)
             self.round = saved["round"] + 1
             self.w_c = State.from_dict({k: v.to(self.device) for k, v in saved["w_c"].items()})
             self.w_s = State.from_dict({k: v.to(self.device) for k, v in saved["w_s"].items()})
@@ -233,7 +239,9 @@ class FedServer(pb_grpc.FedServerServicer):
         # Saved before the new model is handed out: a restart never loses a round a client has seen.
         save_checkpoint(
             self.state_file,
-            {"version": 1, "round": r, "w_c": w_c.to_dict(), "w_s": w_s.to_dict(), "history": self.history},
+            "fed_server",
+            self.cfg,
+            {"round": r, "w_c": w_c.to_dict(), "w_s": w_s.to_dict(), "history": self.history},
         )
         if self.on_round is not None:
             self.on_round(record)

@@ -25,7 +25,7 @@ import torch
 
 from ..algorithms import Algorithm, Smashed, create
 from ..algorithms.base import PER_CLIENT
-from ..engine.checkpoint import load_checkpoint, save_checkpoint
+from ..engine.checkpoint import STATE_REMEDY, Each, Tensor, load_checkpoint, save_checkpoint
 from ..engine.side import State
 from ..executors.local import InProcessMainServer, plan_round
 from ..setup import Setup
@@ -101,8 +101,9 @@ class MainServer(pb_grpc.MainServerServicer):
         self.w_s = w_s
         save_checkpoint(
             self.state_file,
+            "main_server",
+            self.cfg,
             {
-                "version": 1,
                 "round": r,
                 "w_s": w_s.to_dict(),
                 "info": info,
@@ -115,7 +116,14 @@ class MainServer(pb_grpc.MainServerServicer):
         self._start_round()
 
     def _restore(self) -> None:
-        saved = load_checkpoint(self.state_file)
+        expect = {  # what _end_round saves, in this experiment's shapes
+            "round": int,
+            "w_s": self.setup.init_s.to_dict(),
+            "info": {"train_loss": float, "samples": float},
+            "dropped": Each(int),
+            "last": Each((int, int, Tensor((None, *self.shapes.smashed))), keyed=True),
+        }
+        saved = load_checkpoint(self.state_file, "main_server", self.cfg, expect, STATE_REMEDY)
         device = self.setup.device
         self.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
         self.round = saved["round"] + 1
