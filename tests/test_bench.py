@@ -17,6 +17,9 @@ def test_the_benchmark_runs_and_writes_its_json(tmp_path, capsys):
     assert all(r["ratio_to_floor"] > 0 for r in result["results"])
     out_text = capsys.readouterr().out
     assert "cpu" in result["machine"] and "x floor" in out_text and "x central" in out_text
+    assert main(["bench", "--markdown", str(out)]) == 0  # the table of docs/performance.md
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| model | N |") and len(table) == 2 + len(rows)
 
 
 def test_the_benchmark_can_time_a_subset(tmp_path):

@@ -222,6 +222,25 @@ def format_row(r: dict[str, Any]) -> str:
     )
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The rows as the markdown table of docs/performance.md."""
+
+    def cell(value: float | None, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    lines = [
+        "| model | N | τ | variant | s/round | × floor | × centralized | × plain PyTorch |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['clients']} | {r['tau']} | {r['variant']} | {r['round_s']:.3f} | "
+            f"{cell(r['ratio_to_floor'], '.2f')} | {cell(r['ratio_to_centralized'], '.2f')} | "
+            f"{cell(r['ratio_to_torch'], '.2f')} |"
+        )
+    return "\n".join(lines)
+
+
 def machine() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
@@ -257,11 +276,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--variants", help="comma-separated labels to time (default: all; see VARIANTS)")
     p.add_argument("--out", default="benchmarks/results/latest.json", help="where to write the JSON")
+    p.add_argument(
+        "--markdown", metavar="JSON", help="print the results of an earlier run as a markdown table"
+    )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())["results"]))
+        return 0
     torch.manual_seed(0)
     variants = VARIANTS + (EAGER_VARIANTS if args.device.startswith("cuda") else [])
     if args.variants:
