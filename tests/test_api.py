@@ -303,7 +303,7 @@ def test_progress_prints_each_round_when_on_and_nothing_when_off(tmp_path, capsy
 def test_progress_goes_through_the_users_logging_configuration(tmp_path, capsys, caplog, monkeypatch):
     import logging
 
-    monkeypatch.setattr(logging.getLogger("splitfed"), "propagate", True)  # cli.main() turns it off
+    monkeypatch.setattr(logging.getLogger("splitfed"), "propagate", True)  # a script's logger propagates
     x, y = tabular(300)
     config = cfg(algorithm=("fedavg",), rounds=1, divergence_every=0, out=str(tmp_path / "r"))
     run(config, model=user_model(), data=(x, y), progress=True)

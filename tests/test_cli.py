@@ -97,6 +97,15 @@ def test_resume_needs_a_run_directory(capsys):
     assert capsys.readouterr().err == "splitfed: error: --resume needs --out DIR naming the run to continue\n"
 
 
+def test_main_leaves_the_splitfed_logger_as_it_found_it(capsys):
+    import logging
+
+    log = logging.getLogger("splitfed")
+    before = list(log.handlers), log.level, log.propagate
+    assert main(["run", "--rounds", "0"]) == 2  # a mistake: main returns early, through its cleanup
+    assert (list(log.handlers), log.level, log.propagate) == before
+
+
 def test_the_installed_command_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "splitfed.cli", "run", "--cut-layer", "9", "--out", str(tmp_path / "x")],

@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("splitfed")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # restored at the end: main() may be called from Python (tests, notebooks), whose logging stays theirs
+    saved = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
@@ -327,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
             return result
     finally:
         log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 class _HeldWarnings:

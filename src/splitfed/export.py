@@ -18,7 +18,7 @@ from torch import nn
 
 from ._rng import derive_seed
 from .config import Config
-from .engine.checkpoint import load_checkpoint
+from .engine.checkpoint import read_run_checkpoint
 from .engine.side import State
 from .errors import SplitfedError
 from .models import PYTHON_MODEL, ModelLike, resolve_model, split
@@ -87,7 +87,7 @@ def _load(
         raise SplitfedError(f"{run} has no algorithm {algorithm!r}; it ran: {', '.join(cfg.algorithm)}")
     built = _rebuild(run, cfg, model)
     checkpoint = run / "checkpoints" / f"{algorithm}.pt"
-    saved = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    saved = read_run_checkpoint(checkpoint) if checkpoint.is_file() else None
     if rnd is None or (saved is not None and saved["round"] == rnd):
         if saved is None:
             raise SplitfedError(f"{run} has no checkpoint of {algorithm}: it has not finished a round")

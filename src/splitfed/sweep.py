@@ -217,6 +217,7 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger = logging.getLogger("splitfed")
+    saved = logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -236,6 +237,8 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
         return str(e)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
         handler.close()
 
 

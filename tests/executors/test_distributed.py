@@ -20,7 +20,7 @@ import torch
 import torch.multiprocessing as mp
 
 from splitfed import run
-from splitfed.engine.checkpoint import load_checkpoint
+from splitfed.engine.checkpoint import read_run_checkpoint
 
 from ..algorithms.helpers import SMOOTH_MODEL
 from ..conftest import small_config
@@ -51,7 +51,7 @@ def run_ranks(world: int, **changes) -> None:
 
 
 def final_states(out, name):
-    saved = load_checkpoint(out / "checkpoints" / f"{name}.pt")
+    saved = read_run_checkpoint(out / "checkpoints" / f"{name}.pt")
     return saved["w_c"], saved["w_s"], saved["history"]
 
 

@@ -307,3 +307,16 @@ def load_run_checkpoint(path: Path, algorithm: str, setup: "Setup") -> dict[str,
         "history": Records(),
     }
     return load_checkpoint(path, "run", setup.cfg, expect, f"delete it to retrain {algorithm} from round 1")
+
+
+def read_run_checkpoint(path: Path) -> dict[str, Any]:
+    """A run checkpoint read back outside its run (export, tests): its digest and kind are checked and it
+    must hold a round and both sides' states; whether they fit a model is the reader's to check."""
+    remedy = "export another round, or rerun"
+    saved = read_checkpoint(path, remedy)
+    if isinstance(saved, dict) and saved.get("version") == CHECKPOINT_VERSION and saved.get("kind") != "run":
+        raise SplitfedError(f"checkpoint {path} is not a run's checkpoint; {remedy}")
+    missing = [k for k in ("round", "w_c", "w_s", "history") if not isinstance(saved, dict) or k not in saved]
+    if missing:
+        raise SplitfedError(f"checkpoint {path} cannot be used: it has no {', '.join(missing)}; {remedy}")
+    return saved
