@@ -115,9 +115,31 @@ def grpc_options(deploy: Deployment) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
 
 
+def keepalive_options(deploy: Deployment, server: bool) -> list[tuple[str, int]]:
+    """Keepalive pings, so that a connection whose peer vanished without a word (a host down, a NAT or
+    firewall dropping it) fails its calls with UNAVAILABLE, which Caller retries for retry_s and then
+    reports, instead of a call at a barrier timing out and being asked again for ever. Servers accept
+    the clients' pings at that rate (by default gRPC servers refuse pings more often than every 5 min)."""
+    every = max(1, int(deploy.keepalive_s * 1000))
+    if server:
+        return [
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", every // 2),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    return [
+        ("grpc.keepalive_time_ms", every),
+        ("grpc.keepalive_timeout_ms", every),
+        ("grpc.http2.ping_timeout_ms", every),  # gRPC ≥ 1.6x waits 60 s for an ack unless told
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 def serve(deploy: Deployment, address: str, workers: int, add: Callable[[grpc.Server], None]) -> grpc.Server:
     """A TLS-only gRPC server on ``address`` (host:port)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=grpc_options(deploy))
+    options = grpc_options(deploy) + keepalive_options(deploy, server=True)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     add(server)
     try:
         bound = server.add_secure_port(address, server_credentials(deploy.cert, deploy.key))
@@ -130,7 +152,8 @@ def serve(deploy: Deployment, address: str, workers: int, add: Callable[[grpc.Se
 
 
 def dial(deploy: Deployment, address: str) -> grpc.Channel:
-    return grpc.secure_channel(address, channel_credentials(deploy.ca), options=grpc_options(deploy))
+    options = grpc_options(deploy) + keepalive_options(deploy, server=False)
+    return grpc.secure_channel(address, channel_credentials(deploy.ca), options=options)
 
 
 class Caller:

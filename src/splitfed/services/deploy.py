@@ -32,12 +32,15 @@ class Deployment:
     round_timeout_s: float = 120.0  # fed server, policy drop: how long a round's uploads are awaited
     retry_s: float = 120.0  # how long a party keeps retrying an unreachable server
     give_up_s: float = 1800.0  # a server that sees nothing move this long stops (state saved; restart it)
+    keepalive_s: float = 20.0  # connections are pinged this often; one silent this long again is dead
     max_frame_mb: float = 4.0  # the largest gRPC message accepted
 
     def __post_init__(self) -> None:
         if self.straggler_policy not in ("wait", "drop"):
             raise SplitfedError(f"straggler_policy must be wait or drop, got {self.straggler_policy!r}")
-        for name in ("iteration_timeout_s", "round_timeout_s", "retry_s", "give_up_s", "max_frame_mb"):
+        for name in (
+            "iteration_timeout_s", "round_timeout_s", "retry_s", "give_up_s", "keepalive_s", "max_frame_mb"
+        ):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise SplitfedError(f"deploy.{name} must be positive, got {getattr(self, name)}")
 
