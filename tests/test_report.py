@@ -327,3 +327,17 @@ def test_a_claims_file_with_an_unknown_key_is_refused(tmp_path):
     (tmp_path / "c.toml").write_text('algorithm = "minibatch_sfl"\nlastk = 5\n')
     with pytest.raises(SplitfedError, match="unknown key"):
         load_claims(tmp_path / "c.toml")
+
+
+def test_the_legend_names_every_algorithm_even_one_missing_from_the_first_panel(tmp_path):
+    # fedavg ran only at p = 1 (a grid still running): its name must still be in the legend
+    groups = [
+        Group(("synthetic", "cnn4", 2), "minibatch_sfl", 2, p, [_history(["minibatch_sfl"])], [0])
+        for p in (0.0, 1.0)
+    ] + [Group(("synthetic", "cnn4", 2), "fedavg", 2, 1.0, [_history(["fedavg"])], [0])]
+    setting = Setting(groups, tmp_path)
+    setting.accuracy_vs_round(plt)
+    fig = setting.figures["accuracy_vs_round"]
+    names = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sorted(names) == ["FedAvg (FL)", "MiniBatch-SFL"]
+    plt.close(fig)

@@ -216,6 +216,17 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def legend_of_every_panel(ax: Any, panels: Any) -> None:
+    """One legend on ``ax`` naming every algorithm drawn in any panel: the first panel may lack one
+    (a grid still running, an algorithm not run at that p)."""
+    seen: dict[str, Any] = {}
+    for panel in panels:
+        for handle, name in zip(*panel.get_legend_handles_labels(), strict=True):
+            seen.setdefault(name, handle)
+    if seen:
+        ax.legend(list(seen.values()), list(seen), fontsize=8)
+
+
 def _fmt(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
     """Mean ± std of ``values`` × scale; sign="+" writes the mean's sign always (margins)."""
     if not values:
@@ -442,7 +453,7 @@ class Setting:
             ax.grid(alpha=0.3)
         for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
-        axes.flat[0].legend(fontsize=8)
+        legend_of_every_panel(axes.flat[0], axes.flat)
         fig.suptitle(f"{self.title}, cut {self.cut}: test accuracy, mean ± std over seeds{self._view()}")
         return [self.save(fig, "accuracy_vs_round"), ""]
 
