@@ -14,13 +14,7 @@ from splitfed.setup import load_data
 
 from .conftest import small_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def accuracy(model, x, y):
