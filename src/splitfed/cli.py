@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._log import logging_only_to
 from .config import CHOICES, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
 from .errors import SplitfedError
 
@@ -298,39 +299,30 @@ def main(argv: list[str] | None = None) -> int:
     # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
     # In a torch.distributed job rank 0 speaks for every rank: the others say nothing, errors included.
     quiet = os.environ.get("RANK", "0") != "0"
-    log = logging.getLogger("splitfed")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    # restored at the end: main() may be called from Python (tests, notebooks), whose logging stays theirs
-    saved = log.level, log.propagate
-    log.addHandler(handler)
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
     held = _HeldWarnings()
     handler.addFilter(held.release_on_first_record)
-    try:
-        with warnings.catch_warnings():  # restores showwarning however the command ends
-            warnings.showwarning = held.show
-            try:
-                result = args.func(args)
-            except SplitfedError as e:
-                held.discard()
-                if not quiet:
-                    print(f"splitfed: error: {e}", file=sys.stderr)
-                return e.exit_code
-            except KeyboardInterrupt:
-                held.release()
-                print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
-                return 130
-            except BaseException:
-                held.release()  # a bug: everything that led to it helps
-                raise
+    level = logging.WARNING if quiet else logging.INFO
+    # warnings.catch_warnings restores showwarning however the command ends
+    with logging_only_to(handler, level), warnings.catch_warnings():
+        warnings.showwarning = held.show
+        try:
+            result = args.func(args)
+        except SplitfedError as e:
+            held.discard()
+            if not quiet:
+                print(f"splitfed: error: {e}", file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
             held.release()
-            return result
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(saved[0])
-        log.propagate = saved[1]
+            print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
+            return 130
+        except BaseException:
+            held.release()  # a bug: everything that led to it helps
+            raise
+        held.release()
+        return result
 
 
 class _HeldWarnings:

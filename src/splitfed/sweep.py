@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from ._limits import check_output_dir, check_threads, preflight
+from ._log import logging_only_to
 from .config import Config, coerce, read_toml
 from .errors import SplitfedError
 
@@ -216,11 +217,6 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
     run_dir = Path(config.out or ".")
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("splitfed")
-    saved = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     resume = (run_dir / "config.toml").is_file()
 
     def to_log(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:
@@ -228,7 +224,7 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
         handler.stream.write(warnings.formatwarning(message, category, filename, lineno))
 
     try:
-        with warnings.catch_warnings():
+        with logging_only_to(handler, logging.INFO), warnings.catch_warnings():
             warnings.showwarning = to_log
             # a resumed run keeps the thread count it started with (its config.toml); a new one its share
             run(config.replace(resume=resume, threads=None if resume else threads))
@@ -236,9 +232,6 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
     except SplitfedError as e:
         return str(e)
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
         handler.close()
 
 
