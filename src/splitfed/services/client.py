@@ -115,9 +115,7 @@ class Client:
                 raise Restart(restart) from None
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise Dropped from None
-            raise SplitfedError(
-                f"client {self.n}: the main server refused iteration {t}: {e.details()}"
-            ) from None
+            raise refused(self.n, "the main server", f"iteration {t} of round {r}", e) from None
         return grad.float().to(self.device)
 
     def _global_weights(self, r: int, dropped: bool) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -129,7 +127,10 @@ class Client:
             return decode(frames, self.shapes.state_message(self.halves))
 
         while True:
-            head, tensors = self.call(fetch, r, dropped)
+            try:
+                head, tensors = self.call(fetch, r, dropped)
+            except grpc.RpcError as e:
+                raise refused(self.n, "the fed server", f"the model of round {r}", e) from None
             if head.status != "resend_upload":
                 return head, tensors
             if self.last_upload is None or self.last_upload[0] != head.round:
@@ -153,4 +154,19 @@ class Client:
                 encode(header(client=self.n, round=r, info=info), tensors), **kw
             )
 
-        self.call(send)
+        try:
+            self.call(send)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise refused(self.n, "the fed server", f"the upload of round {r}", e) from None
+            # left out of the round while training it (too slow, or the round moved on): the next
+            # fetch of the global model tells this client which round to join
+            log.info(f"client {self.n}: upload of round {r} not taken ({e.details()}); rejoining")
+
+
+def refused(n: int, server: str, what: str, error: grpc.RpcError) -> SplitfedError:
+    """One line for a call that failed for good (not unreachable: the Caller retries that), whatever
+    the status, UNKNOWN included (e.g. the server failed while handling it)."""
+    code = error.code()
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    return SplitfedError(f"client {n}: {server} refused {what}: {name}: {error.details()}")
