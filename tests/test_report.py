@@ -200,11 +200,11 @@ text = "up to 24.1% over SFL"
 """
 
 
-def _write_run(run_dir: Path, lr: float, seed: int, records: list[dict]) -> None:
+def _write_run(run_dir: Path, lr: float, seed: int, records: list[dict], cut: int = 2) -> None:
     run_dir.mkdir(parents=True)
     algorithms = ", ".join(f'"{a}"' for a in dict.fromkeys(r["algorithm"] for r in records))
     (run_dir / "config.toml").write_text(
-        f'algorithm = [{algorithms}]\ndataset = "synthetic"\nmodel = "digits_cnn"\ncut_layer = 2\n'
+        f'algorithm = [{algorithms}]\ndataset = "synthetic"\nmodel = "digits_cnn"\ncut_layer = {cut}\n'
         f'clients = 2\npartition = "non_iid_ratio"\nnon_iid_ratio = 0.95\nlr = {lr}\nseed = {seed}\n'
         f'rounds = 6\nout = "{run_dir}"\nthreads = {seed + 1}\n'  # out and threads differ: not grouping keys
     )
@@ -285,6 +285,29 @@ def test_the_sweep_report_computes_last_k_targets_lr_choice_and_paired_margins(t
     best = margin("each algorithm at its best lr", "fedavg")  # MiniBatch-SFL at 0.1 over FedAvg at 0.01
     assert best["final_points_mean"] == pytest.approx((0.7 - 0.2 + 0.76 - 0.2) / 2)
     assert "up to +24.1 (pts or %)" in md  # the paper's figure beside the measured margin at p = 0.95
+
+
+def test_the_cut_layer_table_gives_both_sides_divergence_and_the_bytes_per_client(tmp_path):
+    sweep = tmp_path / "sweep"
+    for cut in (1, 2):
+        for seed in (0, 1):
+            div = {
+                f"divergence_{side}{form}": 10.0 * cut + seed + (100.0 if side == "server" else 0.0)
+                for side in ("client", "server")
+                for form in ("", "_relative", "_per_param")
+            }
+            records = [
+                _record(a, r, 0.5, bytes_up_per_client=1e6 * cut, **div)
+                for a in ("minibatch_sfl", "fedavg")
+                for r in range(1, 7)
+            ]
+            _write_run(sweep / f"cut={cut}__seed={seed}", 0.01, seed, records, cut=cut)
+    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "| δ_s raw | δ_s rel | δ_s /param | MB up/cl/rd | client GFLOP/rd |" in md
+    # cut 2, seeds 0 and 1: δ_c 20, 21; δ_s 120, 121; 2 MB up; 3 GFLOP per round
+    row = "| 0.95 | 2 | 50.0 ± 0.0 | " + " | ".join(["20.5000 ± 0.7071"] * 3 + ["120.5000 ± 0.7071"] * 3)
+    assert row + " | 2.000 ± 0.000 | 3.00 ± 0.00 |" in md
+    assert (tmp_path / "out" / "cut_layer_minibatch_sfl_synthetic_digits_cnn_N2.png").is_file()
 
 
 def test_without_validation_accuracy_no_lr_is_chosen_and_the_report_says_so(tmp_path):

@@ -545,16 +545,22 @@ class Setting:
 
     def _cut_layers(self, plt: Any, algorithm: str, name: str) -> list[str]:
         cuts = sorted({g.cut_layer for g in self.groups if g.algorithm == algorithm})
-        fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
-        panels = [("last_k", f"test accuracy (%), last {self.k} rounds")] + [
-            (s, f"δ_c {form} (no unit)") for s, form in DIVERGENCE_FORMS
-        ]
+        fig, axes = plt.subplots(2, 4, figsize=(19, 8.0))
+        # (metric, scale, axis label): the first row is the client side, the second the server side and
+        # what a cut costs the client in bytes
+        panels = [("last_k", 100.0, f"test accuracy (%), last {self.k} rounds")]
+        panels += [(f"divergence_client{s}", 1.0, f"δ_c {form}") for s, form in DIVERGENCE_FORMS]
+        panels += [("bytes_up_per_client", 1e-6, "MB sent per client per round")]
+        panels += [(f"divergence_server{s}", 1.0, f"δ_s {form}") for s, form in DIVERGENCE_FORMS]
         lines = [
-            f"{label(algorithm)} against the cut layer: last-{self.k} mean test accuracy (%) and client-side "
-            "divergence (mean over the rounds measured) in its three forms",
+            f"{label(algorithm)} against the cut layer: last-{self.k} mean test accuracy (%), client-side "
+            "(δ_c) and server-side (δ_s) divergence in their three forms (raw, relative, per parameter; "
+            "mean over the rounds measured), megabytes each client sends per round and the clients' "
+            "training GFLOP per round (all clients)",
             "",
-            "| p | cut | accuracy | δ_c raw | δ_c relative | δ_c per parameter |",
-            "|---|---|---|---|---|---|",
+            "| p | cut | accuracy | δ_c raw | δ_c rel | δ_c /param | δ_s raw | δ_s rel | δ_s /param "
+            "| MB up/cl/rd | client GFLOP/rd |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in self.ratios or [None]:
             series = sorted(
@@ -563,12 +569,8 @@ class Setting:
             )
             if len(series) < 2:
                 continue
-            for ax, (key, ylabel) in zip(axes, panels, strict=True):
-                scale = 100.0 if key == "last_k" else 1.0
-                vals = [
-                    g.last_k(self.k) if key == "last_k" else g.mean_over_rounds(f"divergence_client{key}")
-                    for g in series
-                ]
+            for ax, (key, scale, ylabel) in zip(axes.flat, panels, strict=True):
+                vals = [g.last_k(self.k) if key == "last_k" else g.mean_over_rounds(key) for g in series]
                 ax.errorbar(
                     [g.cut_layer for g in series],
                     [scale * m if (m := _mean(v)) is not None else math.nan for v in vals],
@@ -580,19 +582,24 @@ class Setting:
                 ax.set(xlabel="cut layer", ylabel=ylabel, xticks=cuts)
             for g in series:
                 divs = [
-                    _fmt(g.mean_over_rounds(f"divergence_client{s}"), 1.0, 4) for s, _ in DIVERGENCE_FORMS
+                    _fmt(g.mean_over_rounds(f"divergence_{side}{s}"), 1.0, 4)
+                    for side in ("client", "server")
+                    for s, _ in DIVERGENCE_FORMS
+                ]
+                cost = [
+                    _fmt(g.mean_over_rounds("bytes_up_per_client"), 1e-6, 3),
+                    _fmt(g.mean_over_rounds("client_flops"), 1e-9, 2),
                 ]
                 lines.append(
                     f"| {'–' if p is None else p} | {g.cut_layer} | {_fmt(g.last_k(self.k))} | "
-                    + " | ".join(divs)
+                    + " | ".join(divs + cost)
                     + " |"
                 )
-        for ax in axes:
+        for ax in axes.flat:
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
+        axes[0, 0].legend(fontsize=8)
         fig.suptitle(
-            f"{label(algorithm)} on {self.title}: accuracy and client-side divergence vs cut layer"
-            + self._view()
+            f"{label(algorithm)} on {self.title}: accuracy, divergence and bytes vs cut layer" + self._view()
         )
         return [*lines, "", self.save(fig, name), ""]
 
