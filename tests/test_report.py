@@ -200,12 +200,14 @@ text = "up to 24.1% over SFL"
 """
 
 
-def _write_run(run_dir: Path, lr: float, seed: int, records: list[dict], cut: int = 2) -> None:
+def _write_run(
+    run_dir: Path, lr: float, seed: int, records: list[dict], cut: int = 2, clients: int = 2
+) -> None:
     run_dir.mkdir(parents=True)
     algorithms = ", ".join(f'"{a}"' for a in dict.fromkeys(r["algorithm"] for r in records))
     (run_dir / "config.toml").write_text(
         f'algorithm = [{algorithms}]\ndataset = "synthetic"\nmodel = "digits_cnn"\ncut_layer = {cut}\n'
-        f'clients = 2\npartition = "non_iid_ratio"\nnon_iid_ratio = 0.95\nlr = {lr}\nseed = {seed}\n'
+        f'clients = {clients}\npartition = "non_iid_ratio"\nnon_iid_ratio = 0.95\nlr = {lr}\nseed = {seed}\n'
         f'rounds = 6\nout = "{run_dir}"\nthreads = {seed + 1}\n'  # out and threads differ: not grouping keys
     )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -308,6 +310,30 @@ def test_the_cut_layer_table_gives_both_sides_divergence_and_the_bytes_per_clien
     row = "| 0.95 | 2 | 50.0 ± 0.0 | " + " | ".join(["20.5000 ± 0.7071"] * 3 + ["120.5000 ± 0.7071"] * 3)
     assert row + " | 2.000 ± 0.000 | 3.00 ± 0.00 |" in md
     assert (tmp_path / "out" / "cut_layer_minibatch_sfl_synthetic_digits_cnn_N2.png").is_file()
+
+
+def test_runs_that_differ_in_n_get_accuracy_against_rounds_compute_and_bytes(tmp_path):
+    sweep = tmp_path / "sweep"
+    for n in (10, 1000):
+        for seed in (0, 1):
+            records = [
+                _record(a, r, 0.1 * r, participants=10, bytes={"smashed": 1e6 * n, "labels": 1e3})
+                for a in ("minibatch_sfl", "fedavg")
+                for r in range(1, 7)
+            ]
+            _write_run(sweep / f"n={n}__seed={seed}", 0.01, seed, records, clients=n)
+    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "## synthetic digits_cnn: against the number of clients" in md
+    # 6 rounds of 3 GFLOP; of 1e6·N + 1e3 bytes; 10 clients per round; round time 1 s; last 5 rounds
+    costs = "| 10 ± 0 | 0.01 | 40.0 ± 0.0 | 1.00 ± 0.00 | 18 ± 0 |"
+    assert f"| minibatch_sfl | 0.95 | 1000 {costs} 6000 ± 0 |" in md
+    assert f"| fedavg | 0.95 | 10 {costs} 60 ± 0 |" in md
+    assert (tmp_path / "out" / "clients_synthetic_digits_cnn.png").is_file()
+
+
+def test_a_sweep_at_one_n_has_no_section_against_n(tmp_path):
+    md = sweep_report.report(_fake_sweep(tmp_path), tmp_path / "out", claims=None).read_text()
+    assert "against the number of clients" not in md
 
 
 def test_without_validation_accuracy_no_lr_is_chosen_and_the_report_says_so(tmp_path):

@@ -831,6 +831,95 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
     return [*lines, ""]
 
 
+def _cumulative(g: Group, of: Callable[[dict[str, Any]], float]) -> tuple[list[int], list[float]]:
+    """Rounds every seed has, and the mean over seeds of ``of(record)`` summed up to each round."""
+    totals: dict[int, list[float]] = defaultdict(list)
+    for h in g.histories:
+        total = 0.0
+        for r in h:
+            total += of(r)
+            totals[r["round"]].append(total)
+    rounds = sorted(k for k, v in totals.items() if len(v) == len(g.histories))
+    return rounds, [statistics.fmean(totals[k]) for k in rounds]
+
+
+def _totals(g: Group, of: Callable[[dict[str, Any]], float]) -> list[float]:
+    """Per seed, ``of(record)`` summed over the run."""
+    return [sum(of(r) for r in h) for h in g.histories]
+
+
+def _client_flops(record: dict[str, Any]) -> float:
+    return float(record.get("client_flops") or 0.0)
+
+
+def _wire_bytes(record: dict[str, Any]) -> float:
+    """Bytes every client sent and received in the round, together (the record's tally by kind)."""
+    return float(sum((record.get("bytes") or {}).values()))
+
+
+def _clients_sections(groups: list[Group], out: Path, claims: Claims, plt: Any) -> list[str]:
+    """Where runs of one data set and model differ in the number of clients N: accuracy against rounds,
+    against the clients' cumulative training compute and against the bytes on the wire, a line per
+    (algorithm, N, lr), and a table of what each cell cost."""
+    families: dict[tuple[str, str], list[Group]] = defaultdict(list)
+    for g in groups:
+        families[g.setting[:2]].append(g)
+    md: list[str] = []
+    for (dataset, model), cells in sorted(families.items(), key=str):
+        ns = sorted({g.setting[2] for g in cells})
+        if len(ns) < 2:
+            continue
+        ratios = sorted({g.ratio for g in cells}, key=lambda r: -1.0 if r is None else r)
+        lr_varies = len({g.lr for g in cells}) > 1
+        cells = sorted(cells, key=lambda g: (_rank(g.algorithm), g.setting[2], g.lr or (0.0, 0.0)))
+        fig, axes = plt.subplots(len(ratios), 3, figsize=(18, 4.4 * len(ratios)), squeeze=False)
+        dashes = ["-", "--", ":", "-."]
+        table = [
+            f"Against the number of clients N: last-{claims.last_k} mean test accuracy (%), clients per "
+            "round, seconds per round, and what the whole run cost the clients: training compute (all "
+            "clients, GFLOP) and bytes on the wire (sent and received, all clients, MB)",
+            "",
+            "| algorithm | p | N | per round | lr | accuracy | round s | client GFLOP | wire MB |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row, p in enumerate(ratios):
+            for g in (c for c in cells if c.ratio == p):
+                n = g.setting[2]
+                name = f"{label(g.algorithm)}, N={n}" + (f", lr {_fmt_lr(g.lr)}" if lr_varies else "")
+                look = style(g.algorithm).kwargs() | {"linestyle": dashes[ns.index(n) % len(dashes)]}
+                look |= {"marker": None, "label": name}
+                rounds, acc, _ = g.curve("test_accuracy")
+                flops, wire = (
+                    dict(zip(*_cumulative(g, of), strict=True)) for of in (_client_flops, _wire_bytes)
+                )
+                ys = [100 * a for a in acc]
+                for ax, xs, xlabel in (
+                    (axes[row, 0], rounds, "round"),
+                    (axes[row, 1], [1e-9 * flops[r] for r in rounds], "client GFLOP, cumulative"),
+                    (axes[row, 2], [1e-6 * wire[r] for r in rounds], "wire MB, cumulative"),
+                ):
+                    ax.plot(xs, ys, **look)
+                    ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"p = {p}")
+                    if xlabel != "round":
+                        ax.set_xscale("log")
+                table.append(
+                    f"| {g.algorithm} | {'–' if p is None else p} | {n} | "
+                    f"{_fmt(g.mean_over_rounds('participants'), 1.0, 0)} | {_fmt_lr(g.lr)} | "
+                    f"{_fmt(g.last_k(claims.last_k))} | {_fmt(g.mean_over_rounds('round_time_s'), 1.0, 2)} | "
+                    f"{_fmt(_totals(g, _client_flops), 1e-9, 0)} | {_fmt(_totals(g, _wire_bytes), 1e-6, 0)} |"
+                )
+        for ax in axes.flat:
+            ax.grid(alpha=0.3)
+        legend_of_every_panel(axes[0, 0], axes.flat)
+        fig.suptitle(f"{dataset} {model}: accuracy against rounds, client compute and bytes, N = {ns}")
+        fig.tight_layout()
+        stem = _safe(f"clients_{dataset}_{model}")
+        save_figure(fig, out / stem, dpi=110)
+        md += ["", f"## {dataset} {model}: against the number of clients", "", *table, ""]
+        md += [f"![accuracy against the number of clients]({stem}.png) ([SVG]({stem}.svg))", ""]
+    return md
+
+
 def report(
     sweep_dir: str | Path, out: str | Path | None = None, claims: "str | Path | Claims | None" = None
 ) -> Path:
@@ -884,6 +973,7 @@ def report(
         md += lines
         aggregate += rows
         margin_rows += margins
+    md += _clients_sections(groups, out, claims, plt)
     _write_csv(aggregate, out / "aggregate.csv")
     if margin_rows:
         _write_csv(margin_rows, out / "margins.csv")
