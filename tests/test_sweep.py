@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -157,6 +158,42 @@ def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
     size = metrics.stat().st_size
     time.sleep(5)
     assert metrics.stat().st_size == size, "a worker went on training after its sweep was killed"
+
+
+def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path):
+    """SIGINT to the sweep alone (as when a scheduler stops it): it ends its runs now, instead of
+    waiting for every queued run, says how to continue, and exits 130."""
+    grid = tmp_path / "long.toml"
+    grid.write_text(
+        'rounds = 5000\nlocal_iters = 1\nclients = 2\ndivergence_every = 0\nalgorithm = "fedavg"\n'
+        "[[grid]]\nseed = [0, 1, 2]\n"
+    )
+    out = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "splitfed.cli", "sweep", str(grid), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = out / "seed=0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.is_file() and metrics.stat().st_size > 0):
+        assert time.monotonic() < deadline and sweep.poll() is None, "the sweep never started its run"
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGINT)
+    try:
+        _, err = sweep.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        sweep.kill()
+        raise AssertionError("the sweep went on after Ctrl-C") from None
+    assert sweep.returncode == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert "sweep interrupted with 0 of 3 runs done; the same command continues" in lines[0]
+    size = metrics.stat().st_size
+    time.sleep(3)
+    assert metrics.stat().st_size == size, "a worker went on training after the sweep stopped"
+    assert not (out / "seed=1").exists()  # the queued runs were dropped, not started
 
 
 def test_the_report_leaves_out_divergence_never_measured(tmp_path):

@@ -209,6 +209,20 @@ def _exit_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+class Interrupted(SplitfedError):
+    exit_code = 130  # as a shell reports a command ended by Ctrl-C
+
+
+def _stop(pool: futures.ProcessPoolExecutor) -> None:
+    """Stop at once: drop the queued runs and end the running ones (each resumes from its checkpoint).
+    Leaving the pool's ``with`` block instead would wait for every queued run to finish."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    for worker in multiprocessing.active_children():
+        worker.terminate()
+    for worker in multiprocessing.active_children():
+        worker.join(timeout=10)
+
+
 def _run_point(config: Config, threads: int, log_file: Path) -> str:
     """Worker: run (or resume) one point, its progress into log_file. Returns an error message or ''."""
 
@@ -299,7 +313,15 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
         }
         last_report = 0.0
         while pending:
-            finished, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
+            try:
+                finished, _ = futures.wait(pending, timeout=5, return_when=futures.FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                _stop(pool)
+                raise Interrupted(
+                    f"sweep interrupted with {len(points) - len(pending) - len(failures)} of {len(points)} "
+                    "runs done; the same command continues it (finished runs are kept, interrupted ones "
+                    "resume from their last round)"
+                ) from None
             for fut in finished:
                 point = pending.pop(fut)
                 error = fut.result()
