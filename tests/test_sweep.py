@@ -134,39 +134,13 @@ def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path, capsys):
     assert "no runs in" in capsys.readouterr().err
 
 
-def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
-    """kill -9 of the sweep: its worker notices within seconds and stops writing the run directory."""
+def _training_sweep(tmp_path, seeds: int) -> tuple[subprocess.Popen, Path]:
+    """A sweep of ``seeds`` long runs in a subprocess (stderr piped), returned once its first run is
+    training; and that run's metrics file."""
     grid = tmp_path / "long.toml"
     grid.write_text(  # rounds of one step each: many a second
         'rounds = 5000\nlocal_iters = 1\nclients = 2\ndivergence_every = 0\nalgorithm = "fedavg"\n'
-        "[[grid]]\nseed = [0]\n"
-    )
-    out = tmp_path / "sweep"
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "splitfed.cli", "sweep", str(grid), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    metrics = out / "seed=0" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.is_file() and metrics.stat().st_size > 0):  # the worker is training
-        assert time.monotonic() < deadline and sweep.poll() is None, "the sweep never started its run"
-        time.sleep(0.2)
-    sweep.kill()
-    sweep.wait()
-    time.sleep(4)  # the worker's watch looks every second
-    size = metrics.stat().st_size
-    time.sleep(5)
-    assert metrics.stat().st_size == size, "a worker went on training after its sweep was killed"
-
-
-def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path):
-    """SIGINT to the sweep alone (as when a scheduler stops it): it ends its runs now, instead of
-    waiting for every queued run, says how to continue, and exits 130."""
-    grid = tmp_path / "long.toml"
-    grid.write_text(
-        'rounds = 5000\nlocal_iters = 1\nclients = 2\ndivergence_every = 0\nalgorithm = "fedavg"\n'
-        "[[grid]]\nseed = [0, 1, 2]\n"
+        f"[[grid]]\nseed = {list(range(seeds))}\n"
     )
     out = tmp_path / "sweep"
     sweep = subprocess.Popen(
@@ -180,6 +154,24 @@ def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path)
     while not (metrics.is_file() and metrics.stat().st_size > 0):
         assert time.monotonic() < deadline and sweep.poll() is None, "the sweep never started its run"
         time.sleep(0.2)
+    return sweep, metrics
+
+
+def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
+    """kill -9 of the sweep: its worker notices within seconds and stops writing the run directory."""
+    sweep, metrics = _training_sweep(tmp_path, seeds=1)
+    sweep.kill()
+    sweep.communicate()
+    time.sleep(4)  # the worker's watch looks every second
+    size = metrics.stat().st_size
+    time.sleep(5)
+    assert metrics.stat().st_size == size, "a worker went on training after its sweep was killed"
+
+
+def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path):
+    """SIGINT to the sweep alone (as when a scheduler stops it): it ends its runs now, instead of
+    waiting for every queued run, says how to continue, and exits 130."""
+    sweep, metrics = _training_sweep(tmp_path, seeds=3)
     sweep.send_signal(signal.SIGINT)
     try:
         _, err = sweep.communicate(timeout=30)
@@ -193,7 +185,7 @@ def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path)
     size = metrics.stat().st_size
     time.sleep(3)
     assert metrics.stat().st_size == size, "a worker went on training after the sweep stopped"
-    assert not (out / "seed=1").exists()  # the queued runs were dropped, not started
+    assert not (tmp_path / "sweep" / "seed=1").exists()  # the queued runs were dropped, not started
 
 
 def test_the_report_leaves_out_divergence_never_measured(tmp_path):
