@@ -113,7 +113,8 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys, monkey
     monkeypatch.chdir(REPO)  # the report reads experiments/paper/claims.toml from the current directory
     assert main(["report", str(out)]) == 0
     report = (out / "report" / "report.md").read_text()
-    assert "Claims from `experiments/paper/claims.toml`" in report and "δ_c per parameter" in report
+    assert "Claims from `experiments/paper/claims.toml`" in report
+    assert "δ_c /param" in report and "δ_s /param" in report  # the cut-layer table, both sides
     assert "| 1.0 | SFL-V2 | 2 |" in report and "| 1.0 | FedAvg (FL) | 2 |" in report  # margins, paired
     for figure in ("accuracy_vs_round", "accuracy_vs_noniid", "cut_layer", "divergence_vs_noniid"):
         stem = out / "report" / f"{figure}_synthetic_digits_cnn_N2"
