@@ -216,10 +216,13 @@ class Interrupted(SplitfedError):
 def _stop(pool: futures.ProcessPoolExecutor) -> None:
     """Stop at once: drop the queued runs and end the running ones (each resumes from its checkpoint).
     Leaving the pool's ``with`` block instead would wait for every queued run to finish."""
+    # the pool's own workers only (sweep() may run in a process with children of its own); there is no
+    # public accessor before Python 3.14, and shutdown() forgets them, so they are taken first
+    workers = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for worker in multiprocessing.active_children():
+    for worker in workers:
         worker.terminate()
-    for worker in multiprocessing.active_children():
+    for worker in workers:
         worker.join(timeout=10)
 
 
