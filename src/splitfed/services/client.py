@@ -167,6 +167,4 @@ class Client:
 def refused(n: int, server: str, what: str, error: grpc.RpcError) -> SplitfedError:
     """One line for a call that failed for good (not unreachable: the Caller retries that), whatever
     the status, UNKNOWN included (e.g. the server failed while handling it)."""
-    code = error.code()
-    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-    return SplitfedError(f"client {n}: {server} refused {what}: {name}: {error.details()}")
+    return SplitfedError(f"client {n}: {server} refused {what}: {error.code().name}: {error.details()}")
