@@ -201,7 +201,7 @@ text = "up to 24.1% over SFL"
 
 
 def _write_run(
-    run_dir: Path, lr: float, seed: int, records: list[dict], cut: int = 2, clients: int = 2
+    run_dir: Path, lr: float, seed: int, records: list[dict], cut: int = 2, clients: int = 2, extra: str = ""
 ) -> None:
     run_dir.mkdir(parents=True)
     algorithms = ", ".join(f'"{a}"' for a in dict.fromkeys(r["algorithm"] for r in records))
@@ -209,6 +209,7 @@ def _write_run(
         f'algorithm = [{algorithms}]\ndataset = "synthetic"\nmodel = "digits_cnn"\ncut_layer = {cut}\n'
         f'clients = {clients}\npartition = "non_iid_ratio"\nnon_iid_ratio = 0.95\nlr = {lr}\nseed = {seed}\n'
         f'rounds = 6\nout = "{run_dir}"\nthreads = {seed + 1}\n'  # out and threads differ: not grouping keys
+        + extra
     )
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     (run_dir / "summary.csv").write_text("algorithm\n")  # finished
@@ -329,6 +330,19 @@ def test_runs_that_differ_in_n_get_accuracy_against_rounds_compute_and_bytes(tmp
     assert f"| minibatch_sfl | 0.95 | 1000 {costs} 6000 ± 0 |" in md
     assert f"| fedavg | 0.95 | 10 {costs} 60 ± 0 |" in md
     assert (tmp_path / "out" / "clients_synthetic_digits_cnn.png").is_file()
+
+
+def test_a_field_unset_in_some_runs_names_only_the_runs_that_set_it(tmp_path):
+    # cnn4's empty model_args beside resnet18's width: the cnn4 setting's figures and title name neither
+    sweep = tmp_path / "sweep"
+    records = [_record("minibatch_sfl", r, 0.1 * r) for r in range(1, 7)]
+    _write_run(sweep / "plain", 0.01, 0, records, extra="model_args = {}\n")
+    _write_run(sweep / "wide", 0.01, 0, records, extra="model_args = { width = 2 }\n")
+    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    names = sorted(p.name for p in (tmp_path / "out").glob("accuracy_vs_round_*.png"))
+    stem = "accuracy_vs_round_synthetic_digits_cnn_N2"
+    assert names == [f"{stem}.png", f"{stem}_width=2.png"]
+    assert "model_args: width=2" in md and "model_args: ()" not in md and "model_args=" not in md
 
 
 def test_a_sweep_at_one_n_has_no_section_against_n(tmp_path):

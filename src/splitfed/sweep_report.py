@@ -290,7 +290,10 @@ def load_groups(sweep_dir: Path) -> list[Group]:
         setting = (cfg.get("dataset"), cfg.get("model") or "", cfg.get("clients"))
         ratio = cfg.get("non_iid_ratio") if cfg.get("partition") == "non_iid_ratio" else None
         lr = (cfg.get("client_lr") or cfg.get("lr"), cfg.get("server_lr") or cfg.get("lr"))
-        others = tuple((f, _freeze(cfg.get(f))) for f in varying if f not in OWN_PLACE)
+        # an unset field (None, {} or "") names nothing: cnn4's empty model_args beside a resnet18's width
+        unset = (None, {}, "", [])
+        named = [f for f in varying if f not in OWN_PLACE and cfg.get(f) not in unset]
+        others = tuple((f, _freeze(cfg[f])) for f in named)
         seed = tuple(cfg.get(f) for f in SEED_FIELDS)
         seed = seed[0] if all(s is None for s in seed[1:]) else seed
         for algorithm, history in histories.items():
@@ -383,6 +386,15 @@ def _rank(algorithm: str) -> tuple[int, str]:
     return (len(COMPARED) + 1 if algorithm == "centralized" else len(COMPARED)), algorithm
 
 
+def _show(value: Any) -> str:
+    """A frozen TOML value as a reader writes it: (('width', 16),) -> width=16."""
+    if isinstance(value, tuple):
+        if all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in value):
+            return ",".join(f"{k}={_show(v)}" for k, v in value)
+        return ",".join(_show(v) for v in value)
+    return str(value)
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
 
@@ -401,8 +413,8 @@ class Setting:
     def __post_init__(self) -> None:
         dataset, model, clients = self.groups[0].setting
         others = self.groups[0].others
-        self.title = f"{dataset} {model}, N={clients}" + "".join(f", {k}={v}" for k, v in others)
-        self.tag = _safe(f"{dataset}_{model}_N{clients}" + "".join(f"_{k}{v}" for k, v in others))
+        self.title = f"{dataset} {model}, N={clients}" + "".join(f", {k}: {_show(v)}" for k, v in others)
+        self.tag = _safe(f"{dataset}_{model}_N{clients}" + "".join(f"_{_show(v)}" for _, v in others))
         self.tag += self.view_tag
         self.k = self.claims.last_k
         self.cut = _main_cut(self.groups)
