@@ -31,18 +31,14 @@ def checks(out: Path, device: str) -> None:
     In strict float32 (no TF32, deterministic cuDNN): with PyTorch's defaults a convolution runs in TF32,
     whose rounding depends on the algorithm cuDNN picks, which may differ between eager and captured runs.
     """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, before CUDA starts
     import torch
-
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
 
     from splitfed import Config
     from splitfed.config import ALL_ALGORITHMS
     from splitfed.executors import train
-    from splitfed.setup import prepare
+    from splitfed.setup import deterministic_cuda, prepare
+
+    deterministic_cuda()  # before CUDA starts: cuBLAS reads its workspace setting once
 
     base = Config(
         dataset="synthetic",

@@ -112,6 +112,41 @@ def test_same_seed_same_metrics_and_another_seed_differs(tmp_path):
     assert metrics(tmp_path / "a") != metrics(tmp_path / "c")
 
 
+def _strict_flags() -> tuple:
+    b = torch.backends
+    return (
+        b.cuda.matmul.allow_tf32,
+        b.cudnn.allow_tf32,
+        b.cudnn.deterministic,
+        b.cudnn.benchmark,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    )
+
+
+def test_deterministic_sets_the_cuda_flags_and_leaves_a_cpu_run_as_it_was(tmp_path, monkeypatch):
+    from splitfed.setup import deterministic_cuda
+
+    before = _strict_flags()
+    # on the CPU the option changes nothing: the process's global torch flags stay, the numbers too
+    cfg = small_config(algorithm=("minibatch_sfl", "sfl_v2"), rounds=2)
+    run(cfg.replace(out=str(tmp_path / "plain")))
+    run(cfg.replace(out=str(tmp_path / "strict"), deterministic=True))
+    assert metrics(tmp_path / "plain") == metrics(tmp_path / "strict")
+    assert _strict_flags() == before
+    # what it does on CUDA (called directly here, every flag put back afterwards)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    b = torch.backends
+    try:
+        deterministic_cuda()
+        assert _strict_flags() == (False, False, True, False, True, True, ":4096:8")
+    finally:
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32, b.cudnn.deterministic, b.cudnn.benchmark = before[:4]
+        torch.use_deterministic_algorithms(before[4], warn_only=before[5])
+    assert _strict_flags()[:6] == before[:6]
+
+
 def test_seed_per_purpose_changes_only_its_own_part(tmp_path):
     base = small_config(algorithm=("fedavg",), rounds=1)
     a = run(base.replace(out=str(tmp_path / "a")))

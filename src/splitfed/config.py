@@ -123,6 +123,11 @@ class Config:
         "(auto: batched on CUDA, sequential on the CPU); see docs/performance.md",
     )
     cuda_graphs: bool = _f(True, "on CUDA, replay each recurring step as a captured CUDA graph")
+    deterministic: bool = _f(
+        False,
+        "on CUDA, deterministic kernels only and no TF32: a run repeats bit for bit on the same GPU and "
+        "software, somewhat slower (the CPU repeats already)",
+    )
     # measurement
     divergence_every: int = _f(
         5, "measure gradient divergence every K rounds, from round 1 (0: never); it costs a gradient pass"

@@ -8,6 +8,7 @@ the user's own model, data and loss as objects (``prepare(cfg, model=..., data=.
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,23 @@ def assemble(model: nn.Module, cut_layer: int, w_c: State, w_s: State) -> nn.Mod
     return model
 
 
+def deterministic_cuda() -> None:
+    """Make CUDA runs repeat bit for bit, for this whole process.
+
+    By default cuDNN may pick a convolution algorithm by the workspace memory free at the time (which
+    differs when runs share a GPU) and run it in TF32, and some backward kernels add with atomics, so two
+    runs of one config differ in the last bits, which SFL-V2's swings then grow to a point of accuracy
+    (measured on an H100, docs/results.md §1b). cuBLAS needs its workspace fixed before it starts.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    # warn_only: an op with no deterministic CUDA kernel warns (naming itself) instead of ending the run
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -203,6 +221,8 @@ def prepare(
     # CPU kernels sum in an order that depends on the thread count: it is part of what a run repeats.
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.deterministic and device.type == "cuda":
+        deterministic_cuda()
     data_set = load_data(cfg) if data is None else user_data(data)
     if data is not None:  # config.toml records the data's fingerprint: a resumed run refuses other data
         cfg = cfg.replace(dataset=data_set.name)
