@@ -40,6 +40,9 @@ LR_FIELDS = ("lr", "client_lr", "server_lr")
 NOT_GROUPED = {*SEED_FIELDS, "algorithm", "out", "resume", "threads", "device", "data_dir"}
 # fields with a place of their own in a cell (the setting, the cut and ratio axes, the learning rate)
 OWN_PLACE = {"dataset", "model", "clients", "cut_layer", "non_iid_ratio", *LR_FIELDS}
+# a varying field a run leaves unset names nothing in its setting: cnn4's empty model_args beside a
+# resnet18's width = 16 (the resnet18 runs are "width=16", the cnn4 runs are not "model_args=()")
+UNSET = (None, {}, "", [])
 DIVERGENCE_FORMS = [("", "raw"), ("_relative", "relative (÷‖∇F‖)"), ("_per_param", "per parameter (÷√dim)")]
 _CONFIG_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING
@@ -290,9 +293,7 @@ def load_groups(sweep_dir: Path) -> list[Group]:
         setting = (cfg.get("dataset"), cfg.get("model") or "", cfg.get("clients"))
         ratio = cfg.get("non_iid_ratio") if cfg.get("partition") == "non_iid_ratio" else None
         lr = (cfg.get("client_lr") or cfg.get("lr"), cfg.get("server_lr") or cfg.get("lr"))
-        # an unset field (None, {} or "") names nothing: cnn4's empty model_args beside a resnet18's width
-        unset = (None, {}, "", [])
-        named = [f for f in varying if f not in OWN_PLACE and cfg.get(f) not in unset]
+        named = [f for f in varying if f not in OWN_PLACE and cfg.get(f) not in UNSET]
         others = tuple((f, _freeze(cfg[f])) for f in named)
         seed = tuple(cfg.get(f) for f in SEED_FIELDS)
         seed = seed[0] if all(s is None for s in seed[1:]) else seed
