@@ -345,6 +345,31 @@ def test_a_field_unset_in_some_runs_names_only_the_runs_that_set_it(tmp_path):
     assert "model_args: width=2" in md and "model_args: ()" not in md and "model_args=" not in md
 
 
+def test_a_field_one_algorithm_alone_varies_makes_a_row_of_that_algorithm_not_a_setting(tmp_path):
+    # SFL-V2 run at a second schedule beside the usual three: one more row, in the same setting
+    sweep = tmp_path / "sweep"
+    both = [_record(a, r, 0.1 * r) for a in ("minibatch_sfl", "sfl_v2", "centralized") for r in range(1, 7)]
+    _write_run(sweep / "usual", 0.01, 0, both, extra='sflv2_schedule = "client_sequential"\n')
+    inter = [_record("sfl_v2", r, 0.05 * r) for r in range(1, 7)]
+    _write_run(sweep / "inter", 0.01, 0, inter, extra='sflv2_schedule = "interleaved"\n')
+    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    agg = _rows(tmp_path / "out" / "aggregate.csv")
+    assert sorted(r["algorithm"] for r in agg) == [
+        "centralized",
+        "minibatch_sfl",
+        "sfl_v2",
+        "sfl_v2 (sflv2_schedule=interleaved)",
+    ]
+    assert md.count("\n## ") == 1 and "sflv2_schedule:" not in md
+    assert [p.name for p in (tmp_path / "out").glob("accuracy_vs_round_*.png")] == [
+        "accuracy_vs_round_synthetic_digits_cnn_N2.png"
+    ]
+    assert run_report.label("sfl_v2 (sflv2_schedule=interleaved)") == "SFL-V2 (sflv2_schedule=interleaved)"
+    # centralized trains on the union of the clients' data: no non-IID ratio of its own
+    assert [r["non_iid_ratio"] for r in agg if r["algorithm"] == "centralized"] == [""]
+    assert {r["non_iid_ratio"] for r in agg if r["algorithm"] != "centralized"} == {"0.95"}
+
+
 def test_a_sweep_at_one_n_has_no_section_against_n(tmp_path):
     md = sweep_report.report(_fake_sweep(tmp_path), tmp_path / "out", claims=None).read_text()
     assert "against the number of clients" not in md

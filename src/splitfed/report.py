@@ -85,7 +85,9 @@ def style(algorithm: str) -> LineStyle:
 
 
 def label(algorithm: str) -> str:
-    return ALGORITHM_LABELS.get(algorithm, algorithm)
+    """The readable name; a variant (``sfl_v2 (sflv2_schedule=interleaved)``) keeps its tail."""
+    base, paren, rest = algorithm.partition(" (")
+    return ALGORITHM_LABELS.get(base, base) + paren + rest
 
 
 def line_kwargs(algorithm: str, points: int) -> dict[str, Any]:

@@ -288,22 +288,47 @@ def load_groups(sweep_dir: Path) -> list[Group]:
         raise SplitfedError(f"no finished runs in {sweep_dir} yet")
     fields = sorted({k for cfg, _ in finished for k in cfg} - NOT_GROUPED)
     varying = [f for f in fields if len({_freeze(cfg.get(f)) for cfg, _ in finished}) > 1]
+    variants = _variant_fields(finished, [f for f in varying if f not in OWN_PLACE])
     groups: dict[tuple, Group] = {}
     for cfg, histories in finished:
         setting = (cfg.get("dataset"), cfg.get("model") or "", cfg.get("clients"))
         ratio = cfg.get("non_iid_ratio") if cfg.get("partition") == "non_iid_ratio" else None
         lr = (cfg.get("client_lr") or cfg.get("lr"), cfg.get("server_lr") or cfg.get("lr"))
-        named = [f for f in varying if f not in OWN_PLACE and cfg.get(f) not in UNSET]
+        named = [f for f in varying if f not in OWN_PLACE and f not in variants and cfg.get(f) not in UNSET]
         others = tuple((f, _freeze(cfg[f])) for f in named)
+        variant = [(f, _freeze(cfg.get(f))) for f, usual in variants.items() if _freeze(cfg.get(f)) != usual]
         seed = tuple(cfg.get(f) for f in SEED_FIELDS)
         seed = seed[0] if all(s is None for s in seed[1:]) else seed
-        for algorithm, history in histories.items():
+        for name, history in histories.items():
+            algorithm = name + (f" ({', '.join(f'{f}={_show(v)}' for f, v in variant)})" if variant else "")
             cut = cfg.get("cut_layer") or 0
-            key = (setting, others, algorithm, cut, ratio, lr)
-            group = groups.setdefault(key, Group(setting, algorithm, cut, ratio, lr=lr, others=others))
+            # centralized training sees the union of the clients' data: its config's ratio means nothing
+            at = None if name == "centralized" else ratio
+            key = (setting, others, algorithm, cut, at, lr)
+            group = groups.setdefault(key, Group(setting, algorithm, cut, at, lr=lr, others=others))
             group.histories.append(history)
             group.seeds.append(seed)
     return list(groups.values())
+
+
+def _variant_fields(
+    finished: list[tuple[dict[str, Any], dict[str, Any]]], fields: list[str]
+) -> dict[str, Any]:
+    """The fields that one algorithm alone varies (SFL-V2's schedule, say), each with the one value every
+    other algorithm ran with. Such a field makes a variant of that algorithm, a row of its own beside the
+    others (``sfl_v2 (sflv2_schedule=interleaved)``), rather than a setting where it has no one to be
+    compared with."""
+    variants = {}
+    for f in fields:
+        values: dict[str, set[Any]] = defaultdict(set)
+        for cfg, histories in finished:
+            for algorithm in histories:
+                values[algorithm].add(_freeze(cfg.get(f)))
+        several = [a for a, v in values.items() if len(v) > 1]
+        rest = {v for a, vs in values.items() if a not in several for v in vs}
+        if len(several) == 1 and len(rest) == 1 and rest <= values[several[0]]:
+            variants[f] = next(iter(rest))
+    return variants
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -381,9 +406,11 @@ def _main_cut(groups: list[Group]) -> int:
 
 
 def _rank(algorithm: str) -> tuple[int, str]:
-    """Compared algorithms first (in COMPARED's order), then others by name, then centralized."""
-    if algorithm in COMPARED:
-        return COMPARED.index(algorithm), ""
+    """Compared algorithms first (in COMPARED's order, each variant after its algorithm), then others by
+    name, then centralized."""
+    base = algorithm.split(" (")[0]
+    if base in COMPARED:
+        return COMPARED.index(base), "" if base == algorithm else algorithm
     return (len(COMPARED) + 1 if algorithm == "centralized" else len(COMPARED)), algorithm
 
 
