@@ -370,6 +370,18 @@ def test_a_field_one_algorithm_alone_varies_makes_a_row_of_that_algorithm_not_a_
     assert {r["non_iid_ratio"] for r in agg if r["algorithm"] != "centralized"} == {"0.95"}
 
 
+def test_the_report_says_where_the_algorithms_searched_unequal_rates(tmp_path):
+    sweep = tmp_path / "sweep"
+    for lr in (0.01, 0.1):
+        algorithms = ("minibatch_sfl", "sfl_v2") if lr == 0.01 else ("minibatch_sfl",)
+        records = [_record(a, r, 0.1 * r, val_accuracy=lr) for a in algorithms for r in range(1, 7)]
+        _write_run(sweep / f"lr={lr}", lr, 0, records)
+    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "searches of unequal reach: cut 2, p = 0.95: sfl_v2 0.01, minibatch_sfl 0.01/0.1." in md
+    md = sweep_report.report(_fake_sweep(tmp_path), tmp_path / "out2", claims=None).read_text()
+    assert "unequal reach" not in md  # every algorithm at 0.01 and 0.1
+
+
 def test_a_sweep_at_one_n_has_no_section_against_n(tmp_path):
     md = sweep_report.report(_fake_sweep(tmp_path), tmp_path / "out", claims=None).read_text()
     assert "against the number of clients" not in md

@@ -868,7 +868,27 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
             "Some cells lack `val_accuracy`, so there is no best-lr view "
             "(it would mix tuned and untuned cells).",
         ]
+    if uneven := _uneven_searches(selection):
+        lines += [
+            "",
+            "Not every algorithm tried the same rates, so where they differ the best-lr view compares "
+            "searches of unequal reach: " + "; ".join(uneven) + ".",
+        ]
     return [*lines, ""]
+
+
+def _uneven_searches(selection: dict[tuple, Selection]) -> list[str]:
+    """Each place (cut, p) where the algorithms' candidate rates differ, with every algorithm's rates."""
+    tried: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for (_, _, algorithm, cut, ratio), s in selection.items():
+        if algorithm != "centralized":  # one run at its own rate, not a comparison at a p
+            tried[cut, ratio][algorithm] = "/".join(_fmt_lr(c.lr) for c in s.candidates)
+    return [
+        f"cut {cut}, p = {'–' if ratio is None else ratio}: "
+        + ", ".join(f"{a} {by_algorithm[a]}" for a in sorted(by_algorithm, key=_rank))
+        for (cut, ratio), by_algorithm in tried.items()
+        if len(set(by_algorithm.values())) > 1
+    ]
 
 
 def _cumulative(g: Group, of: Callable[[dict[str, Any]], float]) -> tuple[list[int], list[float]]:
