@@ -39,3 +39,24 @@ def test_a_grid_point_runs_as_written_but_short(tmp_path, grid, pick):
     assert [r["round"] for r in result.history] == [1, 2]
     assert all(0 <= r["test_accuracy"] <= 1 for r in result.history)
     assert result.history[-1]["participants"] == (point.config.clients_per_round or point.config.clients)
+
+
+GRIDS = sorted(p for p in (ROOT / "experiments").rglob("*.toml") if "[[grid]]" in p.read_text())
+
+
+@pytest.mark.parametrize("grid", GRIDS, ids=[p.stem for p in GRIDS])
+def test_every_shipped_grid_expands_to_valid_configs(tmp_path, grid):
+    points = expand(grid, tmp_path)  # validates every point's config, as a sweep does before it starts
+    assert points and len({p.name for p in points}) == len(points)
+
+
+@pytest.mark.parametrize("name", ["fmnist-epoch", "fmnist-epoch5"])
+def test_a_results_grid_is_run_to_the_end_and_its_rest_names_runs_alike(tmp_path, name):
+    # docs/results.md is reproduced by sweeping the main grid (every run already in the repository) and
+    # reporting the folder; the -rest grid, for a GPU, writes into the same folder under the same names
+    results = ROOT / "experiments" / "paper" / "results" / name
+    main = {p.name for p in expand(ROOT / "experiments" / "paper" / f"{name}.toml", tmp_path)}
+    rest = {p.name for p in expand(ROOT / "experiments" / "paper" / f"{name}-rest.toml", tmp_path)}
+    finished = {d.name for d in results.iterdir() if (d / "summary.csv").is_file()}
+    assert main <= finished, sorted(main - finished)[:3]
+    assert finished <= main | rest, sorted(finished - main - rest)[:3]
