@@ -84,10 +84,21 @@ def style(algorithm: str) -> LineStyle:
     return _SPARE[zlib.crc32(algorithm.encode()) % len(_SPARE)]  # stable across processes, unlike hash()
 
 
+# opens the tail of a variant's name: ``sfl_v2 (sflv2_schedule=interleaved)`` is SFL-V2 run at a setting that
+# no other algorithm of its sweep varies (the sweep report makes it a row of its own)
+VARIANT = " ("
+
+
+def split_variant(algorithm: str) -> tuple[str, str]:
+    """The algorithm's own name and its variant's tail ('' for none)."""
+    base, opening, tail = algorithm.partition(VARIANT)
+    return base, opening + tail
+
+
 def label(algorithm: str) -> str:
-    """The readable name; a variant (``sfl_v2 (sflv2_schedule=interleaved)``) keeps its tail."""
-    base, paren, rest = algorithm.partition(" (")
-    return ALGORITHM_LABELS.get(base, base) + paren + rest
+    """The readable name; a variant keeps its tail."""
+    base, tail = split_variant(algorithm)
+    return ALGORITHM_LABELS.get(base, base) + tail
 
 
 def line_kwargs(algorithm: str, points: int) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .config import Config
 from .errors import SplitfedError
-from .report import integer_rounds, label, line_kwargs, save_figure, style
+from .report import VARIANT, integer_rounds, label, line_kwargs, save_figure, split_variant, style
 
 DEFAULT_CLAIMS = Path("experiments/paper/claims.toml")  # relative to the current directory
 DEFAULT_LAST_K = 5
@@ -300,7 +300,9 @@ def load_groups(sweep_dir: Path) -> list[Group]:
         seed = tuple(cfg.get(f) for f in SEED_FIELDS)
         seed = seed[0] if all(s is None for s in seed[1:]) else seed
         for name, history in histories.items():
-            algorithm = name + (f" ({', '.join(f'{f}={_show(v)}' for f, v in variant)})" if variant else "")
+            algorithm = name + (
+                f"{VARIANT}{', '.join(f'{f}={_show(v)}' for f, v in variant)})" if variant else ""
+            )
             cut = cfg.get("cut_layer") or 0
             # centralized training sees the union of the clients' data: its config's ratio means nothing
             at = None if name == "centralized" else ratio
@@ -408,9 +410,9 @@ def _main_cut(groups: list[Group]) -> int:
 def _rank(algorithm: str) -> tuple[int, str]:
     """Compared algorithms first (in COMPARED's order, each variant after its algorithm), then others by
     name, then centralized."""
-    base = algorithm.split(" (")[0]
+    base, tail = split_variant(algorithm)
     if base in COMPARED:
-        return COMPARED.index(base), "" if base == algorithm else algorithm
+        return COMPARED.index(base), algorithm if tail else ""
     return (len(COMPARED) + 1 if algorithm == "centralized" else len(COMPARED)), algorithm
 
 
