@@ -135,7 +135,7 @@ def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path, capsys):
     assert "no runs in" in capsys.readouterr().err
 
 
-def _training_sweep(tmp_path, seeds: int) -> tuple[subprocess.Popen, Path]:
+def _training_sweep(tmp_path, seeds: int, sigint_ignored: bool = False) -> tuple[subprocess.Popen, Path]:
     """A sweep of ``seeds`` long runs in a subprocess (stderr piped), returned once its first run is
     training; and that run's metrics file."""
     grid = tmp_path / "long.toml"
@@ -149,6 +149,8 @@ def _training_sweep(tmp_path, seeds: int) -> tuple[subprocess.Popen, Path]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # as a shell script's `splitfed sweep ... &` starts it: SIGINT ignored, inherited by the child
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
     )
     metrics = out / "seed=0" / "metrics.jsonl"
     deadline = time.monotonic() + 120
@@ -169,10 +171,12 @@ def test_a_killed_sweep_leaves_no_worker_training_on(tmp_path):
     assert metrics.stat().st_size == size, "a worker went on training after its sweep was killed"
 
 
-def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["foreground", "started-with-sigint-ignored"])
+def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path, sigint_ignored):
     """SIGINT to the sweep alone (as when a scheduler stops it): it ends its runs now, instead of
-    waiting for every queued run, says how to continue, and exits 130."""
-    sweep, metrics = _training_sweep(tmp_path, seeds=3)
+    waiting for every queued run, says how to continue, and exits 130 -- also when it was started with
+    SIGINT ignored, as a script's background job is."""
+    sweep, metrics = _training_sweep(tmp_path, seeds=3, sigint_ignored=sigint_ignored)
     sweep.send_signal(signal.SIGINT)
     try:
         _, err = sweep.communicate(timeout=30)

@@ -29,6 +29,7 @@ sweep. ``--workers K`` runs K points side by side.
 """
 
 import concurrent.futures as futures
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -38,9 +39,11 @@ import logging
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +212,23 @@ def _exit_with(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """Let SIGINT stop the sweep even where it started with SIGINT ignored: a shell script's ``cmd &``
+    and some schedulers start jobs so, and Python then never raises KeyboardInterrupt. Restored after."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    ):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Interrupted(SplitfedError):
     exit_code = 130  # as a shell reports a command ended by Ctrl-C
 
@@ -307,9 +327,12 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     threads = max(1, (os.cpu_count() or 1) // workers)
     start_rounds, started, failures = rounds_done(), time.perf_counter(), {}
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch state
-    with futures.ProcessPoolExecutor(
-        max_workers=workers, mp_context=ctx, initializer=_exit_with, initargs=(os.getpid(),)
-    ) as pool:
+    with (
+        _interruptible(),
+        futures.ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_exit_with, initargs=(os.getpid(),)
+        ) as pool,
+    ):
         (out / "logs").mkdir(exist_ok=True)
         pending = {
             pool.submit(_run_point, p.config, threads, out / "logs" / f"{p.name}.log"): p for p in todo
