@@ -224,7 +224,7 @@ def _cli(*args, **kw):
 
 def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):
     config = tmp_path / "exp.toml"
-    cfg = small_config(algorithm=("minibatch_sfl", "sl"), rounds=6, local_iters=25)
+    cfg = small_config(algorithm=("scaffold", "sl"), rounds=6, local_iters=25)
     config.write_text(cfg.to_toml())
     whole = _cli("run", "--config", str(config), "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._limits import check_threads
 from .errors import SplitfedError
+from .registry import given_name
 
 ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
 
@@ -116,6 +117,35 @@ class Config:
     precision: str = _f("fp32", "training forward passes in fp32, or bf16 autocast (weights stay fp32)")
     client_grad_scale: str = _f("local_mean", "the gradient sent back to a client's side (spec §2)")
     sflv2_schedule: str = _f("client_sequential", "SFL-V2's order of clients at the main server (spec §3)")
+    # drift corrections any algorithm takes on its client parts (algorithms/fedprox.py, scaffold.py)
+    prox_mu: float | None = _f(
+        None,
+        "proximal term μ/2·‖w − w^r‖² on every client part (FedProx's); fedprox's default 0.01; set for "
+        "any other algorithm to add it",
+        metavar="MU",
+    )
+    control_variates: bool = _f(
+        False, "SCAFFOLD's control variates on the client parts of any algorithm (scaffold: always)"
+    )
+    # the fed server's own optimizer (algorithms/fedopt.py, scaffold.py)
+    fed_lr: float | None = _f(
+        None, "the fed server's rate η_g on the averaged update (fedavgm, scaffold: 1; fedadam: 0.01)"
+    )
+    fed_momentum: float | None = _f(None, "fedavgm's server momentum β; default 0.9")
+    fed_betas: tuple[float, ...] | None = _f(
+        None, "fedadam's server β1,β2; default 0.9,0.99", metavar="B1,B2"
+    )
+    fed_eps: float | None = _f(None, "fedadam's server τ (adaptivity); default 1e-3")
+    tail_cut: int | None = _f(
+        None,
+        "ushaped_sl: the second cut, after which the tail (and the loss) stay on the client; "
+        "default: the model's last cut",
+    )
+    client_state_mb: float = _f(
+        1024.0,
+        "algorithms with per-client state (scaffold's c_i, fedbn's norm layers): MB held in memory; "
+        "beyond, the least recently used go to files beside the checkpoint",
+    )
     wire_dtype: str = _f("float32", "smashed data and their gradients as sent")
     execution: str = _f(
         "auto",
@@ -172,6 +202,11 @@ class Config:
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
+        # An algorithm class given in Python: its import path names it (config.toml records that).
+        names = self.algorithm if isinstance(self.algorithm, list | tuple) else (self.algorithm,)
+        if any(isinstance(a, type) for a in names):
+            given = tuple(given_name(a) if isinstance(a, type) else a for a in names)
+            object.__setattr__(self, "algorithm", given)
         for f in dataclasses.fields(self):  # types first (Python callers skip the TOML/CLI parsing)
             object.__setattr__(self, f.name, coerce(f, getattr(self, f.name), f.name))
         _validate(self)
@@ -345,9 +380,21 @@ def _validate(c: Config) -> None:
     if c.threads is not None:
         check_threads(c.threads)
     _check_text(c)
-    for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha"):
+    for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha", "fed_lr", "fed_eps", "client_state_mb"):
         v = getattr(c, name)
         need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v}")
+    need(
+        c.prox_mu is None or (math.isfinite(c.prox_mu) and c.prox_mu >= 0),
+        f"prox_mu must be >= 0, got {c.prox_mu}",
+    )
+    fm = c.fed_momentum
+    need(fm is None or (math.isfinite(fm) and 0 <= fm < 1), f"fed_momentum must be in [0, 1), got {fm}")
+    need(
+        c.fed_betas is None
+        or (len(c.fed_betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in c.fed_betas)),
+        f"fed_betas must be two numbers in [0, 1), got {c.fed_betas}",
+    )
+    need(c.tail_cut is None or c.tail_cut >= 1, f"tail_cut must be a positive integer, got {c.tail_cut}")
     need(c.divergence_every >= 0, f"divergence_every must be >= 0, got {c.divergence_every}")
     need(c.model_every >= 0, f"model_every must be >= 0 (0: final models only), got {c.model_every}")
     need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0 (0: automatic), got {c.eval_batch_size}")

@@ -1,9 +1,12 @@
 """Name -> factory registries for models, algorithms, datasets and partitions (timm style)."""
 
 import ast
+import importlib
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import SplitfedError
 
@@ -37,6 +40,44 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+# Objects handed to a Config in Python (a user's algorithm class), by the import path that names them in
+# config.toml: found here first, so a class defined in a script or a notebook (``__main__``) works too.
+GIVEN: dict[str, Any] = {}
+
+
+def given_name(obj: Any) -> str:
+    """The ``pkg.module:Qualified.name`` that names ``obj`` (a class or function), and remember ``obj``
+    under it for ``import_object``."""
+    name = f"{obj.__module__}:{obj.__qualname__}"
+    GIVEN[name] = obj
+    return name
+
+
+def import_object(spec: str, kind: str) -> Any:
+    """The object at ``pkg.module:attr`` (attr may be dotted), imported from the current directory or
+    PYTHONPATH; any way that fails is one SplitfedError naming the ``kind`` ("model", "algorithm")."""
+    if spec in GIVEN:
+        return GIVEN[spec]
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise SplitfedError(f"{kind} {spec!r}: name it as pkg.module:name")
+    # `python -m splitfed` puts the current directory on the path; the installed `splitfed` script does not
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # the user's module: missing, or failing as it imports (any error, one line)
+        first = (str(e).splitlines() or [""])[0]
+        raise SplitfedError(
+            f"{kind} {spec}: cannot import {module_name} ({type(e).__name__}: {first})"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SplitfedError(f"{kind} {spec}: module {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
 
 
 # How the package's own modules register an entry: ``@MODELS.register("cnn4")``, ``@DATASETS...``,

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from ._limits import check_output_dir, preflight
-from .algorithms import ALGORITHMS, create
+from .algorithms import create
+from .algorithms.base import check_knobs
 from .config import Config
 from .data import class_histogram, format_histogram
 from .engine.checkpoint import RESUMABLE_CHANGES, check_resumable, load_run_checkpoint
@@ -35,6 +36,7 @@ from .engine.side import State
 from .errors import SplitfedError
 from .executors import train
 from .executors.distributed import check_distributable, join, launched, leave, share
+from .executors.parts import build_parts
 from .export import save_state_dict
 from .models import ModelLike
 from .report import format_table, plot_run, summarize, write_summary_csv
@@ -77,8 +79,7 @@ class RunResult:
 
 def check_algorithms(cfg: Config) -> None:
     """Every algorithm named exists, before anything is written."""
-    for name in cfg.algorithm:
-        ALGORITHMS.get(name)
+    check_knobs(cfg)  # resolves every name too
 
 
 class RunDir:
@@ -131,11 +132,12 @@ class RunDir:
         # Every checkpoint is checked whole (digest, config, structure) before anything is written: a
         # refused resume leaves the run as it was. metrics.jsonl is rebuilt from their histories, which
         # are written before their line is appended: a kill between the two never loses or doubles a round.
-        histories = [
-            load_run_checkpoint(self.checkpoint(name), name, setup)["history"][: self.cfg.rounds]
-            for name in self.cfg.algorithm
-            if self.checkpoint(name).exists()
-        ]
+        histories = []
+        for name in self.cfg.algorithm:
+            if self.checkpoint(name).exists():
+                parts = {part: spec.init for part, spec in build_parts(create(self.cfg, name), setup).items()}
+                saved = load_run_checkpoint(self.checkpoint(name), name, setup, parts)
+                histories.append(saved["history"][: self.cfg.rounds])
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
         write_atomic(self.path / "config.toml", self.cfg.to_toml())

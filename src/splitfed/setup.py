@@ -28,7 +28,7 @@ from .data.datasets import (
     load_data_file,
     user_data,
 )
-from .engine.context import Context
+from .engine.context import Context, PartSpec
 from .engine.link import Link
 from .engine.metrics import LossFn, SplitModel, measure_divergence, train_flops_per_sample
 from .engine.optim import side_optimizer
@@ -106,7 +106,9 @@ class Setup:
         return sorted(perm[: cfg.clients_per_round].tolist())
 
     def context(self) -> Context:
-        """A fresh context per algorithm: every algorithm sees the same batch sequence from the same seed."""
+        """A fresh context per algorithm: every algorithm sees the same batch sequence from the same seed.
+        Its parts are the run's two halves ("client", "server"); an executor replaces them with the
+        parts of the algorithm it runs (executors/parts.py)."""
         union = torch.cat(self.parts)  # stream N: the union, in client order
         streams = ClientStreams(self.data, [*self.parts, union], self.cfg.seed_for("sampling"))
         return Context(
@@ -121,6 +123,10 @@ class Setup:
             self.data_sizes,
             Link(len(self.parts), self.cfg.wire_dtype),
             loss=self.loss,
+            parts={
+                "client": PartSpec(self.client_module, self.init_c, "client", self.flops_per_sample[0]),
+                "server": PartSpec(self.server_module, self.init_s, "server", self.flops_per_sample[1]),
+            },
         )
 
     def split_model(self) -> SplitModel:

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from splitfed.algorithms import ALGORITHMS, Algorithm, register
-from splitfed.algorithms.base import LOCKSTEP, ONE, PER_CLIENT
+from splitfed.algorithms.base import LOCKSTEP, SPLIT
 from splitfed.executors import train
 from splitfed.models import MODELS, register_model
 from splitfed.setup import Setup, prepare
@@ -54,15 +54,14 @@ if TEST_ALGORITHM not in ALGORITHMS:
 
     @register(TEST_ALGORITHM)
     class TwoSteps(Algorithm):
-        client_side = PER_CLIENT
-        server_side = ONE
+        parts = SPLIT
         schedule = LOCKSTEP
 
         def main_server(self, server, batch):
             z, y = torch.cat([s.smashed for s in batch]), torch.cat([s.labels for s in batch])
             grad = server.step(z, y)
             server.step(z, y)
-            return list(grad.split([len(s.labels) for s in batch]))
+            return [{"smashed_grad": a} for a in grad.split([len(s.labels) for s in batch])]
 
 
 # A model without kinks (no ReLU, no max-pool): a rounding difference between two executions then grows
@@ -83,3 +82,40 @@ if SMOOTH_MODEL not in MODELS:
                 fc2=nn.Linear(32, num_classes),
             )
         )
+
+
+def weights_of(setup: Setup) -> list[float]:
+    """p_n = |D_n| / Σ |D_m|."""
+    sizes = setup.data_sizes
+    return [s / sum(sizes) for s in sizes]
+
+
+def average(states: list[dict], weights: list[float]) -> dict:
+    """Σ_n p_n sd_n of state_dicts (integer buffers averaged as numbers, then cast back, as splitfed's
+    float-held buffers are when a model is assembled)."""
+    out = {}
+    for key, first in states[0].items():
+        total = sum(w * sd[key].double() for sd, w in zip(states, weights, strict=True))
+        out[key] = total.to(first.dtype)
+    return out
+
+
+def both_executions(cfg, name):
+    """The algorithm trained by the sequential and by the batched executor."""
+    setup, seq, _, _ = train_one(cfg.replace(execution="sequential"), name)
+    _, bat, _, _ = train_one(cfg.replace(execution="batched"), name)
+    return setup, seq, bat
+
+
+def local_sgd(model: torch.nn.Module, batches, lr: float, grad_hook=None) -> torch.nn.Module:
+    """A copy of ``model`` after plain SGD on ``batches``; ``grad_hook(local)`` may change the
+    gradients before each step (a drift correction)."""
+    local = copy.deepcopy(model).train()
+    opt = torch.optim.SGD(local.parameters(), lr=lr)
+    for x, y in batches:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(local(x), y).backward()
+        if grad_hook is not None:
+            grad_hook(local)
+        opt.step()
+    return local

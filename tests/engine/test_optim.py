@@ -185,7 +185,7 @@ def test_context_sets_every_side_s_rate_for_the_round():
 
     cfg = small_config(lr=0.1, client_lr=0.2, lr_schedule="step", lr_step_size=1, lr_gamma=0.5)
     ctx = prepare(cfg).context()
-    client, server = ctx.client_side(2), ctx.server_side(1)
+    client, server = ctx.side("client", 2, "client"), ctx.side("server", 1, "main_server")
     ctx.set_round(3)
     assert client.lr_value == pytest.approx(0.05) and server.lr_value == pytest.approx(0.025)
     assert client.lr.item() == pytest.approx(0.05) and server.lr.item() == pytest.approx(0.025)
@@ -227,7 +227,7 @@ def test_the_unsplit_step_clips_the_whole_model():
     meter = Meter()
     c = Side(client, Layout(client).state_of(client, opt), 2, opt, "c", meter)
     s = Side(server, Layout(server).state_of(server, opt), 2, opt, "s", meter)
-    joint_each(c, s, [0, 1], list(xs), list(ys))
+    joint_each([c, s], [0, 1], list(xs), list(ys))
     ref = copy.deepcopy(nn.Sequential(client, server))
     F.cross_entropy(ref(xs[1]), ys[1]).backward()
     assert torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.2) > 0.2
@@ -326,7 +326,7 @@ def test_a_user_loss_drives_the_unsplit_step(vectorised):
     meter = Meter()
     c = Side(client, Layout(client).state_of(client, opt), 2, opt, "c", meter, vectorised=vectorised)
     s = Side(server, Layout(server).state_of(server, opt), 2, opt, "s", meter, vectorised, loss=one_hot_mse)
-    joint_each(c, s, [0, 1], list(xs), list(ys))
+    joint_each([c, s], [0, 1], list(xs), list(ys))
     ref = copy.deepcopy(nn.Sequential(client, server))
     one_hot_mse(ref(xs[1]), ys[1]).backward()
     torch.optim.SGD(ref.parameters(), lr=0.5).step()
@@ -341,7 +341,8 @@ def test_the_context_hands_its_loss_to_the_sides_it_creates():
 
     ctx = prepare(small_config()).context()
     ctx.loss = one_hot_mse
-    assert ctx.client_side(1).loss is one_hot_mse and ctx.server_side(1).loss is one_hot_mse
+    assert ctx.side("client", 1, "client").loss is one_hot_mse
+    assert ctx.side("server", 1, "main_server").loss is one_hot_mse
 
 
 # --- the state --------------------------------------------------------------------------------------------

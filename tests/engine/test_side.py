@@ -113,7 +113,7 @@ def test_joint_each_vectorised_is_each_copy_trained_alone():
         meter = Meter()
         c = Side(client, init_c, 4, SGD(0.5, 0.9), "c", meter, vectorised=vectorised)
         s = Side(server, init_s, 4, SGD(0.5, 0.9), "s", meter, vectorised=vectorised)
-        joint_each(c, s, [0, 1, 2, 3], list(xs), list(ys))
+        joint_each([c, s], [0, 1, 2, 3], list(xs), list(ys))
         runs.append((c, s, meter))
     (c0, s0, m0), (c1, s1, m1) = runs
     torch.testing.assert_close(c1.store.params, c0.store.params, **ONE_STEP)
@@ -138,7 +138,7 @@ def test_joint_step_equals_split_step_with_gradient_passing():
     x, y = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
     meter = Meter()
     jc, js = Side(client, init_c, 1, SGD(0.5), "c", meter), Side(server, init_s, 1, SGD(0.5), "s", meter)
-    joint_step(jc, js, 0, x, y)
+    joint_step([jc, js], 0, x, y)
     sc, ss = Side(client, init_c, 1, SGD(0.5), "c", meter), Side(server, init_s, 1, SGD(0.5), "s", meter)
     smashed = sc.forward(0, x).requires_grad_()
     sc.backward(0, ss.train_step(0, smashed, y))

@@ -95,10 +95,10 @@ def test_each_rank_holds_copies_only_of_its_own_clients():
     rounds = [setup.participants(r) for r in range(1, 3)]
     algo = create(setup.cfg, "minibatch_sfl")
     one = make_executor(algo, setup.context(), "sequential")
-    assert one.clients.num_copies == 8  # the round's participants, not the 40 clients
+    assert one.sides["client"].num_copies == 8  # the round's participants, not the 40 clients
     rank = DistributedExecutor(algo, setup.context(), Group(1, 2, setup.device), False, rounds)
     owned = max(sum(n % 2 == 1 for n in r) for r in rounds)
-    assert rank.clients.num_copies == owned < 8
+    assert rank.sides["client"].num_copies == owned < 8
 
 
 def _cli(*args):

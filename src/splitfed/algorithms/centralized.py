@@ -3,17 +3,15 @@ batch size b. A round processes as many samples as a round of the others: τ·m 
 
     for round r:
         one participant, the union of the m clients' data      participants = [UNION]
-        τ·m SGD steps of the whole model on batches of b        server_side = ON_CLIENT, iterations = τ·m
+        τ·m SGD steps of the whole model on batches of b        FedAvg's client, iterations = τ·m
 """
 
-from .base import ON_CLIENT, PER_CLIENT, UNION, Algorithm, register
+from .base import UNION, register
+from .fedavg import FedAvg
 
 
 @register("centralized")
-class Centralized(Algorithm):
-    client_side = PER_CLIENT
-    server_side = ON_CLIENT
-
+class Centralized(FedAvg):
     def participants(self, clients: list[int]) -> list[int]:
         return [UNION]
 

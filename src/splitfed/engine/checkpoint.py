@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +22,10 @@ import torch
 
 from ..config import Config
 from ..errors import SplitfedError
+from .side import State, join_states
 
 if TYPE_CHECKING:
     from ..setup import Setup
-    from .side import State
 
 log = logging.getLogger("splitfed")
 
@@ -116,6 +117,10 @@ class Records:
     """A run's history: a list of dicts, the n-th for round n, each with its wall-clock time."""
 
 
+class Tensors:
+    """A template's dict of named float tensors of any shapes, each finite (an algorithm's own state)."""
+
+
 def mismatch(expected: Any, value: Any, where: str = "") -> str | None:
     """What is wrong with ``value`` against the template ``expected``, or None.
 
@@ -143,6 +148,11 @@ def mismatch(expected: Any, value: Any, where: str = "") -> str | None:
         return None
     if isinstance(expected, Equal):
         return None if value == expected.value else f"{name} is {value!r}, not {expected.value!r}"
+    if isinstance(expected, Tensors):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return f"{name} is {_what(value)}, not a dict of named tensors"
+        problems = (mismatch(Tensor(tuple([None] * _dims(v))), v, _key(where, k)) for k, v in value.items())
+        return next((p for p in problems if p is not None), None)
     if isinstance(expected, Records):
         if not isinstance(value, list):
             return f"{name} is {_what(value)}, not a list of rounds"
@@ -187,6 +197,10 @@ def mismatch(expected: Any, value: Any, where: str = "") -> str | None:
     else:
         ok = isinstance(value, want)
     return None if ok else f"{name} is {_what(value)}, not {want.__name__}"
+
+
+def _dims(value: Any) -> int:
+    return value.dim() if isinstance(value, torch.Tensor) else 0
 
 
 def _key(where: str, key: Any) -> str:
@@ -234,7 +248,12 @@ def save_checkpoint(path: Path, kind: str, config: Config, payload: dict[str, An
 
 
 def load_checkpoint(
-    path: Path, kind: str, config: Config, expect: dict[str, Any], remedy: str
+    path: Path,
+    kind: str,
+    config: Config,
+    expect: dict[str, Any],
+    remedy: str,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The payload of a ``kind`` checkpoint saved with ``config`` (but for RESUMABLE_CHANGES) that
     matches the template ``expect`` (see ``mismatch``); anything else is a SplitfedError ending in
@@ -265,6 +284,8 @@ def load_checkpoint(
         raise SplitfedError(
             f"checkpoint {path} is not a splitfed v1 or v2 checkpoint (version {version!r}); {remedy}"
         )
+    if upgrade is not None:
+        saved = upgrade(saved)
     problem = mismatch(expect, saved)
     if problem is None and "history" in expect and len(saved["history"]) != saved["round"]:
         problem = f"history holds {len(saved['history'])} rounds, round says {saved['round']}"
@@ -273,50 +294,85 @@ def load_checkpoint(
     return saved
 
 
+# What ClientStates.state_dict() holds (engine/client_state.py).
+CLIENT_STATES = {"memory": Each(Tensors(), keyed=True), "files": Each(int, keyed=True), "version": int}
+
+
 # --- a run's checkpoint: one per algorithm, saved every round ----------------------------------------
 def save_run_checkpoint(
     path: Path,
     algorithm: str,
     config: Config,
     rnd: int,
-    w_c: "State",
-    w_s: "State",
+    model: dict[str, State],
+    chain: list[str],
+    fed_server: dict[str, torch.Tensor],
+    client_states: dict[str, Any],
     streams: dict[str, Any],
     history: list[dict[str, Any]],
 ) -> None:
+    """Everything ``algorithm`` needs to continue after round ``rnd``: every part of its model (with the
+    optimizer state), its fed server's own state, its clients' own states, the samplers, the history;
+    ``chain``: the in-model parts in model order (what export composes)."""
     payload = {
         "algorithm": algorithm,
         "round": rnd,
-        "w_c": w_c.to_dict(),
-        "w_s": w_s.to_dict(),
+        "model": {name: state.to_dict() for name, state in model.items()},
+        "chain": list(chain),
+        "fed_server": fed_server,
+        "client_states": client_states,
         "streams": streams,
         "history": history,
     }
     save_checkpoint(path, "run", config, payload)
 
 
-def load_run_checkpoint(path: Path, algorithm: str, setup: "Setup") -> dict[str, Any]:
+def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run checkpoint from before algorithms had parts (w_c, w_s) in today's layout."""
+    if "w_c" in saved and "model" not in saved:
+        saved["model"] = {"client": saved.pop("w_c"), "server": saved.pop("w_s", None)}
+        saved |= {"chain": ["client", "server"], "fed_server": {}}
+        saved["client_states"] = {"memory": {}, "files": {}, "version": 0}
+    return saved
+
+
+def load_run_checkpoint(
+    path: Path, algorithm: str, setup: "Setup", parts: dict[str, State]
+) -> dict[str, Any]:
     """``algorithm``'s checkpoint, checked against this run: its config, and the shapes of this run's own
-    initial states and samplers (generic over whatever ``State.to_dict()`` holds)."""
+    initial ``parts`` and samplers (generic over whatever ``State.to_dict()`` holds)."""
     expect = {
         "algorithm": Equal(algorithm),
         "round": int,
-        "w_c": setup.init_c.to_dict(),
-        "w_s": setup.init_s.to_dict(),
+        "model": {name: state.to_dict() for name, state in parts.items()},
+        "chain": Each(str),
+        "fed_server": Tensors(),
+        "client_states": CLIENT_STATES,
         "streams": setup.context().streams.state_dict(),
         "history": Records(),
     }
-    return load_checkpoint(path, "run", setup.cfg, expect, f"delete it to retrain {algorithm} from round 1")
+    remedy = f"delete it to retrain {algorithm} from round 1"
+    return load_checkpoint(path, "run", setup.cfg, expect, remedy, upgrade=_upgrade)
 
 
 def read_run_checkpoint(path: Path) -> dict[str, Any]:
     """A run checkpoint read back outside its run (export, tests): its digest and kind are checked and it
-    must hold a round and both sides' states; whether they fit a model is the reader's to check."""
+    must hold a round, the model's parts and their order; whether they fit a model is the reader's to
+    check. ``w_c`` and ``w_s`` are the model cut once (the first part; the later ones joined)."""
     remedy = "export another round, or rerun"
     saved = read_checkpoint(path, remedy)
     if isinstance(saved, dict) and saved.get("version") == CHECKPOINT_VERSION and saved.get("kind") != "run":
         raise SplitfedError(f"checkpoint {path} is not a run's checkpoint; {remedy}")
-    missing = [k for k in ("round", "w_c", "w_s", "history") if not isinstance(saved, dict) or k not in saved]
+    if isinstance(saved, dict):
+        saved = _upgrade(saved)
+    missing = [
+        k for k in ("round", "model", "chain", "history") if not isinstance(saved, dict) or k not in saved
+    ]
     if missing:
         raise SplitfedError(f"checkpoint {path} cannot be used: it has no {', '.join(missing)}; {remedy}")
+    try:
+        states = [State.from_dict(saved["model"][name]) for name in saved["chain"]]
+    except (KeyError, TypeError):
+        raise SplitfedError(f"checkpoint {path} cannot be used: its model lacks a part; {remedy}") from None
+    saved["w_c"], saved["w_s"] = states[0].to_dict(), join_states(states[1:]).to_dict()
     return saved

@@ -17,6 +17,17 @@ UNION = -1  # the participant that holds the union of the round's clients' data 
 
 
 @dataclass
+class PartSpec:
+    """One part of what an algorithm trains: its template module, initial state, whose optimizer settings
+    it trains with ("client" or "server"), and its training FLOPs per sample (forward + backward)."""
+
+    module: nn.Module
+    init: State
+    optimizer: str
+    flops: float
+
+
+@dataclass
 class Context:
     """Shared by one algorithm's rounds. Stream n < N is client n's data; stream N is their union."""
 
@@ -35,6 +46,8 @@ class Context:
     # the mean loss of a batch, loss(output, target), on every side created after it is set (Side's
     # docstring has the contract)
     loss: LossFn = F.cross_entropy
+    # the parts of the algorithm being run, by name (made by the executor from its definition)
+    parts: dict[str, PartSpec] = field(default_factory=dict)
     _schedules: dict[float, LRSchedule] = field(default_factory=dict, init=False, repr=False)
 
     @property
@@ -46,25 +59,25 @@ class Context:
         """How many clients take part in a round (so how many client-side copies can be live at once)."""
         return self.cfg.clients_per_round or self.num_clients
 
-    def _side(self, half: str, module: nn.Module, init: State, copies: int, **kw) -> Side:
-        opt = side_optimizer(self.cfg, half)
+    def side(self, part: str, copies: int, location: str, vectorised: bool = False) -> Side:
+        """``copies`` of part ``part``, computed at ``location`` ("client" or "main_server"), trained with
+        its optimizer settings; every copy starts at the part's initial state."""
+        spec = self.parts[part]
+        opt = side_optimizer(self.cfg, spec.optimizer)
         side = Side(
-            module, init, copies, opt, meter=self.meter, loss=self.loss, precision=self.cfg.precision, **kw
+            spec.module,
+            spec.init,
+            copies,
+            opt,
+            location=location,
+            meter=self.meter,
+            vectorised=vectorised,
+            loss=self.loss,
+            precision=self.cfg.precision,
         )
+        side.part, side.flops_per_sample = part, spec.flops
         self.sides.append(side)
         return side
-
-    def client_side(self, copies: int, location: str = "client", vectorised: bool = False) -> Side:
-        """Copies of the client-side model, trained with η_c; starts at w_c^0."""
-        return self._side(
-            "client", self.client_module, self.init_c, copies, location=location, vectorised=vectorised
-        )
-
-    def server_side(self, copies: int, location: str = "main_server", vectorised: bool = False) -> Side:
-        """Copies of the server-side model, trained with η_s; starts at w_s^0."""
-        return self._side(
-            "server", self.server_module, self.init_s, copies, location=location, vectorised=vectorised
-        )
 
     def set_round(self, rnd: int) -> None:
         """Set every side's learning rate to round ``rnd``'s (from 1) under ``lr_schedule``; call it before

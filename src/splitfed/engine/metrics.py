@@ -155,16 +155,24 @@ def train_flops_per_sample(
     its input, the smashed data's gradient. Counted once on copies, on a batch of two (BatchNorm needs two
     samples).
     """
-    client, server = copy.deepcopy(client).cpu().train(), copy.deepcopy(server).cpu().train()
     x = torch.zeros(2, *in_shape, dtype=dtype)
+    client_flops, z = module_flops(client, x, input_grad=False)
+    server_flops, _ = module_flops(server, z, input_grad=True)
+    return client_flops, server_flops
+
+
+def module_flops(module: nn.Module, x: torch.Tensor, input_grad: bool) -> tuple[float, torch.Tensor]:
+    """Training FLOPs per sample of ``module`` on the batch ``x`` (forward, and backward to its weights,
+    and to ``x`` with ``input_grad``: a piece after the cut passes its input's gradient on), counted on a
+    CPU copy; and its output on x (detached, for the next piece)."""
+    module = copy.deepcopy(module).cpu().train()
+    x = x.detach().cpu()
+    if input_grad:
+        x = x.requires_grad_()
     with FlopCounterMode(display=False) as counter:
-        z = client(x)
-        z.sum().backward()
-    client_flops = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        out = server(z.detach().requires_grad_())
+        out = module(x)
         out.sum().backward()
-    return client_flops / 2, counter.get_total_flops() / 2
+    return counter.get_total_flops() / len(x), out.detach()
 
 
 def measure_divergence(

@@ -6,7 +6,7 @@ parameter vectors, never K deep-copied modules. Averaging, broadcasting and chec
 few flat tensors per copy.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -78,6 +78,18 @@ class WeightedSum:
         return self.total
 
 
+def join_states(states: Sequence[State]) -> State:
+    """Consecutive pieces of a model as one: their parameters and buffers one after another (the layout
+    of the module made of the pieces in order); no optimizer state."""
+    if len(states) == 1:
+        return states[0]
+    return State(
+        torch.cat([s.params for s in states]),
+        torch.cat([s.buffers for s in states]),
+        states[0].opt[:0].clone(),
+    )
+
+
 def weighted_average(states: Sequence[State], weights: Sequence[float]) -> State:
     acc = WeightedSum()
     for s, w in zip(states, weights, strict=True):
@@ -91,6 +103,11 @@ class Layout:
     def __init__(self, module: nn.Module) -> None:
         self.params = [(n, p.shape) for n, p in module.named_parameters()]
         self.buffers = [(n, b.shape) for n, b in module.named_buffers()]
+        # the type of the module that owns each parameter and buffer, e.g. to find normalisation layers
+        self.owners: dict[str, type] = {}
+        for prefix, sub in module.named_modules():
+            for name, _ in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+                self.owners[f"{prefix}.{name}" if prefix else name] = type(sub)
         self.num_params = sum(s.numel() for _, s in self.params)
         self.num_buffers = sum(s.numel() for _, s in self.buffers)
 
@@ -131,6 +148,19 @@ class Layout:
 
     def param_names(self) -> list[str]:
         return [n for n, _ in self.params]
+
+    def select(self, keep: Callable[[str], bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where the parameters and buffers whose names ``keep`` accepts lie in the flat tensors: two
+        index tensors (into State.params and State.buffers), for state addressed by name."""
+        found = []
+        for entries in (self.params, self.buffers):
+            idx, offset = [], 0
+            for name, shape in entries:
+                if keep(name):
+                    idx.append(torch.arange(offset, offset + shape.numel()))
+                offset += shape.numel()
+            found.append(torch.cat(idx) if idx else torch.zeros(0, dtype=torch.int64))
+        return found[0], found[1]
 
 
 class Meter:
@@ -225,6 +255,13 @@ class Side:
         self.lr = torch.tensor(opt.lr, dtype=torch.float32, device=init.params.device)
         self.samples = 0  # samples trained (forward + backward) since the last reset
         self.steps = 0  # optimizer steps since the last reset
+        # The algorithm's gradient correction (grad, params, scratch) -> grad, applied before clipping,
+        # and the round-local tensors per copy it reads (``scratch``: name -> [K, ...]).
+        self.correct: Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor] | None = None
+        self.scratch: dict[str, torch.Tensor] = {}
+        self.metered = True  # whether this side's losses are the model's training loss (the meter's)
+        self.part = ""  # the algorithm's name for what this side trains (set by Context.side)
+        self.flops_per_sample = 0.0  # training FLOPs per sample, for the round's FLOP count
 
     def _make_views(self, s: State) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         return self.layout.param_views(s.params), self.layout.buffer_dict(s.buffers)
@@ -238,6 +275,19 @@ class Side:
 
     def load(self, k: int, state: State) -> None:
         self.rows[k].copy_(state)
+
+    def scratch_of(self, k: int) -> dict[str, torch.Tensor]:
+        """Copy k's round-local tensors (every copy's, stacked, for k = ALL)."""
+        return dict(self.scratch) if k == ALL else {name: t[k] for name, t in self.scratch.items()}
+
+    def set_scratch(self, k: int, name: str, value: torch.Tensor) -> None:
+        """Set copy k's round-local tensor ``name`` (storage for every copy is made on first use)."""
+        held = self.scratch.get(name)
+        if held is None or held.shape[1:] != value.shape:
+            held = self.scratch[name] = torch.zeros(
+                self.num_copies, *value.shape, dtype=value.dtype, device=value.device
+            )
+        held[k].copy_(value)
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next steps (of every copy), e.g. a schedule's rate for this round.
@@ -300,9 +350,16 @@ class Side:
         )
         self.steps += self.num_copies if k == ALL else 1
 
+    def _corrected(self, k: int, flat: torch.Tensor) -> torch.Tensor:
+        """Copy k's flat gradient as the algorithm's correction makes it (unchanged without one)."""
+        if self.correct is None:
+            return flat
+        params = self.store.params if k == ALL else self.rows[k].params
+        return self.correct(flat, params, self.scratch_of(k))
+
     def _step(self, k: int, grads: Sequence[torch.Tensor]) -> None:
-        """Clip copy k's gradient over this side (when asked) and step it."""
-        flat = self._flat(k, grads)
+        """Correct copy k's gradient, clip it over this side (when asked) and step it."""
+        flat = self._corrected(k, self._flat(k, grads))
         if self.opt.clip_grad_norm is not None:
             clip_grad_norm_([flat], self.opt.clip_grad_norm)
         self._apply(k, flat)
@@ -319,42 +376,57 @@ class Side:
 
     # --- a client side: forward now, backward when the smashed data's gradient comes back ------------------
     def forward(self, k: int, x: torch.Tensor) -> torch.Tensor:
-        """Copy k's output on x, detached (it is what travels); the graph waits for ``backward(k, ...)``."""
+        """Copy k's output on x, detached (it is what travels); the graph waits for ``backward(k, ...)``.
+        An ``x`` that requires grad gets its gradient back from ``backward``."""
         out, leaves = self._forward(k, x)
-        self._pending[k] = (out, leaves)
+        self._pending[k] = (out, [*leaves, x] if x.requires_grad else leaves)
         return out.detach()
 
-    def backward(self, k: int, grad: torch.Tensor) -> None:
-        """Back-propagate the gradient of copy k's last output and take one optimizer step."""
+    def _pending_grads(self, k: int, grad: torch.Tensor) -> tuple[tuple, torch.Tensor | None]:
+        """Copy k's pending output back-propagated: (parameter gradients, the input's or None)."""
         out, leaves = self._pending.pop(k)
-        self._step(k, torch.autograd.grad(out, leaves, grad))
+        grads = torch.autograd.grad(out, leaves, grad)
+        params = len(self._views[k][0])
+        return grads[:params], (grads[params] if len(grads) > params else None)
+
+    def backward(self, k: int, grad: torch.Tensor) -> torch.Tensor | None:
+        """Back-propagate the gradient of copy k's last output and take one optimizer step; returns the
+        gradient at the input if the input required it."""
+        grads, at_input = self._pending_grads(k, grad)
+        self._step(k, grads)
+        return at_input
 
     def forward_each(self, copies: Sequence[int], xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Copy copies[i]'s output on xs[i] for each i, as clients do in parallel; see ``backward_each``."""
         if self.batched(copies, xs):
-            return list(self.forward(ALL, torch.stack(list(xs))).unbind(0))
+            x = torch.stack(list(xs))
+            if any(t.requires_grad for t in xs):
+                x = x.detach().requires_grad_()
+            return list(self.forward(ALL, x).unbind(0))
         return [self.forward(k, x) for k, x in zip(copies, xs, strict=True)]
 
-    def backward_each(self, copies: Sequence[int], grads: Sequence[torch.Tensor]) -> None:
-        """Back-propagate grads[i] through copy copies[i]'s pending output, then step each copy."""
+    def backward_each(
+        self, copies: Sequence[int], grads: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor | None]:
+        """Back-propagate grads[i] through copy copies[i]'s pending output, then step each copy; each
+        input's gradient (None where the input did not require it)."""
         if ALL in self._pending:
-            self.backward(ALL, torch.stack(list(grads)))
-            return
+            at_input = self.backward(ALL, torch.stack(list(grads)))
+            return [None] * len(copies) if at_input is None else list(at_input.unbind(0))
         # Every gradient before any update: the copies share one storage, whose version counter an
         # update bumps, which would invalidate the other copies' pending graphs.
-        all_grads = []
-        for k, grad in zip(copies, grads, strict=True):
-            out, leaves = self._pending.pop(k)
-            all_grads.append(torch.autograd.grad(out, leaves, grad))
-        for k, g in zip(copies, all_grads, strict=True):
+        all_grads = [self._pending_grads(k, grad) for k, grad in zip(copies, grads, strict=True)]
+        for k, (g, _) in zip(copies, all_grads, strict=True):
             self._step(k, g)
+        return [at_input for _, at_input in all_grads]
 
     # --- a whole step on (x, y) -------------------------------------------------------------------------
     def train_step(self, k: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """One step of copy k on the mean loss of (x, y); returns ∂loss/∂x if x requires grad."""
         out, leaves = self._forward(k, x)
         loss = self._loss(out, y)
-        self.meter.add_loss(loss, len(x))
+        if self.metered:
+            self.meter.add_loss(loss, len(x))
         inputs = [*leaves, x] if x.requires_grad else leaves
         grads = torch.autograd.grad(loss, inputs)
         self._step(k, grads[: len(leaves)])
@@ -375,40 +447,48 @@ class Side:
         y = torch.stack(list(ys))
         out, leaves = self._forward(ALL, x)
         losses = self._mean_losses(out, y)  # copy k's mean loss; their sum's gradient is each copy's own
-        self.meter.add_loss(losses.sum() / len(losses), x.shape[0] * x.shape[1])
+        if self.metered:
+            self.meter.add_loss(losses.sum() / len(losses), x.shape[0] * x.shape[1])
         grads = torch.autograd.grad(losses.sum(), [*leaves, x])
         self._step(ALL, grads[:-1])
         return list(grads[-1].unbind(0))
 
 
-def joint_step(client: Side, server: Side, k: int, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One step of the unsplit model (client side then server side, one autograd graph) on copy k of
-    both sides (k = ALL: every copy at once, x and y stacked [K, b, ...]). Clipping, if the client side
-    asks for it, is over the whole model's gradient, as clip_grad_norm_ on the unsplit model would."""
-    z, c_leaves = client._forward(k, x)
-    out, s_leaves = server._forward(k, z)
+def joint_step(sides: Sequence[Side], k: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One step of the unsplit model (the ``sides`` in model order, one autograd graph) on copy k of each
+    (k = ALL: every copy at once, x and y stacked [K, b, ...]). Clipping, if the first side asks for it,
+    is over the whole model's gradient, as clip_grad_norm_ on the unsplit model would."""
+    leaves_of, h = [], x
+    for side in sides:
+        h, leaves = side._forward(k, h)
+        leaves_of.append(leaves)
+    last = sides[-1]
     if k == ALL:
-        losses = server._mean_losses(out, y)
+        losses = last._mean_losses(h, y)
         loss, total = losses.sum(), losses.sum() / len(losses)
         count = x.shape[0] * x.shape[1]
     else:
-        loss = total = server._loss(out, y)
+        loss = total = last._loss(h, y)
         count = len(x)
-    server.meter.add_loss(total, count)
-    grads = torch.autograd.grad(loss, c_leaves + s_leaves)
-    flat = [client._flat(k, grads[: len(c_leaves)]), server._flat(k, grads[len(c_leaves) :])]
-    if client.opt.clip_grad_norm is not None:
-        clip_grad_norm_(flat, client.opt.clip_grad_norm)
-    client._apply(k, flat[0])
-    server._apply(k, flat[1])
+    if last.metered:
+        last.meter.add_loss(total, count)
+    grads = torch.autograd.grad(loss, [leaf for leaves in leaves_of for leaf in leaves])
+    flat, at = [], 0
+    for side, leaves in zip(sides, leaves_of, strict=True):
+        flat.append(side._corrected(k, side._flat(k, grads[at : at + len(leaves)])))
+        at += len(leaves)
+    if sides[0].opt.clip_grad_norm is not None:
+        clip_grad_norm_(flat, sides[0].opt.clip_grad_norm)
+    for side, g in zip(sides, flat, strict=True):
+        side._apply(k, g)
 
 
 def joint_each(
-    client: Side, server: Side, copies: Sequence[int], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
+    sides: Sequence[Side], copies: Sequence[int], xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]
 ) -> None:
     """For each i, one step of the unsplit model copy copies[i] on (xs[i], ys[i])."""
-    if client.batched(copies, xs) and server.batched(copies, xs):
-        joint_step(client, server, ALL, torch.stack(list(xs)), torch.stack(list(ys)))
+    if all(side.batched(copies, xs) for side in sides):
+        joint_step(sides, ALL, torch.stack(list(xs)), torch.stack(list(ys)))
         return
     for k, x, y in zip(copies, xs, ys, strict=True):
-        joint_step(client, server, k, x, y)
+        joint_step(sides, k, x, y)

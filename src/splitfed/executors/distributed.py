@@ -17,19 +17,30 @@ model one client batch at a time (client-sequential or interleaved schedules, a 
 run in parallel and are refused, as is centralized training (one participant).
 """
 
+import inspect
 import os
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from ..algorithms.base import LOCKSTEP, ONE, Algorithm, Smashed
+from ..algorithms.base import LOCKSTEP, Algorithm, Average, Message, Smashed
 from ..data import ClientStreams
 from ..engine.context import UNION, Context
 from ..engine.side import State, WeightedSum
 from ..errors import SplitfedError
-from .local import LocalExecutor, RoundPlan, plan_round
+from .local import LocalExecutor, RoundPlan, plan_of, plan_round
+
+
+def _dtype(name: str) -> torch.dtype:
+    return getattr(torch, name.removeprefix("torch."))
+
+
+def _joined(replies: list[Message]) -> Message:
+    """The replies' tensors joined (only their names, dtypes and shapes after the rows matter here)."""
+    return {k: torch.cat([r[k] for r in replies]) for k in replies[0]} if replies else {}
 
 
 @dataclass(frozen=True)
@@ -102,14 +113,18 @@ def check_distributable(algo: Algorithm) -> None:
         )
     if algo.schedule != LOCKSTEP:
         raise SplitfedError(
-            f"{algo.name}'s main server steps one shared model one client batch at a time "
-            f"(schedule {algo.schedule}, client side {algo.client_side}): its clients never compute at "
-            "the same time, so more processes would only wait in turn; run it in one process"
+            f"{algo.name}'s clients take turns (schedule {algo.schedule}): they never compute at the "
+            "same time, so more processes would only wait in turn; run it in one process"
+        )
+    if not isinstance(algo.fed_server(), Average):
+        raise SplitfedError(
+            f"{algo.name}'s fed server is not an average of the uploads, which processes could sum in "
+            "pieces; run it in one process"
         )
 
 
 class DistributedExecutor(LocalExecutor):
-    """Runs ``algo`` on this rank's clients; every rank ends each round with the same ``w_c``, ``w_s``."""
+    """Runs ``algo`` on this rank's clients; every rank ends each round with the same ``model``."""
 
     def __init__(
         self, algo: Algorithm, ctx: Context, group: Group, batched: bool, rounds: list[list[int]]
@@ -119,14 +134,12 @@ class DistributedExecutor(LocalExecutor):
         self.group = group
         most = max((sum(group.owner(n) == group.rank for n in r) for r in rounds), default=1)
         super().__init__(algo, ctx, batched, cuda_graphs=False, most=most)
-        self.shared_server = algo.split and algo.server_side == ONE
-        with torch.no_grad():  # the smashed data's shape, for a rank with no client in a slot
-            sample = ctx.streams.data.train_x[:2]
-            self.smashed_shape = tuple(ctx.client_module.eval()(sample).shape[1:])
+        self.shared_server = any(p.shared for p in algo.server_parts)
+        self._structures: dict[tuple[str, int], dict[str, tuple[str, tuple[int, ...]]]] = {}
 
     def _plan(self, rnd: int, clients: list[int]) -> RoundPlan:
         """The round's plan (weights over every participant), this rank's part of each slot. A shared
-        server's slots all stay, empty or not: every rank takes part in each one's gather."""
+        server's slots all stay, empty or not: every rank takes part in each one's exchanges."""
         full = plan_round(self.algo, self.ctx, rnd, clients, one_by_one=False)
         self.full_slots = [[n for n, _ in slot] for slot in full.slots]
         self.slot_index = 0
@@ -137,81 +150,177 @@ class DistributedExecutor(LocalExecutor):
                 iters = self.algo.iterations(self.ctx.tau, clients)
                 slots = [[(n, t)] for n in sorted(mine) for t in range(iters)]
             slots = [s for s in slots if s]
-        first: dict[int, int] = {}
-        last: dict[int, int] = {}
-        for k, slot in enumerate(slots):
-            for n, _ in slot:
-                first.setdefault(n, k)
-                last[n] = k
-        return RoundPlan(full.participants, full.weights, slots, first, last)
+        parts = full.participants
+        return plan_of(parts, [full.weights[n] for n in parts], slots)
+
+    def run_round(self, rnd: int, clients: list[int]) -> None:
+        # Rank 0 reaches this barrier after writing the last round's checkpoint: the per-client state
+        # files it no longer names can go.
+        dist.barrier()
+        if not self.group.leader:
+            self.client_states.saved()
+        super().run_round(rnd, clients)
+        self._sum_counters()
 
     def _iterate(self, slot, held) -> None:  # type: ignore[no-untyped-def]
         if slot:
             super()._iterate(slot, held)
-        else:  # no client of this rank in a shared-server slot: it still takes part in the exchange
-            self._exchange([])
+        else:  # no client of this rank in a shared-server slot: it still takes part in the exchanges
+            self._phase = 0
+            done = False
+            while not done:
+                _, done = self._exchange([])
         self.slot_index += 1
 
-    def _main_server(self, batch: list[Smashed], copies: list[int]) -> list[torch.Tensor]:
+    def _main_server(self, batch: list[Smashed], copies: list[int]):
         if not self.shared_server:
             return super()._main_server(batch, copies)  # each client's own server copy, on its rank
-        return self._exchange(batch)
+        self._phase = 0
+        return self._remote(batch)
 
-    def _exchange(self, batch: list[Smashed]) -> list[torch.Tensor]:
-        """Gather a slot's smashed data on rank 0, which runs the main server's step on the whole slot in
-        the slot's order; scatter the gradients back. Returns this rank's clients' gradients."""
+    def _remote(self, batch: list[Smashed]) -> Generator[list[Message], list[Smashed], list[Message]]:
+        """The main server of this slot as the clients of this rank see it: every exchange a gather of
+        the slot's messages on rank 0, which runs the definition's main-server step on the whole slot,
+        and a scatter of the replies."""
+        replies, done = self._exchange(batch)
+        while not done:
+            batch = yield replies
+            replies, done = self._exchange(batch)
+        return replies
+
+    def _structure(
+        self, key: tuple[str, int], mine: Message | None
+    ) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """The tensors (name: dtype, shape after the rows) of one exchange of the definition, learnt from
+        any rank that has them the first time it happens (a collective of every rank)."""
+        if key not in self._structures:
+            found: list[Any] = [None] * self.group.world
+            entry = None if mine is None else {k: (str(v.dtype), tuple(v.shape[1:])) for k, v in mine.items()}
+            dist.all_gather_object(found, entry)
+            self._structures[key] = next(e for e in found if e is not None)
+        return self._structures[key]
+
+    def _exchange(self, batch: list[Smashed]) -> tuple[list[Message], bool]:
+        """One exchange of the current slot: gather every rank's messages on rank 0 (padded to the
+        fullest rank's rows), which drives the definition's main server on the whole slot in the slot's
+        order (the giant batch exactly as one process forms it, BatchNorm included), then scatter each
+        rank its clients' replies. Returns this rank's replies and whether the main server is done."""
         g, ctx = self.group, self.ctx
         slot = self.full_slots[self.slot_index]
-        rows = max(sum(ctx.batch_size(n) for n in slot if g.owner(n) == r) for r in range(g.world))
-        z = torch.zeros(rows, *self.smashed_shape, device=g.device)  # padded to the fullest rank's rows
-        y = torch.zeros(rows, dtype=torch.int64, device=g.device)
-        mine = sum(len(s.labels) for s in batch)
-        if batch:
-            z[:mine] = torch.cat([s.smashed for s in batch])
-            y[:mine] = torch.cat([s.labels for s in batch])
-        zs = [torch.empty_like(z) for _ in range(g.world)] if g.leader else None
-        ys = [torch.empty_like(y) for _ in range(g.world)] if g.leader else None
-        dist.gather(z, zs, dst=0)
-        dist.gather(y, ys, dst=0)
-        grads = torch.empty_like(z)
-        chunks = None
+        phase = self._phase
+        self._phase += 1
+        rows = [sum(ctx.batch_size(n) for n in slot if g.owner(n) == r) for r in range(g.world)]
+        mine = {k: torch.cat([s.tensors[k] for s in batch]) for k in batch[0].tensors} if batch else None
+        up = self._structure(("up", phase), mine)
+        gathered = {name: self._gather(name, up[name], rows, mine) for name in sorted(up)}
+        replies_whole: list[Message] | None = None
+        done = torch.zeros(1, device=g.device)
         if g.leader:
-            assert zs is not None and ys is not None
             taken, whole = [0] * g.world, []
-            for n in slot:  # in the slot's order: the giant batch exactly as one process forms it
+            for n in slot:  # in the slot's order
                 r, b = g.owner(n), ctx.batch_size(n)
-                whole.append(Smashed(n, zs[r][taken[r] : taken[r] + b], ys[r][taken[r] : taken[r] + b]))
+                whole.append(Smashed(n, {k: v[r][taken[r] : taken[r] + b] for k, v in gathered.items()}))
                 taken[r] += b
-            answers = super()._main_server(whole, [0] * len(whole))
-            chunks = [torch.zeros_like(z) for _ in range(g.world)]
-            filled = [0] * g.world
-            for s, a in zip(whole, answers, strict=True):
-                r = g.owner(s.client)
-                chunks[r][filled[r] : filled[r] + len(a)] = a
-                filled[r] += len(a)
-        dist.scatter(grads, chunks, src=0)
-        return list(grads[:mine].split([len(s.labels) for s in batch])) if batch else []
+            replies_whole, finished = self._serve(whole, phase)
+            done.fill_(float(finished))
+        dist.broadcast(done, src=0)
+        down = self._structure(("down", phase), None if replies_whole is None else _joined(replies_whole))
+        mine_rows = rows[g.rank]
+        out: dict[str, torch.Tensor] = {}
+        for name in sorted(down):
+            dtype, tail = down[name]
+            buffer = torch.zeros(max(rows), *tail, dtype=_dtype(dtype), device=g.device)
+            chunks = None
+            if g.leader:
+                assert replies_whole is not None
+                chunks = [torch.zeros_like(buffer) for _ in range(g.world)]
+                filled = [0] * g.world
+                for n, reply in zip(slot, replies_whole, strict=True):
+                    r, t = g.owner(n), reply[name]
+                    chunks[r][filled[r] : filled[r] + len(t)] = t
+                    filled[r] += len(t)
+            dist.scatter(buffer, chunks, src=0)
+            out[name] = buffer[:mine_rows]
+        sizes = [ctx.batch_size(s.client) for s in batch]
+        split = [t.split(sizes) for t in out.values()]
+        replies = [dict(zip(out, parts, strict=True)) for parts in zip(*split, strict=True)] if out else []
+        replies = replies or [{} for _ in batch]
+        return replies, bool(done.item())
 
-    def run_round(self, rnd: int, clients: list[int]) -> None:
-        super().run_round(rnd, clients)
-        self._sum_counters()
+    def _gather(
+        self, name: str, spec: tuple[str, tuple[int, ...]], rows: list[int], mine: Message | None
+    ) -> list[torch.Tensor]:
+        """Every rank's rows of tensor ``name`` on rank 0 (padded to the fullest rank's)."""
+        g = self.group
+        dtype, tail = spec
+        t = torch.zeros(max(rows), *tail, dtype=_dtype(dtype), device=g.device)
+        if mine is not None:
+            t[: rows[g.rank]] = mine[name]
+        parts = [torch.empty_like(t) for _ in range(g.world)] if g.leader else None
+        dist.gather(t, parts, dst=0)
+        return parts or []
+
+    def _serve(self, whole: list[Smashed], phase: int) -> tuple[list[Message], bool]:
+        """Rank 0: the definition's main server on the whole slot, one exchange at a time."""
+        if phase == 0:
+            answer = super()._main_server(whole, [0] * len(whole))
+            if not inspect.isgenerator(answer):
+                return answer, True
+            self._server = answer
+            step = lambda: next(self._server)  # noqa: E731
+        else:
+            step = lambda: self._server.send(whole)  # noqa: E731
+        try:
+            return step(), False
+        except StopIteration as stop:
+            return stop.value, True
 
     def _end_round(self) -> None:
-        """The fed server's rule as one all-reduce of the weighted sums; rank 0's shared model to all."""
-        held = [(self._sums[0], self.w_c)]
-        if not self.shared_server:
-            held.append((self._sums[1], self.w_s))
-        for acc, like in held:
-            if not isinstance(acc, WeightedSum):
-                raise SplitfedError(f"{self.algo.name}'s fed server is no weighted sum to all-reduce")
+        """The fed server's sums as one all-reduce; its rule then runs on every rank alike (the same
+        inputs, the same next model and state); rank 0's shared server parts to every rank."""
+        g = self.group
+        sums = self.fed.partial()
+        names: list[Any] = [None] * g.world
+        dist.all_gather_object(
+            names,
+            {
+                k: tuple(acc.total.to_dict()[f].shape for f in State.KEYS)
+                for k, acc in sums.items()
+                if acc.total is not None
+            },
+        )
+        shapes = {k: v for entry in names for k, v in entry.items()}
+        for name in sorted(shapes):
+            acc = sums.setdefault(name, WeightedSum())
             if acc.total is None:  # a rank with no client this round adds zeros
-                acc.total = State(*(torch.zeros_like(t) for t in like.to_dict().values()))
+                acc.total = State(*(torch.zeros(s, device=g.device) for s in shapes[name]))
+            for t in acc.total.to_dict().values():
+                dist.all_reduce(t)
+        uploaded: list[Any] = [None] * g.world
+        dist.all_gather_object(uploaded, list(self.fed.uploaded))
+        self.fed.uploaded = sorted(n for entry in uploaded for n in entry)
+        for name, acc in self._server_sums.items():  # per-client server copies
+            if acc.total is None:
+                acc.total = State(*(torch.zeros_like(t) for t in self.model[name].to_dict().values()))
             for t in acc.total.to_dict().values():
                 dist.all_reduce(t)
         super()._end_round()
-        if self.shared_server:
-            for t in self.w_s.to_dict().values():
-                dist.broadcast(t, src=0)
+        for part in self.algo.server_parts:
+            if part.shared:
+                for t in self.model[part.name].to_dict().values():
+                    dist.broadcast(t, src=0)
+
+    def checkpoint_client_states(self) -> dict[str, Any] | None:
+        """On rank 0, every rank's per-client states (each client's lives on the rank that owns it)."""
+        parts: list[Any] = [None] * self.group.world
+        dist.all_gather_object(parts, self.client_states.state_dict())
+        if not self.group.leader:
+            return None
+        return {
+            "memory": {n: s for p in parts for n, s in p["memory"].items()},
+            "files": {n: v for p in parts for n, v in p["files"].items()},
+            "version": max(p["version"] for p in parts),
+        }
 
     def _sum_counters(self) -> None:
         """Bytes, samples, steps and the loss meter of every rank, summed (rank 0 reports them)."""

@@ -1,53 +1,142 @@
 """The in-process executors: an algorithm's definition run in this process, clients simulated.
 
-``sequential``: one participant's computation at a time (a loop). Where the definition says the clients
-are independent within a round (no model shared among them), it runs them one after another on a single
-working copy, so memory does not grow with N.
+``sequential``: one participant's computation at a time (a loop). Where no model is shared among the
+clients within a round (no shared main-server part), a lockstep round runs them one after another on a
+single working copy, so memory does not grow with N.
 
-``batched``: the participants of a slot that are independent at that step run as one vectorised
-computation (``torch.func.vmap`` over stacked copies): the lockstep clients' forward and backward, the main
-server's per-client copies, the whole-model steps of clients that train alone.
+``batched``: the participants of a slot run as one vectorised computation (``torch.func.vmap`` over
+stacked copies): the clients' forward and backward, the main server's per-client copies, the whole-model
+steps of clients that train alone.
 
 Both walk the same slots in the same order with the same sample streams, so they compute the same
-arithmetic; only the batched kernels sum in another order (float rounding).
+arithmetic; only the batched kernels sum in another order (float rounding). Neither knows which algorithm
+it runs: what differs is the definition's parts (who trains what), its schedule and its hooks.
 """
 
+import inspect
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from ..algorithms.base import (
+    CLIENT,
     CLIENT_SEQUENTIAL,
     LOCKSTEP,
-    ON_CLIENT,
-    PER_CLIENT,
-    RELAY,
     Algorithm,
+    ClientRound,
+    Message,
+    Model,
+    Payload,
     Slot,
     Smashed,
+    run_exchange,
     slots,
 )
+from ..engine.client_state import ClientStates
 from ..engine.context import UNION, Context
 from ..engine.side import Side, State, joint_each
 from ..errors import SplitfedError
 from .graphs import StepGraphs
+from .parts import halves, initial_model
+
+
+def _rows(sizes: list[int], *tensors: torch.Tensor) -> None:
+    """Every tensor has one row per sample of the slot's clients, or one line says what is wrong."""
+    for t in tensors:
+        if t.dim() == 0 or t.shape[0] != sum(sizes):
+            got = "a scalar" if t.dim() == 0 else f"{t.shape[0]} rows"
+            raise SplitfedError(
+                f"a message tensor must have one row per sample ({sum(sizes)} for batches {sizes}); got {got}"
+            )
+
+
+class SlotClients:
+    """The clients of one slot on their copies (the ``Clients`` protocol of algorithms/base.py)."""
+
+    def __init__(self, sides: dict[str, Side], model_parts: list[str], copies: list[int], sizes: list[int]):
+        self.sides, self.model_parts, self.copies, self.sizes = sides, model_parts, copies, sizes
+
+    def _stacked(self, side: Side, x: torch.Tensor) -> bool:
+        """Whether every copy's rows of x go through ``side`` as one vectorised call."""
+        return side.batched(self.copies, x.split(self.sizes))
+
+    def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        _rows(self.sizes, x)
+        side = self.sides[part]
+        if self._stacked(side, x):  # [K·b, ...] is [K, b, ...] without a copy
+            grad = x.requires_grad
+            stacked = x.detach().view(len(self.copies), -1, *x.shape[1:])
+            out = side.forward(-1, stacked.requires_grad_() if grad else stacked)
+            return out.reshape(-1, *out.shape[2:])
+        return torch.cat(side.forward_each(self.copies, list(x.split(self.sizes))))
+
+    def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor | None:
+        _rows(self.sizes, grad)
+        side = self.sides[part]
+        if -1 in side._pending:
+            at_input = side.backward(-1, grad.view(len(self.copies), -1, *grad.shape[1:]))
+            return None if at_input is None else at_input.reshape(-1, *at_input.shape[2:])
+        at_inputs = side.backward_each(self.copies, list(grad.split(self.sizes)))
+        return None if any(a is None for a in at_inputs) else torch.cat(at_inputs)  # type: ignore[misc]
+
+    def step(self, part: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _rows(self.sizes, x, y)
+        grads = self.sides[part].train_each(self.copies, list(x.split(self.sizes)), list(y.split(self.sizes)))
+        return torch.cat(grads)
+
+    def step_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        _rows(self.sizes, x, y)
+        sides = [self.sides[p] for p in self.model_parts]
+        joint_each(sides, self.copies, list(x.split(self.sizes)), list(y.split(self.sizes)))
 
 
 class InProcessMainServer:
-    """The main server's models, as ``Algorithm.main_server`` sees them (the ``MainServer`` protocol)."""
+    """The main server's models, as ``Algorithm.main_server`` sees them (the ``MainServer`` protocol).
+    ``copy_of[part][client]``: the copy of ``part`` that serves the client (0 for a shared part)."""
 
-    def __init__(self, side: Side, copy_of: dict[int, int]) -> None:
-        self.side = side
-        self.copy_of = copy_of  # client -> the server copy that serves it
+    def __init__(self, sides: dict[str, Side], copy_of: dict[str, dict[int, int]]) -> None:
+        self.sides, self.copy_of = sides, copy_of
 
-    def step(self, smashed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        grad = self.side.train_step(0, smashed.detach().requires_grad_(), labels)
+    def step(self, smashed: torch.Tensor, labels: torch.Tensor, part: str = "server") -> torch.Tensor:
+        grad = self.sides[part].train_step(0, smashed.detach().requires_grad_(), labels)
         assert grad is not None
         return grad
 
-    def step_each(self, batch: list[Smashed]) -> list[torch.Tensor]:
-        copies = [self.copy_of[s.client] for s in batch]
-        return self.side.train_each(copies, [s.smashed for s in batch], [s.labels for s in batch])
+    def step_each(self, batch: list[Smashed], part: str = "server") -> list[torch.Tensor]:
+        copies = [self.copy_of[part][s.client] for s in batch]
+        return self.sides[part].train_each(copies, [s.smashed for s in batch], [s.labels for s in batch])
+
+    def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        return self.sides[part].forward(0, x.detach().requires_grad_())
+
+    def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor:
+        at_input = self.sides[part].backward(0, grad)
+        assert at_input is not None
+        return at_input
+
+
+class Scratch(MutableMapping):
+    """Copy k's round-local tensors of one side, as a dict (``ClientRound.scratch(part)``)."""
+
+    def __init__(self, side: Side, k: int) -> None:
+        self.side, self.k = side, k
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.side.scratch[name][self.k]
+
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        self.side.set_scratch(self.k, name, value)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("round-local tensors are overwritten, not deleted")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.side.scratch)
+
+    def __len__(self) -> int:
+        return len(self.side.scratch)
 
 
 @dataclass
@@ -59,6 +148,27 @@ class RoundPlan:
     slots: list[Slot]
     first: dict[int, int]  # participant -> index of its first slot
     last: dict[int, int]  # participant -> index of its last slot
+
+    @property
+    def turns(self) -> list[int]:
+        """The participants in the order they start."""
+        return sorted(self.first, key=self.first.__getitem__)
+
+    @property
+    def finish_order(self) -> list[int]:
+        """The participants in the order they finish (the order their uploads reach the fed server)."""
+        order = [n for slot in self.slots for n, _ in slot]
+        return sorted(self.last, key=lambda n: (self.last[n], order.index(n)))
+
+
+def plan_of(parts: list[int], weights: list[float], plan: list[Slot]) -> RoundPlan:
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for k, slot in enumerate(plan):
+        for n, _ in slot:
+            first.setdefault(n, k)
+            last[n] = k
+    return RoundPlan(parts, dict(zip(parts, weights, strict=True)), plan, first, last)
 
 
 def plan_round(algo: Algorithm, ctx: Context, rnd: int, clients: list[int], one_by_one: bool) -> RoundPlan:
@@ -73,25 +183,29 @@ def plan_round(algo: Algorithm, ctx: Context, rnd: int, clients: list[int], one_
         plan = [[(n, t)] for n in parts for t in range(iters)]
     else:
         plan = slots(algo.schedule, parts, iters, order)
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for k, slot in enumerate(plan):
-        for n, _ in slot:
-            first.setdefault(n, k)
-            last[n] = k
-    return RoundPlan(parts, dict(zip(parts, ctx.weights(parts), strict=True)), plan, first, last)
+    return plan_of(parts, ctx.weights(parts), plan)
 
 
 def check_definition(algo: Algorithm) -> None:
     """A definition the executors can run, or a SplitfedError naming what is inconsistent."""
-    if algo.client_side == RELAY and algo.schedule != CLIENT_SEQUENTIAL:
-        raise SplitfedError(f"{algo.name}: a relayed client side needs the client_sequential schedule")
-    if algo.client_side not in (PER_CLIENT, RELAY):
-        raise SplitfedError(f"{algo.name}: unknown client_side {algo.client_side!r}")
+    names = [p.name for p in algo.parts]
+    if len(set(names)) != len(names):
+        raise SplitfedError(f"{algo.name}: its parts repeat a name ({', '.join(names)})")
+    chain = [p for p in algo.parts if p.in_model]
+    if len(chain) < 2:
+        raise SplitfedError(f"{algo.name}: the model is cut into at least two parts; it names {len(chain)}")
+    if chain[0].at != CLIENT:
+        raise SplitfedError(f"{algo.name}: the first part of the model must be trained where the data are")
+
+
+def independent(algo: Algorithm) -> bool:
+    """Whether no participant's work touches a model another one uses within a round: then any order of
+    their slots gives the same result."""
+    return not any(p.shared for p in algo.parts) and algo.schedule == LOCKSTEP
 
 
 class LocalExecutor:
-    """Runs ``algo`` in this process; ``w_c``, ``w_s`` are the global models between rounds."""
+    """Runs ``algo`` in this process; ``model`` is the global model (every part) between rounds."""
 
     def __init__(
         self, algo: Algorithm, ctx: Context, batched: bool, cuda_graphs: bool = False, most: int | None = None
@@ -99,42 +213,67 @@ class LocalExecutor:
         """``most``: the most participants this executor trains in one round (default: every participant)."""
         check_definition(algo)
         self.algo, self.ctx, self.batched = algo, ctx, batched
-        self.w_c, self.w_s = ctx.init_c.clone(), ctx.init_s.clone()
-        # Independent clients computed one by one need one working copy; so does a relay, and a schedule
-        # that finishes each client before the next starts. Otherwise every participant holds a copy.
+        self.model: Model = initial_model(ctx)
+        self.fed = algo.fed_server()
+        cfg = ctx.cfg
+        self.client_states = ClientStates(int(cfg.client_state_mb * 2**20), device=ctx.init_c.params.device)
+        # Independent clients computed one by one need one working copy; so does a schedule that
+        # finishes each client before the next starts. Otherwise every participant holds a copy.
         parts = algo.participants(list(range(ctx.copies_per_round)))
-        self.one_by_one = algo.independent_clients and not batched
-        sequential = algo.schedule == CLIENT_SEQUENTIAL or algo.client_side == RELAY
+        self.one_by_one = independent(algo) and not batched
+        sequential = algo.schedule == CLIENT_SEQUENTIAL
         live = 1 if self.one_by_one or sequential else max(1, len(parts) if most is None else most)
         location = "main_server" if UNION in parts else "client"  # the union is no client: one place
-        self.clients = ctx.client_side(live, location=location, vectorised=batched)
-        if algo.server_side == ON_CLIENT:
-            self.servers = ctx.server_side(live, location=location, vectorised=batched)
-        elif algo.server_side == PER_CLIENT:
-            self.servers = ctx.server_side(live, vectorised=batched)
-        else:
-            self.servers = ctx.server_side(1)
+        self.sides: dict[str, Side] = {}
+        for part in algo.parts:
+            if part.at == CLIENT:
+                side = ctx.side(part.name, live, location, vectorised=batched)
+                side.correct = partial(algo.correct, part.name)
+            elif part.shared:
+                side = ctx.side(part.name, 1, "main_server")
+            else:
+                side = ctx.side(part.name, live, "main_server", vectorised=batched)
+            side.metered = part.name == algo.chain[-1]  # the model's output: its loss is the training loss
+            self.sides[part.name] = side
+        self.model_parts = [p.name for p in algo.client_parts if p.in_model]  # what step_model trains
         self.graphs = StepGraphs(
             cuda_graphs and ctx.init_c.params.is_cuda, lambda: [ctx.link, ctx.meter, *ctx.sides]
         )
+
+    @property
+    def w_c(self) -> State:
+        """The global client-side model at the run's cut layer (what evaluation and export see)."""
+        return halves(self.algo, self.model)[0]
+
+    @property
+    def w_s(self) -> State:
+        return halves(self.algo, self.model)[1]
+
+    def checkpoint_client_states(self) -> dict | None:
+        """What a checkpoint keeps of the clients' own states (None on a process that writes none)."""
+        return self.client_states.state_dict()
 
     def run_round(self, rnd: int, clients: list[int]) -> None:
         """Train one round with the participating ``clients`` (sorted ids)."""
         algo = self.algo
         plan = self._plan(rnd, clients)
-        free = list(range(self.clients.num_copies))
+        self.fed.begin(rnd, {p.name: self.model[p.name] for p in algo.client_parts}, plan.turns, plan.weights)
+        self._server_sums = {p.name: algo.combine_server_copies() for p in algo.server_parts if not p.shared}
+        for part in algo.server_parts:
+            if part.shared:
+                self.sides[part.name].load(0, self.model[part.name])
+        free = list(range(self.sides[algo.client_parts[0].name].num_copies))
         held: dict[int, int] = {}  # participant -> its copy
-        self._handed = self.w_c  # what the fed server hands the next participant (a relay: the last one's)
-        self._sums = (algo.fed_server(), algo.fed_server())  # client sides, per-participant server copies
-        if algo.server_side not in (PER_CLIENT, ON_CLIENT):
-            self.servers.load(0, self.w_s)
+        self._rounds: dict[int, ClientRound] = {}
+        self._iterations = {n: 0 for n in plan.participants}
         for k, slot in enumerate(plan.slots):
             for n, _ in slot:
                 if plan.first[n] == k:
                     held[n] = free.pop(0)
-                    self._start(n, held[n])
+                    self._start(rnd, n, held[n])
             self._iterate(slot, held)
             for n, _ in slot:
+                self._iterations[n] += 1
                 if plan.last[n] == k:
                     self._finish(n, held[n], plan.weights[n])
                     free.insert(0, held.pop(n))
@@ -143,38 +282,67 @@ class LocalExecutor:
     def _plan(self, rnd: int, clients: list[int]) -> RoundPlan:
         return plan_round(self.algo, self.ctx, rnd, clients, self.one_by_one)
 
-    def _end_round(self) -> None:
-        """The fed server's rule over what the participants uploaded (a relay keeps the last model); the
-        main server's model, or the rule over its per-participant copies."""
-        algo = self.algo
-        self.w_c = self._handed.clone() if algo.client_side == RELAY else self._sums[0].result
-        self.w_s = (
-            self._sums[1].result
-            if algo.server_side in (PER_CLIENT, ON_CLIENT)
-            else self.servers.state(0).clone()
-        )
-
-    def _start(self, n: int, i: int) -> None:
-        """Participant n begins its round on copy i: the fed server hands it the global model."""
+    def _start(self, rnd: int, n: int, i: int) -> None:
+        """Participant n begins its round on copy i: the fed server hands it what it starts from."""
         link, algo = self.ctx.link, self.algo
-        self.clients.load(i, link.down("global_client_weights", n, self._handed))
-        if algo.server_side == ON_CLIENT:  # the whole model travels
-            self.servers.load(i, link.down("global_client_weights", n, self.w_s))
-        elif algo.server_side == PER_CLIENT:  # the main server's own copy for n
-            self.servers.load(i, self.w_s)
+        start = self.fed.download(n)
+        if start is None:
+            raise SplitfedError(
+                f"{algo.name}: client {n}'s start model is not ready when its first slot comes (its fed "
+                "server waits for another client's upload); run it with a schedule that starts clients "
+                "one after another"
+            )
+        for part in algo.client_parts:
+            self.sides[part.name].load(i, link.down("global_client_weights", n, start.model[part.name]))
+        for name, t in start.extras.items():
+            link.down(name, n, t)
+        for part in algo.server_parts:
+            if not part.shared:  # the main server's own copy for n
+                self.sides[part.name].load(i, self.model[part.name])
+        view = ClientRound(
+            n,
+            rnd,
+            {p.name: self.sides[p.name].state(i) for p in algo.client_parts},
+            start,
+            self.client_states.get(n),
+            lambda part: Scratch(self.sides[part], i),
+            {p.name: self.sides[p.name].layout for p in algo.client_parts},
+            {p.name: self.sides[p.name].lr_value for p in algo.client_parts},
+            self.ctx.num_clients,
+        )
+        algo.client_begin(view)
+        self._rounds[n] = view
 
     def _finish(self, n: int, i: int, p_n: float) -> None:
-        """Participant n ends its round: its model goes to the fed server (or on, in a relay)."""
+        """Participant n ends its round: its model and extras go to the fed server."""
         link, algo = self.ctx.link, self.algo
-        client_state = link.up("client_weights", n, self.clients.state(i))
-        if algo.client_side == RELAY:
-            self._handed = client_state.clone()
-        else:
-            self._sums[0].add(client_state, p_n)
-        if algo.server_side == ON_CLIENT:
-            self._sums[1].add(link.up("client_weights", n, self.servers.state(i)), p_n)
-        elif algo.server_side == PER_CLIENT:
-            self._sums[1].add(self.servers.state(i), p_n)
+        view = self._rounds.pop(n)
+        view.steps = self._iterations[n]
+        extras = algo.client_end(view)
+        self.client_states.put(n, view.state)
+        payload = Payload(
+            {p.name: link.up("client_weights", n, self.sides[p.name].state(i)) for p in algo.client_parts},
+            {name: link.up(name, n, t) for name, t in extras.items()},
+        )
+        self.fed.upload(n, payload)
+        for name, acc in self._server_sums.items():
+            acc.add(self.sides[name].state(i), p_n)
+
+    def _end_round(self) -> None:
+        """The fed server's rule makes the client parts; the main server's parts are kept (shared) or
+        combined from its per-client copies."""
+        new = self.fed.end()
+        if set(new) != {p.name for p in self.algo.client_parts}:
+            raise SplitfedError(
+                f"{self.algo.name}: its fed server returned parts {sorted(new)}, not the client parts "
+                f"{sorted(p.name for p in self.algo.client_parts)}"
+            )
+        self.model.update(new)
+        for part in self.algo.server_parts:
+            if part.shared:
+                self.model[part.name] = self.sides[part.name].state(0).clone()
+            else:
+                self.model[part.name] = self._server_sums[part.name].result
 
     def _iterate(self, slot: Slot, held: dict[int, int]) -> None:
         """One slot: each of its participants draws a batch; then the definition's steps."""
@@ -184,29 +352,39 @@ class LocalExecutor:
         self.graphs.run(self._compute, ns, copies, x, y, sizes)
 
     def _compute(self, ns: list[int], copies: list[int], x: torch.Tensor, y: torch.Tensor, sizes: list[int]):
-        """The computation of one slot on its batches (what a CUDA graph may capture and replay)."""
+        """The computation of one slot on its batches (what a CUDA graph may capture and replay): the
+        clients' iteration, talking to the main server where it yields."""
         link, algo = self.ctx.link, self.algo
-        xs, ys = x.split(sizes), y.split(sizes)
-        if not algo.split:  # each participant: one SGD step of the whole model
-            joint_each(self.clients, self.servers, copies, xs, ys)
-            return
-        smashed = self.clients.forward_each(copies, xs)
-        batch = [
-            Smashed(n, link.up("smashed", n, z), link.up("labels", n, labels))
-            for n, z, labels in zip(ns, smashed, ys, strict=True)
-        ]
-        grads = self._main_server(batch, copies)
-        self.clients.backward_each(
-            copies, [link.down("smashed_grad", n, a) for n, a in zip(ns, grads, strict=True)]
+        clients = algo.client(SlotClients(self.sides, self.model_parts, copies, sizes), x, y)
+
+        def to_server(message: Message) -> list[Smashed]:
+            _rows(sizes, *message.values())
+            parts = {k: v.split(sizes) for k, v in message.items()}
+            return [Smashed(n, {k: link.up(k, n, v[i]) for k, v in parts.items()}) for i, n in enumerate(ns)]
+
+        def to_clients(replies: list[Message]) -> Message:
+            keys = set(replies[0])
+            if any(set(r) != keys for r in replies):
+                raise SplitfedError(f"{algo.name}: the main server's replies name different tensors")
+            return {
+                k: torch.cat([link.down(k, n, r[k]) for n, r in zip(ns, replies, strict=True)]) for k in keys
+            }
+
+        run_exchange(
+            clients if inspect.isgenerator(clients) else None,
+            lambda batch: self._main_server(batch, copies),
+            to_server,
+            to_clients,
+            algo.name,
         )
 
-    def _main_server(self, batch: list[Smashed], copies: list[int]) -> list[torch.Tensor]:
-        """The definition's main-server step on one slot's smashed data (per-client server copies are the
+    def _main_server(self, batch: list[Smashed], copies: list[int]):
+        """The definition's main-server step on one slot's messages (per-client server copies are the
         clients' own copy indices)."""
         ns = [s.client for s in batch]
-        per_client = self.algo.server_side == PER_CLIENT
-        copy_of = dict(zip(ns, copies, strict=True)) if per_client else dict.fromkeys(ns, 0)
-        return self.algo.main_server(InProcessMainServer(self.servers, copy_of), batch)
+        own = dict(zip(ns, copies, strict=True))
+        copy_of = {p.name: (dict.fromkeys(ns, 0) if p.shared else own) for p in self.algo.server_parts}
+        return self.algo.main_server(InProcessMainServer(self.sides, copy_of), batch)
 
 
 EXECUTIONS = ("sequential", "batched")

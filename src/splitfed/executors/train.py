@@ -18,6 +18,7 @@ from ..engine.side import State
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
 from .local import LocalExecutor, make_executor
+from .parts import prepare_context
 
 
 def train(
@@ -36,8 +37,8 @@ def train(
     between the two repeats the round, and the call, rather than skip it).
     """
     cfg = setup.cfg
-    ctx = setup.context()
     algo = create(cfg, name)
+    ctx = prepare_context(algo, setup)
     if group is None:
         executor = make_executor(algo, ctx, cfg.execution, cfg.cuda_graphs)
     else:
@@ -49,13 +50,20 @@ def train(
     device = setup.device
     history: list[dict[str, Any]] = []
     saved = None
+    if checkpoint is not None:  # per-client states beyond memory go beside the checkpoint
+        executor.client_states._spill_dir = checkpoint.with_suffix(".clients")
     if leader and checkpoint is not None and checkpoint.exists():
-        saved = load_run_checkpoint(checkpoint, name, setup)  # checked whole against this run
+        parts = {part: spec.init for part, spec in ctx.parts.items()}
+        saved = load_run_checkpoint(checkpoint, name, setup, parts)  # checked whole against this run
     if group is not None:
         saved = share(group, saved)
     if saved is not None:
-        executor.w_c = State.from_dict({k: v.to(device) for k, v in saved["w_c"].items()})
-        executor.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
+        executor.model = {
+            part: State.from_dict({k: v.to(device) for k, v in state.items()})
+            for part, state in saved["model"].items()
+        }
+        executor.fed.load_state_dict({k: v.to(device) for k, v in saved["fed_server"].items()})
+        executor.client_states.load_state_dict(saved["client_states"])
         ctx.streams.load_state_dict(saved["streams"])
         history = saved["history"][: cfg.rounds]
     elapsed = history[-1]["wall_time_s"] if history else 0.0
@@ -76,6 +84,9 @@ def train(
             torch.cuda.synchronize(device)
         t2 = time.perf_counter()
         streams = ctx.streams.state_dict() if group is None else merged_streams(group, ctx.streams)
+        # a collective under torch.distributed: every rank takes part, rank 0 alone gets the states
+        saving = checkpoint is not None or group is not None
+        client_states = executor.checkpoint_client_states() if saving else None
         if not leader:
             continue
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
@@ -86,19 +97,17 @@ def train(
                 val = split.evaluate(*w, setup.data.val_x, setup.data.val_y, batch)
                 record |= {"val_accuracy": val[0], "val_loss": val[1]}
         flops = {"client": 0.0, "main_server": 0.0}
-        client_fps, server_fps = setup.flops_per_sample
         for side in ctx.sides:
-            flops[side.location] += side.samples * (
-                client_fps if side.module is setup.client_module else server_fps
-            )
-        server_sides = [s for s in ctx.sides if s.module is setup.server_module]
+            flops[side.location] += side.samples * side.flops_per_sample
+        output = [s for s in ctx.sides if s.part == algo.chain[-1]]  # the model's output: every sample
+        after_cut = [s for s in ctx.sides if s.part == algo.chain[1]]  # the server side's steps
         round_time = time.perf_counter() - t0
         elapsed += round_time
         record |= {
             "train_loss": ctx.meter.train_loss,
             "participants": len(clients),
-            "samples": sum(s.samples for s in server_sides),
-            "server_steps": sum(s.steps for s in server_sides),
+            "samples": sum(s.samples for s in output),
+            "server_steps": sum(s.steps for s in after_cut),
             "client_flops": flops["client"],
             "server_flops": flops["main_server"],
             "bytes_up_per_client": sum(ctx.link.sent) / len(clients),
@@ -114,7 +123,19 @@ def train(
         if on_weights is not None:
             on_weights(rnd, executor.w_c, executor.w_s)
         if checkpoint is not None:
-            save_run_checkpoint(checkpoint, name, cfg, rnd, executor.w_c, executor.w_s, streams, history)
+            save_run_checkpoint(
+                checkpoint,
+                name,
+                cfg,
+                rnd,
+                executor.model,
+                algo.chain,
+                executor.fed.state_dict(),
+                client_states,
+                streams,
+                history,
+            )
+            executor.client_states.saved()
         if on_round is not None:
             on_round(record)
     return executor, history, ctx

@@ -3,19 +3,17 @@ given to ``run()`` as Python objects (an ``nn.Sequential``, a ``CutModel`` or a 
 
 import copy
 import hashlib
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import registry
 from ..errors import SplitfedError
 from ..registry import Registry
-from ._cut import CutModel, split
+from ._cut import CutModel, split, split_at
 
 # A builder takes (num_classes, in_shape, **model_args) and returns a CutModel or nn.Sequential; in_shape
 # is one sample's shape: (C, H, W) for images, (d,) for tabular rows.
@@ -47,25 +45,9 @@ def resolve_model(name: str) -> ModelLike:
 
 
 def import_object(spec: str) -> Any:
-    """The object at ``pkg.module:attr`` (attr may be dotted), imported from the current directory or
-    PYTHONPATH; any way that fails is one SplitfedError."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise SplitfedError(f"model {spec!r}: name a builder as pkg.module:function")
-    # `python -m splitfed` puts the current directory on the path; the installed `splitfed` script does not
-    if os.getcwd() not in sys.path and "" not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj = importlib.import_module(module_name)
-    except Exception as e:  # the user's module: missing, or failing as it imports (any error, one line)
-        first = (str(e).splitlines() or [""])[0]
-        raise SplitfedError(
-            f"model {spec}: cannot import {module_name} ({type(e).__name__}: {first})"
-        ) from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise SplitfedError(f"model {spec}: module {module_name} has no attribute {attr!r}")
-        obj = getattr(obj, part)
+    """The builder or module at ``pkg.module:attr``, imported from the current directory or PYTHONPATH;
+    any way that fails is one SplitfedError."""
+    obj = registry.import_object(spec, "model")
     if not (isinstance(obj, nn.Module) or callable(obj)):
         raise SplitfedError(
             f"model {spec} is a {type(obj).__name__}; it must be an nn.Sequential or a builder "
@@ -187,4 +169,5 @@ __all__ = [
     "register_model",
     "resolve_model",
     "split",
+    "split_at",
 ]

@@ -1,5 +1,6 @@
 """The one seam every model exposes: an ordered list of named blocks and the cut layers between them."""
 
+import itertools
 from collections import OrderedDict
 
 from torch import nn
@@ -58,3 +59,17 @@ def split(model: nn.Sequential, cut_layer: int) -> tuple[nn.Sequential, nn.Seque
     last = names.index(model.cut_points[cut_layer]) + 1
     blocks = list(model.named_children())
     return nn.Sequential(OrderedDict(blocks[:last])), nn.Sequential(OrderedDict(blocks[last:]))
+
+
+def split_at(model: nn.Sequential, cuts: list[int]) -> list[nn.Sequential]:
+    """The model cut at each of ``cuts`` (increasing cut layers): len(cuts) + 1 consecutive pieces that
+    share the model's modules; ``split_at(m, [c])`` is ``split(m, c)``."""
+    model = CutModel.from_sequential(model)
+    for c in cuts:
+        model.check_cut(c)
+    if sorted(set(cuts)) != list(cuts):
+        raise SplitfedError(f"cuts must increase, got {cuts}")
+    names = list(model._modules)
+    bounds = [0, *(names.index(model.cut_points[c]) + 1 for c in cuts), len(names)]
+    blocks = list(model.named_children())
+    return [nn.Sequential(OrderedDict(blocks[a:b])) for a, b in itertools.pairwise(bounds)]
