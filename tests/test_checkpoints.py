@@ -93,8 +93,10 @@ def test_an_untouched_checkpoint_resumes(run_dir, capsys):
 def test_a_checkpoint_from_before_checksums_resumes_checked_and_is_rewritten_with_one(run_dir, capsys):
     checkpoint = run_dir / "checkpoints" / f"{ALGO}.pt"
     saved = read_checkpoint(checkpoint, "")
-    old = {k: v for k, v in saved.items() if k not in ("kind", "config")} | {"version": 1}
-    torch.save(old, checkpoint)  # as splitfed wrote it before: no digest, no config
+    # as splitfed wrote it before: no digest, no config, the model as its two halves
+    old = {k: v for k, v in saved.items() if k in ("algorithm", "round", "streams", "history")}
+    old |= {"version": 1, "w_c": saved["model"]["client"], "w_s": saved["model"]["server"]}
+    torch.save(old, checkpoint)
     code, err = resume(run_dir, capsys)
     assert code == 0, err
     assert read_checkpoint(checkpoint, "")["version"] == 2
@@ -119,20 +121,41 @@ def test_a_truncated_checkpoint_is_refused(run_dir, capsys):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-@pytest.mark.parametrize("half", ["w_c", "w_s"])
-def test_non_finite_values_are_refused(run_dir, capsys, half, value):
+@pytest.mark.parametrize("part", ["client", "server"])
+def test_non_finite_values_are_refused(run_dir, capsys, part, value):
     def poison(saved):
-        for tensor in saved[half].values():  # every part of the state, whatever State holds
+        for tensor in saved["model"][part].values():  # every part of the state, whatever State holds
             if tensor.numel():
                 tensor.view(-1)[tensor.numel() // 2] = value
 
     rewrite(run_dir / "checkpoints" / f"{ALGO}.pt", poison)
-    assert_refused(run_dir, capsys, "non-finite", half)
+    assert_refused(run_dir, capsys, "non-finite", f"model.{part}")
 
 
 def _pop(key):
     def change(s):
         del s[key]
+
+    return change
+
+
+def _pop_part(part):
+    def change(s):
+        del s["model"][part]
+
+    return change
+
+
+def _set_part(part, value):
+    def change(s):
+        s["model"][part] = value(s["model"][part])
+
+    return change
+
+
+def _set_in_part(part, key, value):
+    def change(s):
+        s["model"][part][key] = value(s["model"][part][key])
 
     return change
 
@@ -152,23 +175,23 @@ def _set_in(outer, key, value):
 
 
 def _extra(s):
-    s["w_c"]["extra"] = torch.zeros(3)
+    s["model"]["client"]["extra"] = torch.zeros(3)
 
 
 def _drop_buffers(s):
-    del s["w_c"]["buffers"]
+    del s["model"]["client"]["buffers"]
 
 
 MALFORMED = {
-    "missing w_s": (_pop("w_s"), "w_s"),
+    "missing server part": (_pop_part("server"), "model.server"),
     "missing history": (_pop("history"), "history"),
-    "a list where a dict belongs": (_set("w_c", lambda s: list(s["w_c"].values())), "w_c"),
+    "a list where a dict belongs": (_set_part("client", lambda s: list(s.values())), "model.client"),
     "the whole payload a list": (lambda s: list(s.values()), "dict"),
-    "a tensor as a list": (_set_in("w_c", "params", lambda t: t.tolist()), "w_c.params"),
-    "a tensor one element short": (_set_in("w_s", "params", lambda t: t[:-1]), "w_s.params"),
-    "a tensor of float64": (_set_in("w_s", "params", lambda t: t.double()), "w_s.params"),
-    "a missing part of the state": (_drop_buffers, "w_c.buffers"),
-    "an unexpected part of the state": (_extra, "w_c.extra"),
+    "a tensor as a list": (_set_in_part("client", "params", lambda t: t.tolist()), "model.client.params"),
+    "a tensor one element short": (_set_in_part("server", "params", lambda t: t[:-1]), "model.server.params"),
+    "a tensor of float64": (_set_in_part("server", "params", lambda t: t.double()), "model.server.params"),
+    "a missing part of the state": (_drop_buffers, "model.client.buffers"),
+    "an unexpected part of the state": (_extra, "model.client.extra"),
     "the round as text": (_set("round", "2"), "round"),
     "history a dict": (_set("history", {}), "history"),
     "history shorter than the rounds": (_set("history", lambda s: s["history"][:1]), "history"),
@@ -290,10 +313,10 @@ def test_a_damaged_state_file_is_refused(deploy_dir, role):
 @pytest.mark.parametrize("role", ["main_server", "fed_server"])
 def test_non_finite_server_state_is_refused(deploy_dir, role):
     def poison(saved):
-        saved["w_s"]["params"][0] = float("nan")
+        saved["model"]["server"]["params"][0] = float("nan")
 
     rewrite(deploy_dir / "state" / f"{role}.pt", poison)
-    with pytest.raises(SplitfedError, match=rf"{role}.pt.*w_s.params holds non-finite"):
+    with pytest.raises(SplitfedError, match=rf"{role}.pt.*model.server.params holds non-finite"):
         start(deploy_dir, role)
 
 
@@ -318,8 +341,8 @@ def test_a_state_file_of_another_kind_is_refused(deploy_dir, finished_run, role,
 
 def _bad_grads(saved):
     n = next(iter(saved["last"]))
-    r, t, grad = saved["last"][n]
-    saved["last"][n] = (r, t, grad[:, :-1])
+    r, t, phase, reply, more = saved["last"][n]
+    saved["last"][n] = (r, t, phase, {"smashed_grad": reply["smashed_grad"][:, :-1]}, more)
 
 
 @pytest.mark.parametrize(

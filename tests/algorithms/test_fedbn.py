@@ -9,8 +9,16 @@ from torch import nn
 from splitfed import MODELS, register_model
 
 from ..conftest import small_config
-from .helpers import assert_different_model, assert_same_model, average, both_executions, final_model
-from .helpers import local_sgd, train_one, weights_of
+from .helpers import (
+    assert_different_model,
+    assert_same_model,
+    average,
+    both_executions,
+    final_model,
+    local_sgd,
+    train_one,
+    weights_of,
+)
 
 if "test_bn_both_sides" not in MODELS:
 
@@ -20,8 +28,12 @@ if "test_bn_both_sides" not in MODELS:
         c, h, w = in_shape
         return nn.Sequential(
             OrderedDict(
-                conv=nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.AvgPool2d(2)),
-                fc=nn.Sequential(nn.Flatten(), nn.Linear(4 * (h // 2) * (w // 2), 16), nn.BatchNorm1d(16), nn.Tanh()),
+                conv=nn.Sequential(
+                    nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.AvgPool2d(2)
+                ),
+                fc=nn.Sequential(
+                    nn.Flatten(), nn.Linear(4 * (h // 2) * (w // 2), 16), nn.BatchNorm1d(16), nn.Tanh()
+                ),
                 out=nn.Linear(16, num_classes),
             )
         )
@@ -51,7 +63,9 @@ def reference_fedbn(setup, rounds, tau, lr):
 
 
 def test_fedbn_is_the_plain_pytorch_fedbn_in_both_executors():
-    cfg = small_config(model="test_bn_both_sides", batch_size=16, local_iters=2, rounds=3, lr=0.1, divergence_every=0)
+    cfg = small_config(
+        model="test_bn_both_sides", batch_size=16, local_iters=2, rounds=3, lr=0.1, divergence_every=0
+    )
     setup, seq, bat = both_executions(cfg, "fedbn")
     ref = reference_fedbn(setup, 3, 2, 0.1)
     # measured 1.2e-7 here; the bound leaves room for another CPU's rounding, well below FedBN's own

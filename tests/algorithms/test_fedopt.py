@@ -33,7 +33,10 @@ def reference_fedopt(setup, rounds, tau, lr, server_step):
             trained.append(local_sgd(model, batches, lr).state_dict())
         mean = average(trained, weights_of(setup))
         params = dict(model.named_parameters())
-        new = {k: (server_step(k, params[k].detach(), v - params[k].detach()) if k in params else v) for k, v in mean.items()}
+        new = {
+            k: (server_step(k, params[k].detach(), v - params[k].detach()) if k in params else v)
+            for k, v in mean.items()
+        }
         model.load_state_dict(new)
     return model
 

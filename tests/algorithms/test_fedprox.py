@@ -70,5 +70,5 @@ def test_a_proximal_term_on_minibatch_sfl_is_a_config_and_acts_on_the_client_sid
     assert torch.equal(zero.w_c.params, plain.w_c.params) and torch.equal(zero.w_s.params, plain.w_s.params)
     # the term pulls the client side towards w_c^r: it moves less
     start = train_one(cfg.replace(rounds=1, local_iters=1, lr=1e-12), "minibatch_sfl")[1].w_c.params
-    moved = lambda e: float((e.w_c.params - start).norm())  # noqa: E731
+    moved = lambda e: float((e.w_c.params - start).norm())
     assert moved(prox) < moved(plain)

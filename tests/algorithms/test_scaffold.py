@@ -10,8 +10,15 @@ from splitfed import run
 from splitfed.engine.checkpoint import read_run_checkpoint
 
 from ..conftest import small_config
-from .helpers import SMOOTH_MODEL, assert_same_model, average, both_executions, final_model, train_one
-from .helpers import weights_of
+from .helpers import (
+    SMOOTH_MODEL,
+    assert_same_model,
+    average,
+    both_executions,
+    final_model,
+    train_one,
+    weights_of,
+)
 
 ATOL = 1e-5
 
@@ -20,7 +27,7 @@ def reference_scaffold(setup, rounds, tau, lr, clients=None):
     """Karimireddy et al.'s Algorithm 1, option II, η_g = 1, in plain PyTorch."""
     streams, model, b = setup.context().streams, copy.deepcopy(setup.model), setup.cfg.batch_size
     n_all = setup.cfg.clients
-    zeros = lambda: [torch.zeros_like(p) for p in model.parameters()]  # noqa: E731
+    zeros = lambda: [torch.zeros_like(p) for p in model.parameters()]
     c, c_i = zeros(), {n: zeros() for n in range(n_all)}
     p = weights_of(setup)
     for r in range(1, rounds + 1):
@@ -37,7 +44,10 @@ def reference_scaffold(setup, rounds, tau, lr, clients=None):
                 for q, cc, ci in zip(local.parameters(), c, c_i[n]):
                     q.grad += cc - ci
                 opt.step()
-            plus = [ci - cc + (x0 - q.detach()) / (tau * lr) for ci, cc, x0, q in zip(c_i[n], c, x, local.parameters())]
+            plus = [
+                ci - cc + (x0 - q.detach()) / (tau * lr)
+                for ci, cc, x0, q in zip(c_i[n], c, x, local.parameters())
+            ]
             deltas.append([a - ci for a, ci in zip(plus, c_i[n])])
             c_i[n] = plus
             trained.append(local.state_dict())
@@ -57,10 +67,18 @@ def test_scaffold_is_the_plain_pytorch_scaffold_in_both_executors():
 
 def test_scaffold_with_partial_participation_keeps_each_clients_variate():
     cfg = small_config(
-        model=SMOOTH_MODEL, clients=5, clients_per_round=2, local_iters=2, rounds=4, lr=0.05, divergence_every=0
+        model=SMOOTH_MODEL,
+        clients=5,
+        clients_per_round=2,
+        local_iters=2,
+        rounds=4,
+        lr=0.05,
+        divergence_every=0,
     )
     setup, seq, _ = both_executions(cfg, "scaffold")
-    assert_same_model(final_model(setup, seq), reference_scaffold(setup, 4, 2, 0.05, setup.participants), atol=ATOL)
+    assert_same_model(
+        final_model(setup, seq), reference_scaffold(setup, 4, 2, 0.05, setup.participants), atol=ATOL
+    )
     assert 0 < len(seq.client_states) <= 5  # only the clients that trained hold a c_i
 
 
@@ -78,7 +96,12 @@ def test_control_variates_on_fedavg_are_scaffold_and_change_minibatch_sfl():
 @pytest.mark.parametrize("clients_per_round", [None, 2])
 def test_a_killed_scaffold_run_resumes_bit_for_bit(tmp_path, clients_per_round):
     cfg = small_config(
-        algorithm=("scaffold",), clients=5, clients_per_round=clients_per_round, local_iters=2, rounds=4, lr=0.05
+        algorithm=("scaffold",),
+        clients=5,
+        clients_per_round=clients_per_round,
+        local_iters=2,
+        rounds=4,
+        lr=0.05,
     )
     run(cfg.replace(out=str(tmp_path / "whole")))
     run(cfg.replace(out=str(tmp_path / "cut"), rounds=2))  # the same first two rounds; then "killed"
@@ -93,12 +116,14 @@ def test_a_killed_scaffold_run_resumes_bit_for_bit(tmp_path, clients_per_round):
     for n, state in whole["client_states"]["memory"].items():  # every c_i
         for key, value in state.items():
             assert torch.equal(value, cut["client_states"]["memory"][n][key])
-    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if "time" not in k} for r in h]
     assert strip(whole["history"]) == strip(cut["history"])
 
 
 def test_client_states_beyond_memory_go_to_files_and_resume_bit_for_bit(tmp_path):
-    cfg = small_config(algorithm=("scaffold",), clients=6, local_iters=2, rounds=3, lr=0.05, client_state_mb=0.2)
+    cfg = small_config(
+        algorithm=("scaffold",), clients=6, local_iters=2, rounds=3, lr=0.05, client_state_mb=0.2
+    )
     run(cfg.replace(out=str(tmp_path / "whole")))
     spilled = list((tmp_path / "whole" / "checkpoints" / "scaffold.clients").glob("*.pt"))
     assert spilled  # 6 clients × 150 KB of c_i do not fit in 0.2 MB

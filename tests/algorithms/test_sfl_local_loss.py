@@ -5,8 +5,8 @@ import copy
 import torch
 from torch import nn
 
-from splitfed.executors.parts import build_parts
 from splitfed.algorithms import create
+from splitfed.executors.parts import build_parts
 
 from ..conftest import small_config
 from .helpers import SMOOTH_MODEL, average, both_executions, weights_of

@@ -22,7 +22,7 @@ def test_ushaped_sl_is_sgd_over_the_clients_batches_in_the_round_order_in_both_e
 
 def test_the_labels_stay_on_the_client_and_the_tail_is_the_models_last_block():
     cfg = small_config(local_iters=2, rounds=1)
-    setup, algo, history, _ = train_one(cfg, "ushaped_sl")
+    _setup, algo, history, _ = train_one(cfg, "ushaped_sl")
     sent = history[-1]["bytes"]
     assert "labels" not in sent and sent["features"] == sent["features_grad"] > 0
     assert algo.sides["tail"].location == "client" and algo.sides["server"].location == "main_server"

@@ -55,7 +55,7 @@ class Roles:
         self.start("fed_server")
         config, _ = load(config_file)
         servers = ["fed_server"]
-        if create(config, config.algorithm[0]).split:
+        if create(config, config.algorithm[0]).talks_to_main_server:
             self.start("main_server")
             servers.append("main_server")
         if servers_first:
@@ -113,7 +113,16 @@ def metrics_lines(run_dir: Path) -> int:
 
 def deployed_model(deploy: Deployment) -> tuple[State, State]:
     saved = read_checkpoint(Path(deploy.state_dir) / "fed_server.pt", "the deployment's result is gone")
-    return State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
+    return halves_of(saved)
+
+
+def halves_of(saved: dict) -> tuple[State, State]:
+    """(w_c, w_s) of a fed server's state file: its model's parts cut once, as evaluation sees them."""
+    from splitfed.algorithms import create
+    from splitfed.executors.parts import halves
+
+    algo = create(Config.from_dict(saved["config"]), saved["config"]["algorithm"][0])
+    return halves(algo, {name: State.from_dict(state) for name, state in saved["model"].items()})
 
 
 def simulated_model(config: Config) -> tuple[State, State]:
@@ -146,7 +155,7 @@ def run_in_threads(config_file: Path, timeout: float = 120.0) -> tuple[list, Dep
     config, deploy = load(config_file)
     fed = FedServer(prepare(config), deploy)
     threads = [threading.Thread(target=run_fed_server, args=(fed,), daemon=True)]
-    if create(config, config.algorithm[0]).split:
+    if create(config, config.algorithm[0]).talks_to_main_server:
         threads.append(threading.Thread(target=run_main_server, args=(prepare(config), deploy), daemon=True))
     threads += [
         threading.Thread(target=Client(prepare(config), deploy, k).run, daemon=True)

@@ -49,10 +49,10 @@ def snapshot(s):
         main.pos,
         dict(main.arrived),
         dict(main.last),
-        main.server.state(0).params.clone(),
+        main.sides["server"].state(0).params.clone(),
         fed.round,
         dict(fed.uploads),
-        fed.w_c.params.clone(),
+        fed.model["client"].params.clone(),
         len(fed.history),
     )
 
@@ -64,14 +64,19 @@ def assert_unchanged(before, after):
 
 def good_step(s, client=0, r=1, t=1, **changes):
     """The parts of a valid Step message of ``client``; changes override them."""
-    shapes = s["main"].shapes
-    b = shapes.batch_sizes[client]
+    messages = s["main"].messages
+    b = messages.batch_sizes[client]
     parts = {
         "header": header(client=client, round=r, iteration=t),
-        "smashed": torch.randn(b, *shapes.smashed),
-        "labels": torch.randint(0, shapes.num_classes, (b,)),
+        "smashed": torch.randn(b, *smashed_shape(messages)),
+        "labels": torch.randint(0, messages.num_classes, (b,)),
     }
     return parts | changes
+
+
+def smashed_shape(messages):
+    """The smashed data's shape after the batch, from the messages the algorithm was traced sending."""
+    return messages.trace.phases[0][0]["smashed"][1]
 
 
 def step_frames(parts):
@@ -140,9 +145,9 @@ def test_callers_are_authenticated_and_may_speak_only_for_themselves(servers):
 
 def hostile_messages(s, rng: random.Random):
     """(name, rpc, payload, metadata identity, allowed status codes): a thousand ways to be wrong."""
-    shapes = s["main"].shapes
-    b = shapes.batch_sizes[0]
-    d = shapes.smashed
+    messages = s["main"].messages
+    b = messages.batch_sizes[0]
+    d = smashed_shape(messages)
     nan = torch.randn(b, *d)
     nan.view(-1)[rng.randrange(nan.numel())] = float(rng.choice(["nan", "inf", "-inf"]))
     kinds = {
@@ -268,7 +273,9 @@ def test_a_thousand_hostile_messages_leave_the_servers_up_and_unchanged(servers)
         for name, (tensors, r, allowed) in uploads.items():
             with pytest.raises(grpc.RpcError) as e:
                 fed.UploadClientWeights(
-                    encode(header(client=0, round=r), dict(tensors)), metadata=client0, timeout=10
+                    encode(header(client=0, round=r, info={"samples": 16.0}), dict(tensors)),
+                    metadata=client0,
+                    timeout=10,
                 )
             assert e.value.code() in allowed, (name, e.value.details())
             count += 1

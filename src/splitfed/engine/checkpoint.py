@@ -37,7 +37,12 @@ ZIP = b"PK\x03\x04"  # how torch.save's files begin: a v1 checkpoint, written be
 # far. ``rounds`` may only grow.
 RESUMABLE_CHANGES = frozenset({"rounds", "device", "out", "resume", "model_every"})
 
-KINDS = {"run": "run's checkpoint", "main_server": "main server's state", "fed_server": "fed server's state"}
+KINDS = {
+    "run": "run's checkpoint",
+    "main_server": "main server's state",
+    "fed_server": "fed server's state",
+    "client": "client's own state",
+}
 # How to go on without a server's state file: it cannot be rebuilt alone, since the other server and the
 # run directory are at its round or past it.
 STATE_REMEDY = (

@@ -2,9 +2,11 @@
 
 Every message an algorithm sends goes through ``up`` (client -> server) or ``down`` (server -> client),
 named as in the spec: ``smashed``, ``labels``, ``client_weights`` up; ``smashed_grad``,
-``global_client_weights`` down. Byte accounting and compression live here once, not in every algorithm.
-Compression (``wire_dtype`` float16 or bfloat16) rounds smashed data and their gradients to that type as
-the networked roles do when they send them, so a simulation and a deployment compute the same numbers.
+``global_client_weights`` down; and whatever else a definition names. Byte accounting and compression live
+here once, not in every algorithm. Compression (``wire_dtype`` float16 or bfloat16) rounds the floats of
+the per-iteration messages (smashed data, their gradients, any activation a definition exchanges) to that
+type as the networked roles do when they send them, so a simulation and a deployment compute the same
+numbers; models and round-end extras travel in full precision.
 """
 
 from collections.abc import Sequence
@@ -16,7 +18,6 @@ from .side import State
 
 Payload = TypeVar("Payload", torch.Tensor, State)
 WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-COMPRESSED = ("smashed", "smashed_grad")  # the per-iteration traffic; weights travel in full precision
 
 
 def nbytes(payload: torch.Tensor | State) -> int:
@@ -25,11 +26,9 @@ def nbytes(payload: torch.Tensor | State) -> int:
     return payload.numel() * payload.element_size()
 
 
-def to_wire(kind: str, payload: torch.Tensor, wire_dtype: torch.dtype) -> torch.Tensor:
-    """The payload as it travels: compressed kinds in ``wire_dtype``, everything else as it is."""
-    if kind in COMPRESSED and payload.is_floating_point():
-        return payload.to(wire_dtype)
-    return payload
+def to_wire(payload: torch.Tensor, wire_dtype: torch.dtype) -> torch.Tensor:
+    """A per-iteration payload as it travels: floats in ``wire_dtype``, anything else as it is."""
+    return payload.to(wire_dtype) if payload.is_floating_point() else payload
 
 
 class Link:
@@ -43,9 +42,9 @@ class Link:
         self.received = [0] * self.num_clients
         self.by_kind: dict[str, int] = {}
 
-    def _deliver(self, kind: str, payload: Payload) -> tuple[Payload, int]:
+    def _deliver(self, kind: str, payload: Payload, compress: bool) -> tuple[Payload, int]:
         if isinstance(payload, torch.Tensor):
-            wire = to_wire(kind, payload, self.wire_dtype)
+            wire = to_wire(payload, self.wire_dtype) if compress else payload
             size = nbytes(wire)
             if wire.dtype != payload.dtype:
                 payload = wire.to(payload.dtype)
@@ -54,20 +53,21 @@ class Link:
         self.by_kind[kind] = self.by_kind.get(kind, 0) + size
         return payload, size
 
-    def up(self, kind: str, client: int, payload: Payload) -> Payload:
-        """Client ``client`` sends ``payload`` to a server. A negative id is no client (the union of
-        centralized training): nothing travels."""
+    def up(self, kind: str, client: int, payload: Payload, compress: bool = False) -> Payload:
+        """Client ``client`` sends ``payload`` to a server (``compress``: a per-iteration message, its
+        floats in the wire dtype). A negative id is no client (centralized training's union): nothing
+        travels."""
         if client < 0:
             return payload
-        payload, size = self._deliver(kind, payload)
+        payload, size = self._deliver(kind, payload, compress)
         self.sent[client] += size
         return payload
 
-    def down(self, kind: str, client: int, payload: Payload) -> Payload:
+    def down(self, kind: str, client: int, payload: Payload, compress: bool = False) -> Payload:
         """A server sends ``payload`` to client ``client``."""
         if client < 0:
             return payload
-        payload, size = self._deliver(kind, payload)
+        payload, size = self._deliver(kind, payload, compress)
         self.received[client] += size
         return payload
 

@@ -360,14 +360,18 @@ class LocalExecutor:
         def to_server(message: Message) -> list[Smashed]:
             _rows(sizes, *message.values())
             parts = {k: v.split(sizes) for k, v in message.items()}
-            return [Smashed(n, {k: link.up(k, n, v[i]) for k, v in parts.items()}) for i, n in enumerate(ns)]
+            return [
+                Smashed(n, {k: link.up(k, n, v[i], compress=True) for k, v in parts.items()})
+                for i, n in enumerate(ns)
+            ]
 
         def to_clients(replies: list[Message]) -> Message:
             keys = set(replies[0])
             if any(set(r) != keys for r in replies):
                 raise SplitfedError(f"{algo.name}: the main server's replies name different tensors")
             return {
-                k: torch.cat([link.down(k, n, r[k]) for n, r in zip(ns, replies, strict=True)]) for k in keys
+                k: torch.cat([link.down(k, n, r[k], compress=True) for n, r in zip(ns, replies, strict=True)])
+                for k in keys
             }
 
         run_exchange(

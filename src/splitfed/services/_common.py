@@ -2,7 +2,7 @@
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -11,10 +11,11 @@ import torch
 
 from ..engine.side import State
 from ..errors import SplitfedError
+from ..executors.trace import Schema, state_schema, trace
 from ..setup import Setup
 from .deploy import Deployment
 from .security import call_metadata, channel_credentials, client_identity, server_credentials
-from .wire import DTYPES, Expect, WireError
+from .wire import DTYPE_NAMES, DTYPES, Expect, WireError
 
 T = TypeVar("T")
 FLOATS = ("float32", "float16", "bfloat16")
@@ -52,54 +53,90 @@ def check_client(identity: str, claimed: int, clients: int) -> None:
         raise WireError(f"client {claimed} is not among the {clients} clients")
 
 
-class Shapes:
-    """What the experiment says each message holds: smashed shape, batch sizes, state sizes."""
+class Messages:
+    """What the experiment says each message of its algorithm holds (learnt by running the definition
+    once: executors/trace.py), as the wire's expectations: names, dtypes, shapes, sizes."""
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, algorithm: str) -> None:
         self.cfg = setup.cfg
+        self.trace = trace(algorithm, setup)
         self.batch_sizes = setup.batch_sizes()
         self.num_classes = setup.data.num_classes
-        with torch.no_grad():
-            sample = setup.data.train_x[:2]
-            self.smashed = tuple(setup.client_module.eval()(sample).shape[1:])
-        self.client_state = _sizes(setup.init_c)
-        self.server_state = _sizes(setup.init_s)
         self.wire_dtype = self.cfg.wire_dtype
 
-    def smashed_message(self) -> Expect:
-        b = max(self.batch_sizes)
-        return Expect(
-            {"smashed": ((self.wire_dtype,), (None, *self.smashed)), "labels": (("int64",), (None,))},
-            max_bytes=b * (int(torch.tensor(self.smashed).prod()) * 4 + 8) + 4096,
-        )
+    @property
+    def phases(self) -> int:
+        """How many exchanges with the main server one iteration has."""
+        return len(self.trace.phases)
 
-    def check_batch(self, client: int, smashed: torch.Tensor, labels: torch.Tensor) -> None:
-        b = self.batch_sizes[client]
-        if smashed.shape[0] != b or labels.shape != (b,):
-            raise WireError(f"client {client} sends batches of {b}: got smashed {list(smashed.shape)}")
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-            raise WireError(f"labels must lie in 0..{self.num_classes - 1}")
-
-    def grad_message(self) -> Expect:
-        b = max(self.batch_sizes)
-        return Expect(
-            {"smashed_grad": ((self.wire_dtype,), (None, *self.smashed))},
-            max_bytes=b * int(torch.tensor(self.smashed).prod()) * 4 + 4096,
-        )
-
-    def state_message(self, halves: tuple[str, ...]) -> Expect:
-        """A model state: for each half ("client", "server"), its params, buffers and optimizer state."""
+    def _expect(self, schema: Schema, rows: bool) -> Expect:
         tensors, total = {}, 4096
-        for half in halves:
-            sizes = self.client_state if half == "client" else self.server_state
-            for part, n in sizes.items():
-                tensors[f"{half}.{part}"] = (("float32",), (n,))
-                total += 4 * n
+        b = max(self.batch_sizes)
+        for name, (dtype, shape) in schema.items():
+            floating = dtype.is_floating_point
+            allowed = (self.wire_dtype,) if floating and rows else (DTYPE_NAMES.get(dtype, str(dtype)),)
+            tensors[name] = (allowed, ((None, *shape) if rows else shape))
+            count = int(torch.tensor(shape, dtype=torch.int64).prod()) * (b if rows else 1)
+            total += count * (4 if floating else dtype.itemsize)
         return Expect(tensors, max_bytes=total)
 
+    def start_message(self) -> Expect:
+        """A round's start: the client parts' states and the fed server's extras."""
+        return self._expect(self.trace.download, rows=False)
 
-def _sizes(state: State) -> dict[str, int]:
-    return {k: int(v.numel()) for k, v in state.to_dict().items()}
+    def upload_message(self) -> Expect:
+        return self._expect(self.trace.upload, rows=False)
+
+    def server_message(self) -> Expect:
+        """The main server's parts at a round's end."""
+        schema: Schema = {}
+        for part, state in self.trace.server_parts.items():
+            schema |= state_schema(part, state)
+        return self._expect(schema, rows=False)
+
+    def step_message(self, phase: int) -> Expect:
+        if not 0 <= phase < self.phases:
+            raise WireError(f"phase {phase} is not an exchange of this algorithm (0..{self.phases - 1})")
+        return self._expect(self.trace.phases[phase][0], rows=True)
+
+    def reply_message(self, phase: int) -> Expect:
+        return self._expect(self.trace.phases[phase][1], rows=True)
+
+    def check_batch(self, client: int, tensors: dict[str, torch.Tensor]) -> None:
+        """Every tensor has client's b_n rows; labels are classes of the data set."""
+        b = self.batch_sizes[client]
+        for name, t in tensors.items():
+            if t.shape[0] != b:
+                raise WireError(f"client {client} sends batches of {b}: got {name} {list(t.shape)}")
+        labels = tensors.get("labels")
+        if (
+            labels is not None
+            and labels.numel()
+            and not 0 <= int(labels.min()) <= int(labels.max()) < self.num_classes
+        ):
+            raise WireError(f"labels must lie in 0..{self.num_classes - 1}")
+
+
+def model_tensors(model: dict[str, State]) -> dict[str, torch.Tensor]:
+    """Model parts as named tensors: ``<part>.params``, ``<part>.buffers``, ``<part>.opt``."""
+    out: dict[str, torch.Tensor] = {}
+    for part, state in model.items():
+        out |= state_tensors(part, state)
+    return out
+
+
+def model_from(
+    parts: Iterable[str], tensors: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, State]:
+    return {part: state_from(part, tensors, device) for part in parts}
+
+
+def extras_tensors(extras: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {f"x.{k}": v.detach().cpu() for k, v in extras.items()}
+
+
+def extras_from(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k[2:]: v.to(device) for k, v in tensors.items() if k.startswith("x.")}
 
 
 def state_tensors(prefix: str, state: State) -> dict[str, torch.Tensor]:
@@ -193,6 +230,13 @@ def restart_round(error: grpc.RpcError) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def on_wire(t: torch.Tensor, dtype: str) -> torch.Tensor:
-    """``t`` as it is sent: in the wire dtype, on the CPU."""
-    return t.detach().to(DTYPES[dtype]).cpu()
+def on_wire(message: dict[str, torch.Tensor], dtype: str) -> dict[str, torch.Tensor]:
+    """A per-iteration message as it is sent: its floats in the wire dtype, everything on the CPU."""
+    return {
+        k: (t.detach().to(DTYPES[dtype]) if t.is_floating_point() else t).cpu() for k, t in message.items()
+    }
+
+
+def off_wire(message: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A per-iteration message as received, for computing: floats back to float32, on ``device``."""
+    return {k: (t.float() if t.is_floating_point() else t).to(device) for k, t in message.items()}

@@ -1,27 +1,47 @@
 """``splitfed client --id K``: one client as a process of its own, for any algorithm.
 
-It holds its shard of the training data (the partition the config and seed define) and does what every
-client does in the algorithms' definitions (algorithms/base.py), with the simulation's own ``Side`` and
-sampler: each round it fetches the model it starts from (the fed server answers when it is this client's
-turn), runs its iterations — a split model: sends its smashed data and labels to the main server and
-back-propagates the gradient it gets back; otherwise: steps the whole model locally — and uploads its
-model to the fed server. A client that must restart a round (the main server restarted) reloads its start
-model and replays the round from its beginning; its sampler is put where the round began, so the replay
-draws the same batches. A client out of a round (dropped, or restarted mid-round) rejoins the next.
+It holds its shard of the training data (the partition the config and seed define) and does what the
+algorithm's definition says a client does, with the simulation's own parts, sampler and steps: each round
+it fetches what it starts from (the fed server answers when it is this client's turn), runs the
+definition's ``client_begin``, its iterations — each message the definition's client yields goes to the
+main server (``Step``, one call per exchange) and the reply goes back into it — and ``client_end``, then
+uploads its parts and extras to the fed server. Its own state that outlives a round (SCAFFOLD's c_i) is
+saved beside the servers' after each round, with the state it had before, so a restarted client, or one
+told to redo a round, starts from the right one. A client that must restart a round (the main server
+restarted) reloads its start and replays the round from its beginning; its sampler is put where the
+round began, so the replay draws the same batches. A client out of a round (dropped, or restarted
+mid-round) rejoins the next.
 """
 
+import inspect
 import logging
+from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import torch
 
 from ..algorithms import create
-from ..engine.side import joint_step
+from ..algorithms.base import ClientRound, Message, Payload, Smashed, run_exchange
+from ..engine.checkpoint import STATE_REMEDY, Each, Tensors, load_checkpoint, save_checkpoint
 from ..errors import SplitfedError
+from ..executors.local import Scratch, SlotClients
+from ..executors.parts import prepare_context
 from ..setup import Setup
 from . import splitfed_pb2_grpc as pb_grpc
-from ._common import Caller, Shapes, dial, on_wire, restart_round, state_from, state_tensors
+from ._common import (
+    Caller,
+    Messages,
+    dial,
+    extras_from,
+    extras_tensors,
+    model_from,
+    model_tensors,
+    off_wire,
+    on_wire,
+    restart_round,
+)
 from .deploy import Deployment
 from .security import client_identity, read_token
 from .wire import decode, encode, header
@@ -43,19 +63,31 @@ class Client:
         if not 0 <= k < setup.cfg.clients:
             raise SplitfedError(f"--id must be in 0..{setup.cfg.clients - 1}, got {k}")
         self.setup, self.cfg, self.n = setup, setup.cfg, k
-        self.ctx = setup.context()
-        self.algo = create(self.cfg, self.cfg.algorithm[0])
-        self.halves = ("client",) if self.algo.split else ("client", "server")  # what it holds
+        name = self.cfg.algorithm[0]
+        self.algo = create(self.cfg, name)
+        self.ctx = prepare_context(self.algo, setup)
         self.iterations = self.algo.iterations(self.ctx.tau, list(range(self.cfg.clients)))
-        self.client_half = self.ctx.client_side(copies=1)
-        self.server_half = None if self.algo.split else self.ctx.server_side(copies=1, location="client")
-        self.shapes = Shapes(setup)
+        self.sides = {}
+        for part in self.algo.client_parts:
+            side = self.ctx.side(part.name, 1, "client")
+            side.correct = lambda g, p, s, name=part.name: self.algo.correct(name, g, p, s)
+            side.metered = part.name == self.algo.chain[-1]
+            self.sides[part.name] = side
+        self.model_parts = [p.name for p in self.algo.client_parts if p.in_model]
+        self.messages = Messages(setup, name)
         self.device = setup.init_c.params.device
         identity = client_identity(k)
         self.call = Caller(identity, read_token(deploy.token_file(identity)), deploy.retry_s)
         self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
         self.fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
         self.last_upload: tuple[int, dict[str, torch.Tensor], dict[str, float]] | None = None
+        self.state_file = Path(deploy.state_dir) / f"client_{k}.pt"
+        # its own state: after the last round it ended (``round``), and before it (to redo that round)
+        self.own: dict[str, Any] = {"round": 0, "after": {}, "before": {}}
+        if self.state_file.exists():
+            expect = {"round": int, "after": Tensors(), "before": Tensors(), "clients": Each(int)}
+            saved = load_checkpoint(self.state_file, "client", self.cfg, expect, STATE_REMEDY)
+            self.own = {k: v for k, v in saved.items() if k != "clients"}
 
     def run(self) -> None:
         """Train round after round until the fed server says the training is done."""
@@ -69,13 +101,25 @@ class Client:
                 r, dropped = head.round + 1, False
                 continue
             r, dropped = head.round, False
-            self.client_half.load(0, state_from("client", tensors, self.device))
-            if self.server_half is not None:
-                self.server_half.load(0, state_from("server", tensors, self.device))
+            start = Payload(model_from(self.sides, tensors, self.device), extras_from(tensors, self.device))
+            for part, side in self.sides.items():
+                side.load(0, start.model[part])
             # where this client's sampler stands at the start of round r: τ·b_n samples per round
             self.ctx.streams.skip_to(self.n, (r - 1) * self.iterations * self.ctx.batch_sizes[self.n])
             self.ctx.meter.reset()
             self.ctx.set_round(r)
+            view = ClientRound(
+                self.n,
+                r,
+                {part: side.state(0) for part, side in self.sides.items()},
+                start,
+                self._state_for(r),
+                lambda part: Scratch(self.sides[part], 0),
+                {part: side.layout for part, side in self.sides.items()},
+                {part: side.lr_value for part, side in self.sides.items()},
+                self.cfg.clients,
+            )
+            self.algo.client_begin(view)
             try:
                 self._train_round(r)
             except Restart as e:
@@ -86,29 +130,57 @@ class Client:
                 log.info(f"client {self.n}: left out of round {r}; rejoining round {r + 1}")
                 r, dropped = r + 1, True
                 continue
-            self._upload(r)
+            view.steps = self.iterations
+            extras = self.algo.client_end(view)
+            self._save_state(r, view.state)
+            self._upload(r, extras)
             r += 1
+
+    def _state_for(self, r: int) -> dict[str, torch.Tensor]:
+        """This client's own state at the start of round r (a copy: the round may be replayed)."""
+        if self.own["round"] >= r:  # round r ended here before (then a restart lost its upload)
+            return dict(self.own["before"])
+        return dict(self.own["after"])
+
+    def _save_state(self, r: int, state: dict[str, torch.Tensor]) -> None:
+        before = self.own["after"] if self.own["round"] < r else self.own["before"]
+        self.own = {"round": r, "after": {k: v.detach().cpu() for k, v in state.items()}, "before": before}
+        if state or before:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.state_file, "client", self.cfg, self.own | {"clients": [self.n]})
 
     def _train_round(self, r: int) -> None:
         for t in range(1, self.iterations + 1):
             x, y = self.ctx.batch(self.n)
-            if self.server_half is not None:  # no split: the whole model, here
-                joint_step(self.client_half, self.server_half, 0, x, y)
-                continue
-            smashed = self.client_half.forward(0, x)
-            grad = self._step(r, t, smashed, y)
-            self.client_half.backward(0, grad)
+            b = len(y)
+            clients = self.algo.client(SlotClients(self.sides, self.model_parts, [0], [b]), x, y)
+            run_exchange(
+                clients if inspect.isgenerator(clients) else None,
+                lambda batch, t=t: self._remote(r, t, batch),
+                lambda message: [Smashed(self.n, message)],
+                lambda replies: replies[0],
+                self.algo.name,
+            )
 
-    def _step(self, r: int, t: int, smashed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        tensors = {"smashed": on_wire(smashed, self.cfg.wire_dtype), "labels": labels.cpu()}
+    def _remote(self, r: int, t: int, batch: list[Smashed]) -> Generator[list[Message], list[Smashed], Any]:
+        """The main server as the definition's client talks to it: one Step call per exchange."""
+        phase = 0
+        reply, more = self._step(r, t, phase, batch[0].tensors)
+        while more:
+            phase += 1
+            batch = yield [reply]
+            reply, more = self._step(r, t, phase, batch[0].tensors)
+        return [reply]
 
-        def send(**kw: Any) -> torch.Tensor:
-            frames = encode(header(client=self.n, round=r, iteration=t), tensors)
-            _, reply = decode(self.main.Step(frames, **kw), self.shapes.grad_message())
-            return reply["smashed_grad"]
+    def _step(self, r: int, t: int, phase: int, message: Message) -> tuple[Message, bool]:
+        tensors = on_wire(message, self.cfg.wire_dtype)
+
+        def send(**kw: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+            frames = encode(header(client=self.n, round=r, iteration=t, phase=phase), tensors)
+            return decode(self.main.Step(frames, **kw), self.messages.reply_message(phase))
 
         try:
-            grad = self.call(send)
+            head, reply = self.call(send)
         except grpc.RpcError as e:
             restart = restart_round(e)
             if restart is not None:
@@ -116,7 +188,7 @@ class Client:
             if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                 raise Dropped from None
             raise refused(self.n, "the main server", f"iteration {t} of round {r}", e) from None
-        return grad.float().to(self.device)
+        return off_wire(reply, self.device), head.status == "more"
 
     def _global_weights(self, r: int, dropped: bool) -> tuple[Any, dict[str, torch.Tensor]]:
         def fetch(r: int, dropped: bool, **kw: Any) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -124,7 +196,7 @@ class Client:
             frames = list(self.fed.GlobalClientWeights(request, **kw))
             if frames and frames[0].header.status in ("done", "resend_upload", "sit_out"):
                 return frames[0].header, {}
-            return decode(frames, self.shapes.state_message(self.halves))
+            return decode(frames, self.messages.start_message())
 
         while True:
             try:
@@ -139,12 +211,12 @@ class Client:
                 continue
             self._send_upload(*self.last_upload)
 
-    def _upload(self, r: int) -> None:
-        tensors = state_tensors("client", self.client_half.state(0))
-        info = {}
-        if self.server_half is not None:
-            tensors |= state_tensors("server", self.server_half.state(0))
-            info = {"samples": float(self.ctx.meter.loss_count), "train_loss": self.ctx.meter.train_loss}
+    def _upload(self, r: int, extras: dict[str, torch.Tensor]) -> None:
+        model = {part: side.state(0) for part, side in self.sides.items()}
+        tensors = model_tensors(model) | extras_tensors(extras)
+        info = {"samples": float(self.iterations * self.ctx.batch_sizes[self.n])}
+        if self.algo.chain[-1] in self.sides:  # the model's output, so its loss, is here
+            info["train_loss"] = self.ctx.meter.train_loss
         self.last_upload = (r, tensors, info)
         self._send_upload(r, tensors, info)
 

@@ -25,25 +25,28 @@ from typing import Any
 import grpc
 
 from ..algorithms import Algorithm, create
-from ..algorithms.base import RELAY
-from ..engine.checkpoint import STATE_REMEDY, Records, load_checkpoint, save_checkpoint
+from ..algorithms.base import Payload
+from ..engine.checkpoint import STATE_REMEDY, Records, Tensors, load_checkpoint, save_checkpoint
 from ..engine.metrics import SplitModel
 from ..engine.side import State
 from ..executors.local import plan_round
+from ..executors.parts import halves, prepare_context
 from ..setup import Setup
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import (
     Caller,
     GaveUp,
+    Messages,
     ProtocolError,
-    Shapes,
     abort,
     check_client,
     dial,
+    extras_from,
+    extras_tensors,
+    model_from,
+    model_tensors,
     serve,
-    state_from,
-    state_tensors,
 )
 from .deploy import Deployment
 from .security import Tokens, read_token
@@ -57,34 +60,41 @@ class FedServer(pb_grpc.FedServerServicer):
         self, setup: Setup, deploy: Deployment, on_round: Callable[[dict[str, Any]], None] | None = None
     ) -> None:
         self.setup, self.deploy, self.cfg, self.on_round = setup, deploy, setup.cfg, on_round
-        self.algo: Algorithm = create(self.cfg, self.cfg.algorithm[0])
-        self.ctx = setup.context()
-        self.halves = ("client",) if self.algo.split else ("client", "server")  # what a client holds
-        self.shapes = Shapes(setup)
+        name = self.cfg.algorithm[0]
+        self.algo: Algorithm = create(self.cfg, name)
+        self.ctx = prepare_context(self.algo, setup)
+        self.rule = self.algo.fed_server()  # the definition's fed server: its state lives here
+        self.client_parts = [p.name for p in self.algo.client_parts]
+        self.output_at_client = self.algo.chain[-1] in self.client_parts  # where the training loss is
+        self.messages = Messages(setup, name)
         self.tokens = Tokens.load(deploy.tokens)
         self.device = setup.device
-        self.split_model = SplitModel(setup.client_module, setup.server_module)
+        self.split_model = SplitModel(setup.client_module, setup.server_module, setup.loss)
         self.state_file = Path(deploy.state_dir) / "fed_server.pt"
         self.cv = threading.Condition()
-        self.round, self.w_c, self.w_s = 1, setup.init_c.clone(), setup.init_s.clone()
+        self.round = 1
+        self.model = {name: spec.init.clone() for name, spec in self.ctx.parts.items()}  # every part
         self.history: list[dict[str, Any]] = []
         if self.state_file.exists():
             expect = {
                 "round": int,
-                "w_c": setup.init_c.to_dict(),
-                "w_s": setup.init_s.to_dict(),
+                "model": {name: state.to_dict() for name, state in self.model.items()},
+                "fed_server": Tensors(),
                 "history": Records(),
             }
             saved = load_checkpoint(self.state_file, "fed_server", self.cfg, expect, STATE_REMEDY)
             self.round = saved["round"] + 1
-            self.w_c = State.from_dict({k: v.to(self.device) for k, v in saved["w_c"].items()})
-            self.w_s = State.from_dict({k: v.to(self.device) for k, v in saved["w_s"].items()})
+            self.model = {
+                name: State.from_dict({k: v.to(self.device) for k, v in state.items()})
+                for name, state in saved["model"].items()
+            }
+            self.rule.load_state_dict({k: v.to(self.device) for k, v in saved["fed_server"].items()})
             self.history = saved["history"]
             log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
         self.finished = threading.Event()
         self.failure: str | None = None
         self.started = time.perf_counter() - (self.history[-1]["wall_time_s"] if self.history else 0.0)
-        if self.algo.split:
+        if self.algo.talks_to_main_server:
             token = read_token(deploy.token_file("fed_server"))
             self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
             self.call = Caller("fed_server", token, deploy.retry_s)
@@ -94,12 +104,18 @@ class FedServer(pb_grpc.FedServerServicer):
         clients = list(range(self.cfg.clients))
         plan = plan_round(self.algo, self.ctx, self.round, clients, one_by_one=False)
         self.weights = plan.weights
-        self.turns = sorted(plan.first, key=plan.first.__getitem__)  # the order a relay hands the model on
-        self.uploads: dict[int, tuple[State, State | None, dict[str, float]]] = {}
+        self.order = plan.finish_order  # the order uploads reach the rule (as in the simulation)
+        self.fed = 0  # how many of ``order`` the rule has taken (uploaded or skipped)
+        if not self.done:
+            self.rule.begin(
+                self.round, {p: self.model[p] for p in self.client_parts}, plan.turns, plan.weights
+            )
+        self.uploads: dict[int, tuple[Payload, dict[str, float]]] = {}
         self.left_out: set[int] = set()  # clients out of this round: dropped by the main server, or skipped
+        self.waiting: set[int] = set()  # clients asking for a start the rule cannot give yet
         self.clock: float | None = None
         self.progress = time.monotonic()  # when this round last moved (round start, an upload)
-        self.main_round: tuple[State, list[int]] | None = None  # w_s^r and who the main server left out
+        self.main_round: tuple[dict[str, State], list[int]] | None = None  # the server parts, who was out
         self.round_started = time.perf_counter()
         self.wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
 
@@ -107,20 +123,21 @@ class FedServer(pb_grpc.FedServerServicer):
     def done(self) -> bool:
         return self.round > self.cfg.rounds
 
-    # --- a relay: whose turn it is, and the model handed on --------------------------------------------
-    def _relay_state(self, n: int) -> State | None:
-        """The model client n starts from in a relay, once every client before it is done or out."""
-        held = self.w_c
-        for m in self.turns[: self.turns.index(n)]:
-            if m in self.uploads:
-                held = self.uploads[m][0]
-            elif m not in self.left_out:
-                return None  # m still has the model
-        return held
+    def _feed(self) -> None:
+        """Hand the rule every upload (or skip) it can take, in the simulation's order."""
+        while self.fed < len(self.order):
+            n = self.order[self.fed]
+            if n in self.uploads:
+                self.rule.upload(n, self.uploads[n][0])
+            elif n in self.left_out:
+                self.rule.skip(n)
+            else:
+                return
+            self.fed += 1
 
-    def _relay_waiting_on(self) -> int | None:
-        """The client whose turn it is (neither uploaded nor out), if any."""
-        return next((m for m in self.turns if m not in self.uploads and m not in self.left_out), None)
+    def _leave_out(self, n: int) -> None:
+        self.left_out.add(n)
+        self._feed()
 
     # --- aggregation ------------------------------------------------------------------------------------
     def _check_deadlines(self) -> None:
@@ -128,11 +145,13 @@ class FedServer(pb_grpc.FedServerServicer):
             return
         now = time.monotonic()
         late = self.clock is not None and now - self.clock > self.deploy.round_timeout_s
-        if self.algo.client_side == RELAY and self.deploy.straggler_policy == "drop":
-            waiting = self._relay_waiting_on()
-            if waiting is not None and now - self.progress > self.deploy.round_timeout_s:
-                log.info(f"fed server: round {self.round} hands the model on past client {waiting} (late)")
-                self.left_out.add(waiting)
+        if self.waiting and self.deploy.straggler_policy == "drop":
+            # someone waits for a start that needs an upload not yet made (a relay): past the deadline,
+            # the next client in the order is passed over
+            holder = next((m for m in self.order[self.fed :] if m not in self.uploads), None)
+            if holder is not None and now - self.progress > self.deploy.round_timeout_s:
+                log.info(f"fed server: round {self.round} goes on past client {holder} (late)")
+                self._leave_out(holder)
                 self.progress = now
                 self.cv.notify_all()
         self._maybe_aggregate(late)
@@ -151,7 +170,7 @@ class FedServer(pb_grpc.FedServerServicer):
         if self.done or not self.uploads:
             return
         expected = set(range(self.cfg.clients)) - self.left_out
-        if self.algo.split:  # the main server's round must be over: it says whom it went on without
+        if self.algo.talks_to_main_server:  # its round must be over: it says whom it went on without
             if self.main_round is None:
                 return
             expected -= set(self.main_round[1])
@@ -159,7 +178,7 @@ class FedServer(pb_grpc.FedServerServicer):
             self._aggregate()
 
     def _fetch_main_round(self, r: int) -> None:
-        """Background: the main server's w_s^r and whom it left out of round r (once its round ends)."""
+        """Background: the main server's parts at round r's end and whom it left out (once it ends)."""
         try:
             head, tensors = self._server_weights(r, weights=True)
         except Exception as e:  # this thread's failure would otherwise vanish with it; the round waits
@@ -167,44 +186,40 @@ class FedServer(pb_grpc.FedServerServicer):
             return
         with self.cv:
             if self.round == r:
-                self.main_round = (state_from("server", tensors, self.device), list(head.dropped))
+                parts = [p.name for p in self.algo.server_parts]
+                self.main_round = (model_from(parts, tensors, self.device), list(head.dropped))
                 self._maybe_aggregate()
-
-    def _combine(self, clients: list[int], half: int) -> State:
-        """The definition's fed-server rule over the uploads of ``clients``, weights p_n renormalised."""
-        total = sum(self.weights[n] for n in clients)
-        acc = self.algo.fed_server()
-        for n in clients:
-            acc.add(self.uploads[n][half], self.weights[n] / total)  # type: ignore[arg-type]
-        return acc.result
 
     def _aggregate(self) -> None:
         trained = time.perf_counter()  # the round's training ends here; averaging and evaluation follow
         r, clients = self.round, sorted(self.uploads)
-        if self.algo.client_side == RELAY:
-            w_c = self.uploads[[m for m in self.turns if m in self.uploads][-1]][0]  # the last one's
-        else:
-            w_c = self._combine(clients, 0)
+        for n in self.order:  # whoever has not uploaded by now is out of the round
+            if n not in self.uploads:
+                self.left_out.add(n)
+        self._feed()
+        model = dict(self.model) | self.rule.end()
         dropped = sorted(set(range(self.cfg.clients)) - set(clients))
         main_wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
-        fps_c, fps_s = self.setup.flops_per_sample
-        if self.algo.split:
+        infos = [self.uploads[n][1] for n in clients]
+        samples = sum(i["samples"] for i in infos)
+        train_loss = sum(i.get("train_loss", 0.0) * i["samples"] for i in infos) / max(samples, 1)
+        if self.algo.talks_to_main_server:
             assert self.main_round is not None
-            w_s = self.main_round[0]
+            model |= self.main_round[0]
             head, _ = self._server_weights(r, weights=False)  # the round's totals, now that replies are sent
-            samples, train_loss = head.info["samples"], head.info["train_loss"]
+            if not self.output_at_client:
+                train_loss = head.info["train_loss"]
             for key, value in head.info.items():
                 if ":" in key:
                     direction, n = key.split(":")
                     main_wire[direction][int(n)] = int(value)
-            client_flops, server_flops = samples * fps_c, samples * fps_s
-        else:
-            w_s = self._combine(clients, 1)
-            samples = sum(self.uploads[n][2]["samples"] for n in clients)
-            loss_sum = sum(self.uploads[n][2]["train_loss"] * self.uploads[n][2]["samples"] for n in clients)
-            train_loss = loss_sum / max(samples, 1)
-            client_flops, server_flops = samples * (fps_c + fps_s), 0.0
+        flops = {"client": 0.0, "main_server": 0.0}
+        for part in self.algo.parts:
+            flops["client" if part.name in self.client_parts else "main_server"] += (
+                samples * self.ctx.parts[part.name].flops
+            )
         data, batch = self.setup.data, self.cfg.eval_batch_size
+        w_c, w_s = halves(self.algo, model)
         acc, loss, per_class = self.split_model.evaluate(w_c, w_s, data.test_x, data.test_y, batch)
         up = [main_wire["in"][n] + self.wire["in"][n] for n in range(self.cfg.clients)]
         down = [main_wire["out"][n] + self.wire["out"][n] for n in range(self.cfg.clients)]
@@ -219,8 +234,8 @@ class FedServer(pb_grpc.FedServerServicer):
             "participants": len(clients),
             "dropped_clients": dropped,
             "samples": int(samples),
-            "client_flops": client_flops,
-            "server_flops": server_flops,
+            "client_flops": flops["client"],
+            "server_flops": flops["main_server"],
             "bytes_up_per_client": sum(up) / len(clients),
             "bytes_down_per_client": sum(down) / len(clients),
             "client_bytes_up": up,
@@ -241,11 +256,16 @@ class FedServer(pb_grpc.FedServerServicer):
             self.state_file,
             "fed_server",
             self.cfg,
-            {"round": r, "w_c": w_c.to_dict(), "w_s": w_s.to_dict(), "history": self.history},
+            {
+                "round": r,
+                "model": {name: state.to_dict() for name, state in model.items()},
+                "fed_server": self.rule.state_dict(),
+                "history": self.history,
+            },
         )
         if self.on_round is not None:
             self.on_round(record)
-        self.w_c, self.w_s = w_c, w_s
+        self.model = model
         self.round += 1
         self._new_round()
         if self.done:
@@ -257,7 +277,7 @@ class FedServer(pb_grpc.FedServerServicer):
             frames = self.main.ServerWeights(
                 header(client=-1, round=r, status="" if weights else "info"), **kw
             )
-            return decode(frames, self.shapes.state_message(("server",)) if weights else None)
+            return decode(frames, self.messages.server_message() if weights else None)
 
         return self.call(fetch)
 
@@ -270,59 +290,64 @@ class FedServer(pb_grpc.FedServerServicer):
             if request.round < 1:
                 raise WireError(f"rounds count from 1, got {request.round}")
             with self.cv:
-                while True:
-                    if self.done:
-                        return iter([pb.Frame(header=header(client=n, round=self.round, status="done"))])
-                    if self.failure is not None:
-                        raise ProtocolError(
-                            grpc.StatusCode.UNAVAILABLE, f"the fed server stopped: {self.failure}"
-                        )
-                    if request.round > self.round + 1:
-                        raise ProtocolError(
-                            grpc.StatusCode.FAILED_PRECONDITION,
-                            f"round {request.round} is ahead of round {self.round}",
-                        )
-                    if request.round == self.round + 1:  # the client finished round r and waits for r+1
-                        if request.status == "dropped":  # the main server left it out: do not wait for it
-                            self.left_out.add(n)
-                            self._maybe_aggregate()
-                        elif n not in self.uploads and n not in self.left_out:  # e.g. a restart lost it
-                            return iter(
-                                [pb.Frame(header=header(client=n, round=self.round, status="resend_upload"))]
-                            )
-                    else:
-                        start = self._relay_state(n) if self.algo.client_side == RELAY else self.w_c
-                        if n in self.left_out or n in self.uploads:  # out of, or done with, this round
-                            return iter(
-                                [pb.Frame(header=header(client=n, round=self.round, status="sit_out"))]
-                            )
-                        if start is not None:
-                            break
-                    if not context.is_active():
-                        return iter(())
-                    self.cv.wait(timeout=0.5)
-                    self._check_deadlines()
-                tensors = state_tensors("client", start)
-                if not self.algo.split:
-                    tensors |= state_tensors("server", self.w_s)
+                try:
+                    start = self._start_of(n, request, context)
+                finally:
+                    self.waiting.discard(n)
+                if not isinstance(start, Payload):
+                    return iter([pb.Frame(header=header(client=n, round=self.round, status=start))])
+                tensors = model_tensors(start.model) | extras_tensors(start.extras)
                 frames = list(encode(header(client=n, round=self.round, status="ok"), tensors))
                 self.wire["out"][n] += sum(f.ByteSize() for f in frames)
                 return iter(frames)
         except (WireError, ProtocolError) as e:
             abort(context, e)
 
+    def _start_of(self, n: int, request: pb.Header, context: grpc.ServicerContext) -> Payload | str:
+        """What client n starts the current round from, once the rule can say; or a status: done,
+        resend_upload, sit_out (empty if the caller went away)."""
+        while True:
+            if self.done:
+                return "done"
+            if self.failure is not None:
+                raise ProtocolError(grpc.StatusCode.UNAVAILABLE, f"the fed server stopped: {self.failure}")
+            if request.round > self.round + 1:
+                raise ProtocolError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"round {request.round} is ahead of round {self.round}",
+                )
+            if request.round == self.round + 1:  # the client finished round r and waits for r+1
+                if request.status == "dropped":  # the main server left it out: do not wait for it
+                    self._leave_out(n)
+                    self._maybe_aggregate()
+                elif n not in self.uploads and n not in self.left_out:  # e.g. a restart lost it
+                    return "resend_upload"
+            else:
+                if n in self.left_out or n in self.uploads:  # out of, or done with, this round
+                    return "sit_out"
+                start = self.rule.download(n)
+                if start is not None:
+                    return start
+                self.waiting.add(n)
+            if not context.is_active():
+                return ""
+            self.cv.wait(timeout=0.5)
+            self._check_deadlines()
+
     def UploadClientWeights(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.Header:
         identity = self.tokens.identify(context)  # before anything of the message is read
         frames = Counting(request_iterator)
         try:
-            head, tensors = decode(frames, self.shapes.state_message(self.halves))
+            head, tensors = decode(frames, self.messages.upload_message())
             n = head.client
             check_client(identity, n, self.cfg.clients)
-            for key in ("samples", "train_loss") if not self.algo.split else ():
+            keys = ("samples", "train_loss") if self.output_at_client else ("samples",)
+            for key in keys:
                 if key not in head.info or not head.info[key] >= 0:
-                    raise WireError(f"an upload of the whole model reports its {key}")
-            w_c = state_from("client", tensors, self.device)
-            w_s = state_from("server", tensors, self.device) if not self.algo.split else None
+                    raise WireError(f"an upload of this algorithm reports its {key}")
+            payload = Payload(
+                model_from(self.client_parts, tensors, self.device), extras_from(tensors, self.device)
+            )
             with self.cv:
                 if head.round < self.round or self.done:
                     return header(client=n, round=self.round, status="stale")  # averaged already
@@ -334,9 +359,10 @@ class FedServer(pb_grpc.FedServerServicer):
                     raise ProtocolError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"client {n} is out of round {head.round}"
                     )
-                self.uploads[n] = (w_c, w_s, dict(head.info))
+                self.uploads[n] = (payload, dict(head.info))
+                self._feed()
                 self.wire["in"][n] += frames.bytes
-                if self.clock is None and self.algo.split:
+                if self.clock is None and self.algo.talks_to_main_server:
                     threading.Thread(target=self._fetch_main_round, args=(self.round,), daemon=True).start()
                 self.clock = self.clock or time.monotonic()
                 self.progress = time.monotonic()

@@ -78,7 +78,7 @@ def launch(config: Config, workdir: str | None = None) -> Path:
                 stderr=subprocess.STDOUT,
             )
         ]
-        if create(config, config.algorithm[0]).split
+        if create(config, config.algorithm[0]).talks_to_main_server
         else []
     )
     clients = [

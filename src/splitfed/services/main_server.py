@@ -14,6 +14,7 @@ within iteration_timeout_s goes ahead with those present; with "wait", a slot th
 give_up_s stops the server with a message (its state is saved every round: restart it to continue).
 """
 
+import inspect
 import logging
 import threading
 import time
@@ -24,14 +25,34 @@ import grpc
 import torch
 
 from ..algorithms import Algorithm, Smashed, create
-from ..algorithms.base import PER_CLIENT
-from ..engine.checkpoint import STATE_REMEDY, Each, Tensor, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import (
+    STATE_REMEDY,
+    Each,
+    Tensor,
+    Tensors,
+    load_checkpoint,
+    mismatch,
+    save_checkpoint,
+)
 from ..engine.side import State
+from ..errors import SplitfedError
 from ..executors.local import InProcessMainServer, plan_round
+from ..executors.parts import prepare_context
+from ..executors.trace import Schema
 from ..setup import Setup
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
-from ._common import GaveUp, ProtocolError, Shapes, abort, check_client, on_wire, serve, state_tensors
+from ._common import (
+    GaveUp,
+    Messages,
+    ProtocolError,
+    abort,
+    check_client,
+    model_tensors,
+    off_wire,
+    on_wire,
+    serve,
+)
 from .deploy import Deployment
 from .security import Tokens
 from .wire import Counting, WireError, decode, encode, header
@@ -40,24 +61,35 @@ log = logging.getLogger("splitfed")
 FAILED, AHEAD = grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED
 
 
+def reply_template(schema: Schema) -> dict[str, Tensor]:
+    """A checkpoint template for a reply of this schema (any number of rows)."""
+    return {name: Tensor((None, *shape), dtype) for name, (dtype, shape) in schema.items()}
+
+
 class MainServer(pb_grpc.MainServerServicer):
     def __init__(self, setup: Setup, deploy: Deployment) -> None:
         self.setup, self.deploy, self.cfg = setup, deploy, setup.cfg
-        self.algo: Algorithm = create(self.cfg, self.cfg.algorithm[0])
-        self.ctx = setup.context()
+        name = self.cfg.algorithm[0]
+        self.algo: Algorithm = create(self.cfg, name)
+        self.ctx = prepare_context(self.algo, setup)
         self.clients = list(range(self.cfg.clients))
-        copies = len(self.clients) if self.algo.server_side == PER_CLIENT else 1
-        self.server = self.ctx.server_side(copies=copies)  # w_s, or w_{s,n} for each client n
-        self.shapes = Shapes(setup)
+        self.sides = {}  # each part the main server trains: one shared copy, or one per client (by id)
+        for part in self.algo.server_parts:
+            side = self.ctx.side(part.name, 1 if part.shared else len(self.clients), "main_server")
+            side.metered = part.name == self.algo.chain[-1]
+            self.sides[part.name] = side
+        self.messages = Messages(setup, name)
         self.tokens = Tokens.load(deploy.tokens)
         self.state_file = Path(deploy.state_dir) / "main_server.pt"
         self.cv = threading.Condition()
         self.round = 1
-        self.w_s = setup.init_s.clone()  # w_s at the start of the current round
-        # client -> ((round, iteration), the answer): the last answer, for a retry of the same request
-        self.last: dict[int, tuple[tuple[int, int], torch.Tensor]] = {}
-        # round -> (w_s at its end, its train loss and samples, the clients left out): for the fed server
-        self.snapshots: dict[int, tuple[State, dict[str, float], list[int]]] = {}
+        self.model = {
+            p.name: self.ctx.parts[p.name].init.clone() for p in self.algo.server_parts
+        }  # at r's start
+        # client -> ((round, iteration, phase), the answer, whether more follows): for a retry of it
+        self.last: dict[int, tuple[tuple[int, int, int], dict[str, torch.Tensor], bool]] = {}
+        # round -> (the server parts at its end, its train loss and samples, the clients left out)
+        self.snapshots: dict[int, tuple[dict[str, State], dict[str, float], list[int]]] = {}
         # round -> client -> [bytes in, bytes out] on the wire
         self.wire_bytes: dict[int, dict[int, list[int]]] = {}
         self.finished = threading.Event()
@@ -73,42 +105,51 @@ class MainServer(pb_grpc.MainServerServicer):
         self.slots = [[(n, t + 1) for n, t in slot] for slot in plan.slots]  # iterations count from 1
         self.slot_of = {req: k for k, slot in enumerate(self.slots) for req in slot}
         self.pos = 0
-        self.arrived: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.phase = 0  # the exchange of the current slot
+        self.members: list[tuple[int, int]] = []  # the current slot's clients once its first exchange ran
+        self.conversation: Any = None  # the definition's main server mid-slot (a generator)
+        self.arrived: dict[tuple[int, int, int], dict[str, torch.Tensor]] = {}
         self.dropped: set[int] = set()
         self.done_iters = dict.fromkeys(self.clients, 0)
         self.clock: float | None = None  # when someone started waiting on the current slot
-        self.progress = time.monotonic()  # when the last slot was handled (or the round began)
+        self.progress = time.monotonic()  # when the last exchange was handled (or the round began)
         self.ctx.meter.reset()
         self.ctx.set_round(self.round)  # the round's learning rate (lr_schedule)
         self.samples = 0
-        for k in range(self.server.num_copies):
-            self.server.load(k, self.w_s)
+        for name, side in self.sides.items():
+            for k in range(side.num_copies):
+                side.load(k, self.model[name])
 
     def _end_round(self) -> None:
         r = self.round
-        if self.algo.server_side == PER_CLIENT:  # the copies of the clients that stayed, by p_n
-            stayed = [n for n in self.clients if n not in self.dropped]
-            total = sum(self.weights[n] for n in stayed)
-            acc = self.algo.fed_server()
-            for n in stayed:
-                acc.add(self.server.state(n), self.weights[n] / total)
-            w_s = acc.result
-        else:
-            w_s = self.server.state(0).clone()
+        model = {}
+        stayed = [n for n in self.clients if n not in self.dropped]
+        total = sum(self.weights[n] for n in stayed)
+        for part in self.algo.server_parts:
+            side = self.sides[part.name]
+            if part.shared:
+                model[part.name] = side.state(0).clone()
+            else:  # the copies of the clients that stayed, by p_n
+                acc = self.algo.combine_server_copies()
+                for n in stayed:
+                    acc.add(side.state(n), self.weights[n] / total)
+                model[part.name] = acc.result
         info = {"train_loss": self.ctx.meter.train_loss, "samples": float(self.samples)}
         self.snapshots = {k: v for k, v in self.snapshots.items() if k >= r - 1}
-        self.snapshots[r] = (w_s, info, sorted(self.dropped))
-        self.w_s = w_s
+        self.snapshots[r] = (model, info, sorted(self.dropped))
+        self.model = model
         save_checkpoint(
             self.state_file,
             "main_server",
             self.cfg,
             {
                 "round": r,
-                "w_s": w_s.to_dict(),
+                "model": {name: state.to_dict() for name, state in model.items()},
                 "info": info,
                 "dropped": sorted(self.dropped),
-                "last": {n: (key[0], key[1], grad) for n, (key, grad) in self.last.items()},
+                "last": {
+                    n: (key[0], key[1], key[2], reply, more) for n, (key, reply, more) in self.last.items()
+                },
             },
         )
         log.info(f"main server: round {r} done, train loss {info['train_loss']:.4f}")
@@ -118,48 +159,98 @@ class MainServer(pb_grpc.MainServerServicer):
     def _restore(self) -> None:
         expect = {  # what _end_round saves, in this experiment's shapes
             "round": int,
-            "w_s": self.setup.init_s.to_dict(),
+            "model": {name: state.to_dict() for name, state in self.model.items()},
             "info": {"train_loss": float, "samples": float},
             "dropped": Each(int),
-            "last": Each((int, int, Tensor((None, *self.shapes.smashed))), keyed=True),
+            "last": Each((int, int, int, Tensors(), bool), keyed=True),
         }
         saved = load_checkpoint(self.state_file, "main_server", self.cfg, expect, STATE_REMEDY)
+        for n, (_, _, phase, reply, _) in saved["last"].items():  # each answer is one of this algorithm's
+            problem = (
+                f"last[{n}] names exchange {phase}, which this algorithm does not have"
+                if not 0 <= phase < self.messages.phases
+                else mismatch(reply_template(self.messages.trace.phases[phase][1]), reply, f"last[{n}]")
+            )
+            if problem is not None:
+                raise SplitfedError(f"checkpoint {self.state_file} cannot be used: {problem}; {STATE_REMEDY}")
         device = self.setup.device
-        self.w_s = State.from_dict({k: v.to(device) for k, v in saved["w_s"].items()})
+        self.model = {
+            name: State.from_dict({k: v.to(device) for k, v in state.items()})
+            for name, state in saved["model"].items()
+        }
         self.round = saved["round"] + 1
-        self.snapshots[saved["round"]] = (self.w_s, saved["info"], saved["dropped"])
-        self.last = {int(n): ((r, t), grad.to(device)) for n, (r, t, grad) in saved["last"].items()}
+        self.snapshots[saved["round"]] = (self.model, saved["info"], saved["dropped"])
+        self.last = {
+            int(n): ((r, t, p), {k: v.to(device) for k, v in reply.items()}, more)
+            for n, (r, t, p, reply, more) in saved["last"].items()
+        }
         log.info(f"main server: resumed after round {saved['round']} from {self.state_file}")
 
     def _process(self, members: list[tuple[int, int]]) -> None:
-        """Train on the slot's requests present (the definition's main_server step); answer each."""
-        batch = [Smashed(n, *self.arrived.pop((n, t))) for n, t in members]
+        """One exchange of the current slot with the clients present (the definition's main_server step,
+        or its next step where it talks more than once); answer each."""
+        batch = [Smashed(n, self.arrived.pop((n, t, self.phase))) for n, t in members]
+        done = True
         if members:
-            copy_of = {n: n if self.algo.server_side == PER_CLIENT else 0 for n, _ in members}
-            grads = self.algo.main_server(InProcessMainServer(self.server, copy_of), batch)
-            for (n, t), grad in zip(members, grads, strict=True):
-                self.last[n] = ((self.round, t), grad.detach())
+            if self.phase == 0:
+                self.members = members
+                copy_of = {
+                    p.name: {n: 0 if p.shared else n for n, _ in members} for p in self.algo.server_parts
+                }
+                answer = self.algo.main_server(InProcessMainServer(self.sides, copy_of), batch)
+                self.conversation = answer if inspect.isgenerator(answer) else None
+                if self.conversation is None:
+                    replies = answer
+                else:
+                    replies, done = self._next(lambda: next(self.conversation))
+                self.samples += sum(len(next(iter(s.tensors.values()))) for s in batch if s.tensors)
+            else:
+                replies, done = self._next(lambda: self.conversation.send(batch))
+            if replies is None or len(replies) != len(members):
+                raise SplitfedError(
+                    f"{self.algo.name}: its main server answered {len(members)} clients wrongly"
+                )
+            for (n, t), reply in zip(members, replies, strict=True):
+                self.last[n] = (
+                    (self.round, t, self.phase),
+                    {k: v.detach() for k, v in reply.items()},
+                    not done,
+                )
+        if done:
+            for n, _ in members:
                 self.done_iters[n] += 1
-                self.samples += len(grad)
-        self.pos += 1
+            self.pos += 1
+            self.phase = 0
+            self.conversation = None
+        else:
+            self.phase += 1
         self.clock = time.monotonic() if self.arrived else None
         self.progress = time.monotonic()
         if self.pos == len(self.slots):
             self._end_round()
         self.cv.notify_all()
 
+    @staticmethod
+    def _next(step: Any) -> tuple[Any, bool]:
+        try:
+            return step(), False
+        except StopIteration as stop:
+            return stop.value, True
+
     def _advance(self) -> None:
-        """Process the current slot if all of it is here, or (policy drop) if its time is up; give up
-        (a clear stop, state saved) when nothing moved for give_up_s."""
+        """Process the current exchange if all of it is here, or (policy drop, first exchange of a slot)
+        if its time is up; give up (a clear stop, state saved) when nothing moved for give_up_s."""
         while self.pos < len(self.slots) and self.round <= self.cfg.rounds:
-            members = [req for req in self.slots[self.pos] if req[0] not in self.dropped]
-            present = [req for req in members if req in self.arrived]
+            slot = self.slots[self.pos] if self.phase == 0 else self.members
+            members = [req for req in slot if req[0] not in self.dropped]
+            present = [req for req in members if (*req, self.phase) in self.arrived]
             if len(present) == len(members):
                 self._process(present)
                 continue
             waited = time.monotonic() - self.clock if self.clock is not None else 0.0
-            if self.deploy.straggler_policy == "drop" and waited > self.deploy.iteration_timeout_s:
-                missing = sorted({n for n, t in members if (n, t) not in self.arrived})
+            late = self.deploy.straggler_policy == "drop" and waited > self.deploy.iteration_timeout_s
+            if late and self.phase == 0:  # later exchanges of a slot wait for the clients it began with
+                missing = sorted({n for n, t in members if (n, t, 0) not in self.arrived})
                 log.info(f"main server: round {self.round} goes on without clients {missing} (late)")
                 self.dropped |= set(missing)
                 self._process(present)
@@ -180,18 +271,22 @@ class MainServer(pb_grpc.MainServerServicer):
             self.cv.notify_all()
 
     def submit(
-        self, n: int, r: int, t: int, smashed: torch.Tensor, labels: torch.Tensor, context: Any
-    ) -> torch.Tensor:
-        """Client n's smashed data for (r, t): wait for its slot to be processed; its smashed_grad."""
+        self, n: int, r: int, t: int, phase: int, message: dict[str, torch.Tensor], context: Any
+    ) -> tuple[dict[str, torch.Tensor], bool]:
+        """Client n's message of exchange ``phase`` of (r, t): wait for it to be processed; the reply and
+        whether the main server talks again in this iteration."""
         with self.cv:
             last = self.last.get(n)
-            if last is not None and last[0] == (r, t):
-                return last[1]  # a retry of an answered request: the same answer
+            if last is not None and last[0] == (r, t, phase):
+                return last[1], last[2]  # a retry of an answered request: the same answer
             if r < self.round:
                 raise ProtocolError(
                     FAILED, f"round {r} went on without client {n}; rejoin round {self.round}"
                 )
-            passed = r == self.round and (n, t) in self.slot_of and self.slot_of[(n, t)] < self.pos
+            here = (n, t) in self.slot_of and r == self.round
+            passed = here and (
+                self.slot_of[(n, t)] < self.pos or (self.slot_of[(n, t)] == self.pos and phase < self.phase)
+            )
             if passed and n not in self.dropped:
                 # A client that restarted mid-round lost its place: it sits out the rest of the round.
                 log.info(f"main server: client {n} restarted within round {r}; it rejoins round {r + 1}")
@@ -204,13 +299,16 @@ class MainServer(pb_grpc.MainServerServicer):
                 raise ProtocolError(AHEAD, f"restart round {self.round}")
             if (n, t) not in self.slot_of:
                 raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside this round")
-            self.arrived[(n, t)] = (smashed, labels)
+            current = self.slot_of[(n, t)] == self.pos
+            if phase > 0 and not (current and phase == self.phase):
+                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"exchange {phase} is not due")
+            self.arrived[(n, t, phase)] = message
             self.clock = self.clock or time.monotonic()
             while True:
                 self._advance()
                 last = self.last.get(n)
-                if last is not None and last[0] == (r, t):
-                    return last[1]
+                if last is not None and last[0] == (r, t, phase):
+                    return last[1], last[2]
                 if n in self.dropped or self.round > r:
                     raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
                 if self.failure is not None:
@@ -218,7 +316,7 @@ class MainServer(pb_grpc.MainServerServicer):
                         grpc.StatusCode.UNAVAILABLE, f"the main server stopped: {self.failure}"
                     )
                 if not context.is_active():
-                    self.arrived.pop((n, t), None)  # the caller gave up; it will send again
+                    self.arrived.pop((n, t, phase), None)  # the caller gave up; it will send again
                     raise ProtocolError(grpc.StatusCode.CANCELLED, "the caller went away")
                 self.cv.wait(timeout=0.5)
 
@@ -227,26 +325,28 @@ class MainServer(pb_grpc.MainServerServicer):
         identity = self.tokens.identify(context)  # before anything of the message is read
         frames = Counting(request_iterator)
         try:
-            head, tensors = decode(frames, self.shapes.smashed_message())
+            head, tensors = decode(frames, lambda head: self.messages.step_message(head.phase))
             n = head.client
             check_client(identity, n, self.cfg.clients)
-            self.shapes.check_batch(n, tensors["smashed"], tensors["labels"])
-            smashed = tensors["smashed"].float().to(self.setup.device)
-            labels = tensors["labels"].to(smashed.device)
-            grad = self.submit(n, head.round, head.iteration, smashed, labels, context)
+            self.messages.check_batch(n, tensors)
+            device = self.setup.device
+            message = off_wire(tensors, device)
+            reply, more = self.submit(n, head.round, head.iteration, head.phase, message, context)
         except (WireError, ProtocolError) as e:
             abort(context, e)
-        reply = list(
+        out = on_wire(reply, self.cfg.wire_dtype)
+        status = "more" if more else "ok"
+        reply_frames = list(
             encode(
-                header(client=n, round=head.round, iteration=head.iteration, status="ok"),
-                {"smashed_grad": on_wire(grad, self.cfg.wire_dtype)},
+                header(client=n, round=head.round, iteration=head.iteration, phase=head.phase, status=status),
+                out,
             )
         )
         with self.cv:
             counts = self.wire_bytes.setdefault(head.round, {}).setdefault(n, [0, 0])
             counts[0] += frames.bytes
-            counts[1] += sum(f.ByteSize() for f in reply)
-        return iter(reply)
+            counts[1] += sum(f.ByteSize() for f in reply_frames)
+        return iter(reply_frames)
 
     def ServerWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
         identity = self.tokens.identify(context)
@@ -260,7 +360,7 @@ class MainServer(pb_grpc.MainServerServicer):
                 if not context.is_active():
                     return iter(())
                 self.cv.wait(timeout=0.5)
-            w_s, info, dropped = self.snapshots[r]
+            model, info, dropped = self.snapshots[r]
             info = dict(info)
             for n, (b_in, b_out) in self.wire_bytes.get(r, {}).items():
                 info[f"in:{n}"], info[f"out:{n}"] = b_in, b_out
@@ -269,7 +369,7 @@ class MainServer(pb_grpc.MainServerServicer):
             if r == self.cfg.rounds:
                 self.finished.set()  # the fed server has all it needs from this server
             return iter([pb.Frame(header=reply)])
-        return encode(reply, state_tensors("server", w_s))
+        return encode(reply, model_tensors(model))
 
     def tick(self) -> None:
         """Let a slot's deadline pass even when no call comes in."""

@@ -7,7 +7,7 @@ count adds up, the total stays under the limit, and floating-point values are fi
 WireError naming what was wrong; the servers turn it into INVALID_ARGUMENT.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -67,15 +67,18 @@ class Expect:
 
 
 def decode(
-    frames: Iterable["pb.Frame"], expect: Expect | None
+    frames: Iterable["pb.Frame"], expect: "Expect | Callable[[pb.Header], Expect] | None"
 ) -> tuple["pb.Header", dict[str, torch.Tensor]]:
-    """Reassemble and check one message; ``expect`` None accepts a header-only message."""
+    """Reassemble and check one message; ``expect`` None accepts a header-only message; a function of the
+    header gives the expectations of a message whose header says what it is (an exchange's phase)."""
     header, chunks, size = None, [], 0
     for i, frame in enumerate(frames):
         if i == 0:
             if not frame.HasField("header"):
                 raise WireError("the first frame carries no header")
             header = frame.header
+            if callable(expect):
+                expect = expect(header)
         elif frame.HasField("header"):
             raise WireError("a header in a frame other than the first")
         size += len(frame.data)
