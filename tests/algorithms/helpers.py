@@ -119,3 +119,76 @@ def local_sgd(model: torch.nn.Module, batches, lr: float, grad_hook=None) -> tor
             grad_hook(local)
         opt.step()
     return local
+
+
+# An algorithm defined here alone that uses every hook of a definition: a conversation of two exchanges
+# per iteration (the labels travel in the second), a client objective (a pull towards the round-start
+# model whose strength is the client's own state: how many rounds it trained before), an extra upload,
+# and a fed server with state of its own that sees the round-start model and averages by name (the bias
+# entries keep their round-start values; the rest moves by the mean update plus half the last one).
+EVERY_HOOK = "test_every_hook"
+if EVERY_HOOK not in ALGORITHMS:
+    from splitfed.algorithms.base import Average, ClientRound
+
+    class Remembering(Average):
+        def __init__(self, algo):
+            super().__init__(algo)
+            self.last: dict[str, torch.Tensor] = {}  # Δ of the last round, per part
+            self.sizes = torch.zeros(1)  # Σ over rounds of the clients' mean squared update
+
+        def update(self, model, mean):
+            out = {}
+            for part, avg in mean.items():
+                x = model[part].params
+                delta = avg.params - x
+                params = x + delta + 0.5 * self.last.get(part, torch.zeros_like(x))
+                biases, _ = self.algo.layouts[part].select(lambda name: name.endswith("bias"))
+                params[biases] = x[biases]  # by name: the biases are not averaged
+                self.last[part] = delta
+                out[part] = type(avg)(params, avg.buffers, avg.opt)
+            self.sizes = self.sizes.to(self.mean.extras["size"].device) + self.mean.extras["size"]
+            return out
+
+        def state_dict(self):
+            return {"sizes": self.sizes} | {f"last.{k}": v for k, v in self.last.items()}
+
+        def load_state_dict(self, state):
+            self.sizes = state["sizes"]
+            self.last = {k[5:]: v for k, v in state.items() if k.startswith("last.")}
+
+    @register(EVERY_HOOK)
+    class EveryHook(Algorithm):
+        parts = SPLIT
+        schedule = LOCKSTEP
+
+        def client(self, clients, x, y):
+            z = clients.forward("client", x)
+            reply = yield {"smashed": z}
+            reply = yield {"labels": y, "echo": reply["seen"]}
+            clients.backward("client", reply["smashed_grad"])
+
+        def main_server(self, server, batch):
+            z = torch.cat([s.smashed for s in batch])
+            second = yield [{"seen": s.smashed[:, :1] * 0 + 1} for s in batch]
+            y = torch.cat([s.labels for s in second])
+            assert all(bool((s["echo"] == 1).all()) for s in second)
+            grad = server.step(z, y)
+            return [{"smashed_grad": a * len(batch)} for a in grad.split([len(s.labels) for s in second])]
+
+        def client_begin(self, client: ClientRound) -> None:
+            visits = client.state.get("visits", torch.zeros(1, device=client.model["client"].params.device))
+            client.scratch("client")["anchor"] = client.start.model["client"].params
+            client.scratch("client")["mu"] = 0.1 * visits
+
+        def correct(self, part, grad, params, scratch):
+            return grad + scratch["mu"] * (params - scratch["anchor"])
+
+        def client_end(self, client: ClientRound) -> dict[str, torch.Tensor]:
+            client.state["visits"] = (
+                client.state.get("visits", torch.zeros(1)).to(client.model["client"].params.device) + 1
+            )
+            moved = client.model["client"].params - client.start.model["client"].params
+            return {"size": (moved * moved).mean().reshape(1)}
+
+        def fed_server(self):
+            return Remembering(self)

@@ -22,8 +22,9 @@ from splitfed.algorithms.base import LOCKSTEP
 from splitfed.config import ALL_ALGORITHMS
 
 from ..conftest import small_config
-from .helpers import SMOOTH_MODEL, TEST_ALGORITHM, assert_same_model, final_model, train_one
+from .helpers import EVERY_HOOK, SMOOTH_MODEL, TEST_ALGORITHM, assert_same_model, final_model, train_one
 
+NEW = ("fedprox", "scaffold", "fedavgm", "fedadam", "fedbn", "ushaped_sl", "sfl_local_loss", EVERY_HOOK)
 ONE_STEP = {"rtol": 1e-5, "atol": 1e-6}
 FEW_STEPS = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -57,7 +58,7 @@ def assert_same_counts(a_history, b_history):
 
 
 @pytest.mark.parametrize("config", CONFIGS)
-@pytest.mark.parametrize("name", ALL_ALGORITHMS)
+@pytest.mark.parametrize("name", [*ALL_ALGORITHMS, *NEW])
 def test_batched_equals_sequential_over_several_steps(name, config):
     cfg = small_config(
         model=SMOOTH_MODEL, local_iters=3, rounds=2, lr=0.05, divergence_every=0, **CONFIGS[config]

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 from splitfed import run
 from splitfed.engine.checkpoint import read_run_checkpoint
 
-from ..algorithms.helpers import SMOOTH_MODEL
+from ..algorithms.helpers import EVERY_HOOK, SMOOTH_MODEL
 from ..conftest import small_config
 
 
@@ -83,6 +83,37 @@ def test_two_processes_train_what_one_process_trains(tmp_path, name):
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
     config = (tmp_path / "two" / "config.toml").read_text()
     assert "processes = 2" in config
+
+
+def test_two_processes_train_what_one_process_trains_for_every_other_distributable_algorithm(tmp_path):
+    # one job for all of them (processes cost seconds to start): control variates and per-client state
+    # on the rank that owns the client, fed servers with state, an auxiliary part, a conversation of two
+    # exchanges per iteration, corrections as a config
+    names = ("scaffold", "fedadam", "fedbn", "sfl_local_loss", EVERY_HOOK)
+    case = CASE | {"algorithm": names, "prox_mu": 0.1}
+    run(small_config(**case, out=str(tmp_path / "one")))
+    run_ranks(2, **case, out=str(tmp_path / "two"))
+    for name in names:
+        one_c, one_s, one_history = final_states(tmp_path / "one", name)
+        two_c, two_s, two_history = final_states(tmp_path / "two", name)
+        for a, b in ((one_c, two_c), (one_s, two_s)):
+            for key in a:
+                torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5)
+        for a, b in zip(one_history, two_history, strict=True):
+            for key in ("samples", "server_steps", "client_bytes_up", "client_bytes_down", "bytes"):
+                assert a[key] == b[key], (name, key)
+            assert abs(a["train_loss"] - b["train_loss"]) < 1e-5, name
+
+
+@pytest.mark.parametrize("name", ["sfl_v2", "sl", "ushaped_sl", "centralized"])
+def test_what_cannot_spread_over_processes_is_refused_in_one_line(name):
+    from splitfed.algorithms import create
+    from splitfed.errors import SplitfedError
+    from splitfed.executors.distributed import check_distributable
+
+    with pytest.raises(SplitfedError, match="run it in one process") as e:
+        check_distributable(create(small_config(), name))
+    assert "\n" not in str(e.value)
 
 
 def test_each_rank_holds_copies_only_of_its_own_clients():

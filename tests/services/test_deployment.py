@@ -8,7 +8,7 @@ from splitfed.cli import main
 from splitfed.executors import train
 from splitfed.setup import prepare
 
-from ..algorithms.helpers import TEST_ALGORITHM
+from ..algorithms.helpers import EVERY_HOOK, SMOOTH_MODEL, TEST_ALGORITHM
 from .harness import (
     Roles,
     assert_states_close,
@@ -17,6 +17,7 @@ from .harness import (
     metrics_lines,
     run_in_threads,
     simulated_model,
+    simulated_run,
     tiny_config,
     wait_for,
 )
@@ -62,15 +63,45 @@ def test_the_deployment_trains_the_simulations_models(tmp_path, changes):
         assert abs(deployed["train_loss"] - simulated["train_loss"]) < 1e-4
 
 
-def test_an_algorithm_defined_in_the_tests_deploys_and_trains_the_simulations_models(tmp_path):
-    config = tiny_config(tmp_path, algorithm=(TEST_ALGORITHM,))
+FEDBN_ON_RESNET = {"algorithm": ("fedbn",), "model": "resnet18", "model_args": {"width": 4}}
+FEDBN_ON_RESNET |= {"synthetic_shape": (3, 8, 8)}  # normalisation layers on both sides of the cut
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"algorithm": (TEST_ALGORITHM,)},
+        {"algorithm": (EVERY_HOOK,), "model": SMOOTH_MODEL},
+        {"algorithm": ("scaffold",)},
+        {"algorithm": ("fedprox",), "prox_mu": 0.5},
+        {"algorithm": ("fedadam",)},
+        {
+            "algorithm": ("fedbn",),
+            "model": "resnet18",
+            "model_args": {"width": 4},
+            "synthetic_shape": (3, 8, 8),
+        },
+        {"algorithm": ("ushaped_sl",)},
+        {"algorithm": ("sfl_local_loss",)},
+        {"algorithm": ("minibatch_sfl",), "control_variates": True, "prox_mu": 0.1},
+    ],
+    ids=lambda c: "-".join([c["algorithm"][0], *(k for k in c if k in ("control_variates", "prox_mu"))]),
+)
+def test_every_algorithm_and_one_defined_in_the_tests_deploy_and_train_the_simulations_models(
+    tmp_path, changes
+):
+    # the every-hook algorithm: two exchanges per iteration, a client objective from the client's own
+    # state, extras up, a fed server with state that averages by name; the others each their own parts
+    config = tiny_config(tmp_path, **changes)
     config_file, config, _ = deployment(tmp_path, config)
     history, deploy = run_in_threads(config_file)
     assert [r["round"] for r in history] == [1, 2, 3]
     w_c, w_s = deployed_model(deploy)
-    sim_c, sim_s = simulated_model(config)
+    sim_c, sim_s, sim_history = simulated_run(config)
     assert_states_close(w_c, sim_c)
     assert_states_close(w_s, sim_s)
+    for deployed, simulated in zip(history, sim_history, strict=True):
+        assert abs(deployed["train_loss"] - simulated["train_loss"]) < 1e-4
 
 
 def test_centralized_has_nothing_to_deploy(tmp_path, capsys):

@@ -315,6 +315,7 @@ class Average(FedServer):
         )
         for c in self.corrections:
             c.update(self.model, averaged, len(self.uploaded), self.algo.num_clients)
+        self.mean = averaged  # what ``update`` may read beside the model: the mean of the extras too
         return self.update(self.model, averaged.model)
 
     def update(self, model: Model, mean: Model) -> Model:
@@ -354,6 +355,8 @@ class Algorithm:
             if knob_set(cfg, knob) and cls not in chosen:
                 chosen.append(cls)
         self.corrections = [cls(cfg) for cls in chosen]
+        # each part's parameter and buffer names (``Layout``), set by the executor once it built them
+        self.layouts: dict[str, Layout] = {}
 
     # --- who and how long ----------------------------------------------------------------------------
     def participants(self, clients: list[int]) -> list[int]:

@@ -61,9 +61,11 @@ def _spec(part: Part, module: torch.nn.Module, init: State | None, flops: float,
 
 
 def prepare_context(algo: Algorithm, setup: Setup) -> Context:
-    """A fresh context for ``algo``, its parts built."""
+    """A fresh context for ``algo``, its parts built; ``algo.layouts`` then names every parameter and
+    buffer of each part (for rules that address state by name)."""
     ctx = setup.context()
     ctx.parts = build_parts(algo, setup)
+    algo.layouts = {name: Layout(spec.module) for name, spec in ctx.parts.items()}
     return ctx
 
 
