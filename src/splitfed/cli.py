@@ -196,11 +196,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .registry import builtin_entries  # read from the source: no torch, an answer in milliseconds
 
     entries = builtin_entries()
-    for kind in ("algorithm", "dataset", "partition"):
+    for kind in ("dataset", "partition"):
         print(f"{kind}s: {', '.join(name for name, _ in entries[kind])}")
-    print("models:")
-    for name, doc in entries["model"]:
-        print(f"  {name:<12} {doc}")
+    for kind in ("algorithm", "model"):
+        print(f"{kind}s:")
+        for name, doc in entries[kind]:
+            print(f"  {name:<15} {doc.replace('``', '')}")
+    print("your own algorithm: --algorithm pkg.module:Class (docs/algorithms.md)")
     return 0
 
 

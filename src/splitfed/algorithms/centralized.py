@@ -12,6 +12,8 @@ from .fedavg import FedAvg
 
 @register("centralized")
 class Centralized(FedAvg):
+    """Centralized: the unsplit model on the union of the clients' data (the upper bound)."""
+
     def participants(self, clients: list[int]) -> list[int]:
         return [UNION]
 

@@ -19,6 +19,8 @@ from .base import LOCKSTEP, WHOLE, Algorithm, Clients, Message, register
 
 @register("fedavg")
 class FedAvg(Algorithm):
+    """FL (FedAvg): the whole model trains on each client; the fed server averages."""
+
     parts = WHOLE
     schedule = LOCKSTEP  # the clients are independent: any order gives the same result
 

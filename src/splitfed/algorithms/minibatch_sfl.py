@@ -21,6 +21,8 @@ from .base import LOCKSTEP, SPLIT, Algorithm, MainServer, Message, Smashed, regi
 
 @register("minibatch_sfl")
 class MiniBatchSFL(Algorithm):
+    """MiniBatch-SFL: ONE server step per iteration on all clients' smashed data (the giant batch)."""
+
     parts = SPLIT
     schedule = LOCKSTEP
 

@@ -20,6 +20,8 @@ from .base import LOCKSTEP, MAIN_SERVER, Algorithm, MainServer, Message, Part, S
 
 @register("sfl_v1")
 class SFLV1(Algorithm):
+    """SFL-V1: a server-side copy per client, averaged each round with the client sides."""
+
     parts = (Part("client"), Part("server", MAIN_SERVER, shared=False))
     schedule = LOCKSTEP
 

@@ -19,6 +19,8 @@ from .base import SPLIT, Algorithm, MainServer, Message, Smashed, register
 
 @register("sfl_v2")
 class SFLV2(Algorithm):
+    """SFL-V2: one server-side model stepped per client batch, clients taking turns."""
+
     parts = SPLIT
 
     @property

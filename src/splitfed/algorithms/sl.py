@@ -54,6 +54,8 @@ class Relay(FedServer):
 
 @register("sl")
 class SL(Algorithm):
+    """Vanilla split learning: one model, handed from client to client; nothing averaged."""
+
     parts = SPLIT
     schedule = CLIENT_SEQUENTIAL
 
