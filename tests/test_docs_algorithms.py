@@ -51,7 +51,7 @@ def test_the_tutorial_algorithm_runs_from_the_command_line_as_written(mypkg):
 
 
 def test_the_tutorial_algorithm_runs_from_python_as_written_and_refuses_processes(mypkg):
-    exec(blocks("python")[1], {})  # noqa: S102 (the page's own example)
+    exec(blocks("python")[1], {})  # the page's own example
     assert (mypkg / "runs" / "trimmed" / "summary.csv").is_file()
     from mypkg.robust import TrimmedFedAvg
 

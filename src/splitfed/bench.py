@@ -26,6 +26,7 @@ from .algorithms import create
 from .config import Config
 from .engine.context import Context
 from .executors import make_executor
+from .executors.parts import prepare_context
 from .setup import Setup, prepare
 
 # (label, algorithm, execution, CUDA graphs); "floor" and "torch" are plain PyTorch (see the docstring).
@@ -41,6 +42,13 @@ VARIANTS = [
     ("sl", "sl", "sequential", True),
     ("fedavg", "fedavg", "sequential", True),
     ("fedavg[batched]", "fedavg", "batched", True),
+    # the published variants on the open definition (each one module: docs/algorithms.md)
+    ("fedprox", "fedprox", "sequential", True),
+    ("scaffold", "scaffold", "sequential", True),
+    ("fedadam", "fedadam", "sequential", True),
+    ("fedbn", "fedbn", "sequential", True),
+    ("ushaped_sl", "ushaped_sl", "sequential", True),
+    ("sfl_local_loss", "sfl_local_loss", "sequential", True),
 ]
 # On CUDA, the sequential algorithms also without CUDA graphs (the eager reference path).
 EAGER_VARIANTS = [
@@ -119,11 +127,13 @@ def bench_scenario(
     runners: dict[str, Any] = {}
     contexts: dict[str, Context] = {}
     for label, name, execution, graphs in variants:
-        ctx = contexts[label] = setup.context()
         if name in ("floor", "torch"):
+            ctx = contexts[label] = setup.context()
             runners[label] = PlainTorch(setup, ctx, giant=name == "floor")
         else:
-            runners[label] = make_executor(create(cfg, name), ctx, execution, cuda_graphs=graphs)
+            algo = create(cfg, name)
+            ctx = contexts[label] = prepare_context(algo, setup)
+            runners[label] = make_executor(algo, ctx, execution, cuda_graphs=graphs)
     times: dict[str, list[float]] = {label: [] for label in runners}
     peak: dict[str, int] = {}
     labels = list(runners)

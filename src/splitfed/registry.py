@@ -55,14 +55,15 @@ def given_name(obj: Any) -> str:
     return name
 
 
-def import_object(spec: str, kind: str) -> Any:
+def import_object(spec: str, kind: str, what: str = "it as pkg.module:name") -> Any:
     """The object at ``pkg.module:attr`` (attr may be dotted), imported from the current directory or
-    PYTHONPATH; any way that fails is one SplitfedError naming the ``kind`` ("model", "algorithm")."""
+    PYTHONPATH; any way that fails is one SplitfedError naming the ``kind`` ("model", "algorithm") and how
+    to name one (``what``)."""
     if spec in GIVEN:
         return GIVEN[spec]
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SplitfedError(f"{kind} {spec!r}: name it as pkg.module:name")
+        raise SplitfedError(f"{kind} {spec!r}: name {what}")
     # `python -m splitfed` puts the current directory on the path; the installed `splitfed` script does not
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from splitfed import run
-from splitfed.engine.checkpoint import read_run_checkpoint
+from splitfed.engine.checkpoint import read_checkpoint, read_run_checkpoint
 
 from ..conftest import small_config
 from .helpers import (
@@ -93,6 +93,11 @@ def test_control_variates_on_fedavg_are_scaffold_and_change_minibatch_sfl():
     assert history[-1]["bytes"]["c.client"] > 0 and "c.server" not in history[-1]["bytes"]  # client side only
 
 
+def client_state(run_dir, saved, n):
+    version = saved["client_states"]["files"][n]
+    return read_checkpoint(run_dir / "checkpoints" / "scaffold.clients" / f"{n}-{version}.pt", "")
+
+
 @pytest.mark.parametrize("clients_per_round", [None, 2])
 def test_a_killed_scaffold_run_resumes_bit_for_bit(tmp_path, clients_per_round):
     cfg = small_config(
@@ -113,23 +118,23 @@ def test_a_killed_scaffold_run_resumes_bit_for_bit(tmp_path, clients_per_round):
             assert torch.equal(whole["model"][part][key], cut["model"][part][key])
     for key, value in whole["fed_server"].items():  # the server's c
         assert torch.equal(value, cut["fed_server"][key])
-    for n, state in whole["client_states"]["memory"].items():  # every c_i
-        for key, value in state.items():
-            assert torch.equal(value, cut["client_states"]["memory"][n][key])
+    assert whole["client_states"]["files"].keys() == cut["client_states"]["files"].keys()
+    for n in whole["client_states"]["files"]:  # every c_i, each in its file beside the checkpoint
+        a, b = (client_state(tmp_path / run, saved, n) for run, saved in (("whole", whole), ("cut", cut)))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     strip = lambda h: [{k: v for k, v in r.items() if "time" not in k} for r in h]
     assert strip(whole["history"]) == strip(cut["history"])
 
 
-def test_client_states_beyond_memory_go_to_files_and_resume_bit_for_bit(tmp_path):
+def test_client_states_beyond_memory_go_to_files_and_come_back_bit_for_bit():
     cfg = small_config(
-        algorithm=("scaffold",), clients=6, local_iters=2, rounds=3, lr=0.05, client_state_mb=0.2
+        algorithm=("scaffold",), clients=6, local_iters=2, rounds=3, lr=0.05, divergence_every=0
     )
-    run(cfg.replace(out=str(tmp_path / "whole")))
-    spilled = list((tmp_path / "whole" / "checkpoints" / "scaffold.clients").glob("*.pt"))
-    assert spilled  # 6 clients × 150 KB of c_i do not fit in 0.2 MB
-    run(cfg.replace(out=str(tmp_path / "cut"), rounds=2))
-    run(cfg.replace(out=str(tmp_path / "cut"), resume=True))
-    whole = read_run_checkpoint(tmp_path / "whole" / "checkpoints" / "scaffold.pt")
-    cut = read_run_checkpoint(tmp_path / "cut" / "checkpoints" / "scaffold.pt")
-    assert torch.equal(whole["w_c"]["params"], cut["w_c"]["params"])
-    assert torch.equal(whole["w_s"]["params"], cut["w_s"]["params"])
+    _, held, _, _ = train_one(cfg, "scaffold")
+    _, spilled, _, _ = train_one(cfg.replace(client_state_mb=0.2), "scaffold")  # 6 c_i of 150 KB each
+    store = spilled.client_states
+    assert len(store) == 6 and len(store.memory) < 6 and store.files  # some in memory, the rest in files
+    assert store.held <= 0.2 * 2**20 + 160_000  # the bound, and at most the one state just put
+    assert torch.equal(held.w_c.params, spilled.w_c.params) and torch.equal(
+        held.w_s.params, spilled.w_s.params
+    )

@@ -24,7 +24,6 @@ State is a ``State`` per part (flat parameters, buffers, optimizer state) whose 
 parameter and buffer name through the part's ``Layout``.
 """
 
-import inspect
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -454,60 +453,6 @@ def slots(
 Slot = list[tuple[int, int]]  # (participant, iteration t) pairs handled together by the main server
 
 
-def run_exchange(
-    clients: Generator[Message, Message, None] | None,
-    serve: Callable[[list[Smashed]], Any],
-    to_server: Callable[[Message], list[Smashed]],
-    to_clients: Callable[[list[Message]], Message],
-    who: str,
-) -> None:
-    """Drive one slot's conversation between the clients' generator and the main server (see
-    ``Algorithm.client`` and ``main_server``): each message the clients yield goes to the main server
-    (``to_server`` routes it), each reply back (``to_clients`` joins the per-client replies), until both
-    sides end. A side that ends while the other still talks is a SplitfedError naming ``who``."""
-    if clients is None:
-        return
-    try:
-        message = next(clients)
-    except StopIteration:
-        return  # nothing for the main server (the whole model trained on the client)
-    server_side: Generator | None = None
-    while True:
-        batch = to_server(message)
-        if server_side is None:
-            answer = serve(batch)
-            if inspect.isgenerator(answer):
-                server_side = answer
-                try:
-                    replies = next(server_side)
-                except StopIteration as stop:
-                    replies, server_side = stop.value, None
-                    server_done = True
-                else:
-                    server_done = False
-            else:
-                replies, server_done = answer, True
-        else:
-            try:
-                replies = server_side.send(batch)
-                server_done = False
-            except StopIteration as stop:
-                replies, server_done = stop.value, True
-        if replies is None or len(replies) != len(batch):
-            got = "nothing" if replies is None else f"{len(replies)} replies"
-            raise SplitfedError(f"{who}: the main server answered {len(batch)} clients with {got}")
-        try:
-            message = clients.send(to_clients(list(replies)))
-        except StopIteration:
-            if not server_done:
-                raise SplitfedError(
-                    f"{who}: the clients ended their iteration while the main server waited for them"
-                ) from None
-            return
-        if server_done:
-            raise SplitfedError(f"{who}: the clients sent again after the main server's last reply")
-
-
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm")
 
 
@@ -526,7 +471,7 @@ def algorithm_class(name: str) -> type[Algorithm]:
     imported from the current directory or PYTHONPATH, or a class given to the config as an object)."""
     if ":" not in name:
         return ALGORITHMS.get(name)
-    cls = import_object(name, "algorithm")
+    cls = import_object(name, "algorithm", "a class as pkg.module:Class")
     if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
         raise SplitfedError(
             f"algorithm {name} is {type(cls).__name__ if not isinstance(cls, type) else cls.__name__}, "

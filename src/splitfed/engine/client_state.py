@@ -3,10 +3,13 @@ layers), kept by client id for an algorithm that never sees where it lives.
 
 A client that never trained has none (an empty dict), so 10,000 clients cost what the ones that trained
 hold. Up to ``memory_bytes`` stay in memory; beyond, the least recently used go to files in ``spill_dir``
-(each written with a digest, as checkpoints are) and come back when their client trains again. A file is
-never rewritten: a client's newer state goes to a new file, and the old one is deleted once a checkpoint
-no longer names it, so a run killed between checkpoints resumes from exactly the states its last
-checkpoint saw.
+(each written with a digest, as checkpoints are) and come back when their client trains again.
+
+With checkpoints (a run directory), a checkpoint writes each state that changed since the last one to a
+file of its own and names the files, so it costs what changed in the round, not what is held. A file is
+never rewritten: a client's newer state goes to a new file (its version in the name), and the old one is
+deleted once a checkpoint no longer names it (``saved``). A run killed between checkpoints resumes from
+exactly the states its last checkpoint named; files written after it are deleted on resume.
 """
 
 import tempfile
@@ -36,6 +39,7 @@ class ClientStates:
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.memory: OrderedDict[int, Tensors] = OrderedDict()  # least recently used first
         self.held = 0  # bytes in memory
+        self.dirty: set[int] = set()  # in memory only: changed since it was last written
         self.files: dict[int, int] = {}  # client -> the version of its state on disk
         self.version = 0  # the last version written
         self.garbage: list[Path] = []  # files no state names any more, deleted once a checkpoint agrees
@@ -48,11 +52,16 @@ class ClientStates:
         self._spill_dir.mkdir(parents=True, exist_ok=True)
         return self._spill_dir
 
+    def set_dir(self, path: Path) -> None:
+        """Keep the files in ``path`` (beside the run's checkpoint)."""
+        self._spill_dir = path
+
     def _file(self, n: int, version: int) -> Path:
         return self.spill_dir / f"{n}-{version}.pt"
 
     def __len__(self) -> int:
-        return len(self.memory) + len(self.files)
+        """Clients holding a state."""
+        return len(self.memory.keys() | self.files.keys())
 
     def get(self, n: int) -> Tensors:
         """Client n's state (empty if it has none yet)."""
@@ -62,7 +71,9 @@ class ClientStates:
         if n in self.files:
             path = self._file(n, self.files[n])
             state = read_checkpoint(path, "restore the run directory, or start the run afresh")
-            return {k: v.to(self.device) for k, v in state.items()}
+            state = {k: v.to(self.device) for k, v in state.items()}
+            self._hold(n, state)
+            return state
         return {}
 
     def put(self, n: int, state: Tensors) -> None:
@@ -71,28 +82,36 @@ class ClientStates:
             self.held -= _nbytes(self.memory.pop(n))
         if n in self.files:
             self.garbage.append(self._file(n, self.files.pop(n)))
-        if not state:
-            return
+        self.dirty.discard(n)
+        if state:
+            self._hold(n, state)
+            self.dirty.add(n)
+        self._evict()
+
+    def _hold(self, n: int, state: Tensors) -> None:
         self.memory[n] = state
         self.held += _nbytes(state)
-        while self.held > self.memory_bytes and len(self.memory) > 1:
-            self._spill(next(iter(self.memory)))
 
-    def _spill(self, n: int) -> None:
-        state = self.memory.pop(n)
-        self.held -= _nbytes(state)
+    def _evict(self) -> None:
+        """Least recently used first, to disk (if changed) until what stays fits; the newest stays."""
+        while self.held > self.memory_bytes and len(self.memory) > 1:
+            n = next(iter(self.memory))
+            if n in self.dirty:
+                self._write(n)
+            self.held -= _nbytes(self.memory.pop(n))
+
+    def _write(self, n: int) -> None:
         self.version += 1
-        write_checkpoint(self._file(n, self.version), {k: v.cpu() for k, v in state.items()})
+        write_checkpoint(self._file(n, self.version), {k: v.cpu() for k, v in self.memory[n].items()})
         self.files[n] = self.version
+        self.dirty.discard(n)
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint keeps: the states in memory, and which file holds each spilled one."""
-        return {
-            "memory": {n: dict(s) for n, s in self.memory.items()},
-            "files": dict(self.files),
-            "version": self.version,
-        }
+        """What a checkpoint names: every state changed since the last one written to its file first."""
+        for n in sorted(self.dirty):
+            self._write(n)
+        return {"memory": {}, "files": dict(self.files), "version": self.version}
 
     def saved(self) -> None:
         """A checkpoint naming the current files is on disk: files no state names any more can go."""
@@ -101,15 +120,16 @@ class ClientStates:
         self.garbage.clear()
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
+        """The states a checkpoint named (``memory``: held inline, as a checkpoint may also hold them)."""
         self.memory = OrderedDict(
             (int(n), {k: v.to(self.device) for k, v in s.items()}) for n, s in saved["memory"].items()
         )
         self.held = sum(_nbytes(s) for s in self.memory.values())
-        # newer spills of the interrupted run may lie beside these; no checkpoint names them
-        named = {self._file(n, v) for n, v in saved["files"].items()}
-        if self._spill_dir is not None and self._spill_dir.exists():
-            for path in self._spill_dir.glob("*.pt"):
-                if path not in named:
-                    path.unlink()
+        self.dirty = set(self.memory)
         self.files = {int(n): int(v) for n, v in saved["files"].items()}
         self.version = int(saved["version"])
+        # newer files of the interrupted run may lie beside these; no checkpoint names them
+        named = {self._file(n, v) for n, v in self.files.items()}
+        for path in self.spill_dir.glob("*.pt"):
+            if path not in named:
+                path.unlink(missing_ok=True)  # (each rank of a distributed run does the same)

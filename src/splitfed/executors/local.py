@@ -31,13 +31,13 @@ from ..algorithms.base import (
     Payload,
     Slot,
     Smashed,
-    run_exchange,
     slots,
 )
 from ..engine.client_state import ClientStates
 from ..engine.context import UNION, Context
 from ..engine.side import Side, State, joint_each
 from ..errors import SplitfedError
+from .exchange import run_exchange
 from .graphs import StepGraphs
 from .parts import halves, initial_model
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..algorithms.base import ClientRound, Message, Smashed, create, run_exchange
+from ..algorithms.base import ClientRound, Message, Smashed, create
 from ..engine.side import State
 from ..setup import Setup
+from .exchange import run_exchange
 from .local import InProcessMainServer, Scratch, SlotClients
 from .parts import initial_model, prepare_context
 

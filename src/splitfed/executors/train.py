@@ -51,7 +51,7 @@ def train(
     history: list[dict[str, Any]] = []
     saved = None
     if checkpoint is not None:  # per-client states beyond memory go beside the checkpoint
-        executor.client_states._spill_dir = checkpoint.with_suffix(".clients")
+        executor.client_states.set_dir(checkpoint.with_suffix(".clients"))
     if leader and checkpoint is not None and checkpoint.exists():
         parts = {part: spec.init for part, spec in ctx.parts.items()}
         saved = load_run_checkpoint(checkpoint, name, setup, parts)  # checked whole against this run

@@ -47,7 +47,7 @@ def resolve_model(name: str) -> ModelLike:
 def import_object(spec: str) -> Any:
     """The builder or module at ``pkg.module:attr``, imported from the current directory or PYTHONPATH;
     any way that fails is one SplitfedError."""
-    obj = registry.import_object(spec, "model")
+    obj = registry.import_object(spec, "model", "a builder as pkg.module:function")
     if not (isinstance(obj, nn.Module) or callable(obj)):
         raise SplitfedError(
             f"model {spec} is a {type(obj).__name__}; it must be an nn.Sequential or a builder "

@@ -23,9 +23,10 @@ import grpc
 import torch
 
 from ..algorithms import create
-from ..algorithms.base import ClientRound, Message, Payload, Smashed, run_exchange
+from ..algorithms.base import ClientRound, Message, Payload, Smashed
 from ..engine.checkpoint import STATE_REMEDY, Each, Tensors, load_checkpoint, save_checkpoint
 from ..errors import SplitfedError
+from ..executors.exchange import run_exchange
 from ..executors.local import Scratch, SlotClients
 from ..executors.parts import prepare_context
 from ..setup import Setup

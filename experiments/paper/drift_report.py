@@ -1,0 +1,237 @@
+"""Issue 20's study: MiniBatch-SFL against FL that corrects its client drift, and MiniBatch-SFL with a drift
+correction of its own (docs/results.md §1c). Reads the runs of two sweeps, chooses each method's
+hyper-parameter on validation, and writes the tables and the figure:
+
+    python experiments/paper/drift_report.py [--out docs/results/fmnist-epoch-drift]
+
+Methods: FedAvg, FedProx, SCAFFOLD, FedAdam and MiniBatch-SFL (plain, with a proximal term, with control
+variates), all on cnn4 at cut 2, one-epoch rounds, 20 rounds (experiments/paper/fmnist-epoch.toml and
+fmnist-epoch-drift.toml). For each method and non-IID ratio p, the candidate settings (its learning rate,
+μ or server rate) are scored by validation accuracy (the mean of the last 5 rounds' val_accuracy, averaged
+over the seeds the setting was run with, as §1b chooses; the test set is never looked at) and the best is
+reported over every seed it was run with. Margins are
+MiniBatch-SFL's (at its own chosen rate) minus each method's, paired by seed.
+"""
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import tomllib
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEPS = [
+    ROOT / "experiments/paper/results/fmnist-epoch",
+    ROOT / "experiments/paper/results/fmnist-epoch-drift",
+]
+RATIOS = (0.8, 0.95, 1.0)
+K = 5  # last-k rounds
+METHODS = [
+    "minibatch_sfl",
+    "minibatch_sfl+prox",
+    "minibatch_sfl+cv",
+    "fedavg",
+    "fedprox",
+    "scaffold",
+    "fedadam",
+]
+LABELS = {
+    "minibatch_sfl": "MiniBatch-SFL",
+    "minibatch_sfl+prox": "MiniBatch-SFL + prox",
+    "minibatch_sfl+cv": "MiniBatch-SFL + control variates",
+    "fedavg": "FedAvg",
+    "fedprox": "FedProx",
+    "scaffold": "SCAFFOLD",
+    "fedadam": "FedAdam",
+}
+
+
+def method_of(cfg: dict) -> str | None:
+    """The method a run is, or None for runs outside this study."""
+    if cfg.get("model") != "cnn4" or cfg.get("cut_layer") != 2 or cfg.get("local_epochs") != 1:
+        return None
+    if cfg.get("sflv2_schedule", "client_sequential") != "client_sequential":
+        return None
+    (name,) = cfg["algorithm"]
+    if name == "minibatch_sfl" and cfg.get("prox_mu") is not None:
+        return "minibatch_sfl+prox"
+    if name == "minibatch_sfl" and cfg.get("control_variates"):
+        return "minibatch_sfl+cv"
+    return name if name in METHODS else None
+
+
+def knob_of(cfg: dict) -> str:
+    """The hyper-parameters a method's candidates differ in, as text."""
+    parts = [f"lr {cfg['lr']:g}"]
+    if cfg.get("prox_mu") is not None:
+        parts.append(f"μ {cfg['prox_mu']:g}")
+    if cfg.get("fed_lr") is not None:
+        parts.append(f"η_g {cfg['fed_lr']:g}")
+    return ", ".join(parts)
+
+
+def load() -> dict:
+    """method -> p -> knob -> seed -> history (finished runs only)."""
+    runs: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
+    for sweep in SWEEPS:
+        for config in sorted(sweep.glob("*/config.toml")):
+            if not (config.parent / "summary.csv").is_file():
+                continue
+            cfg = tomllib.loads(config.read_text())
+            method = method_of(cfg)
+            p = cfg.get("non_iid_ratio")
+            if method is None or p not in RATIOS:
+                continue
+            history = [
+                json.loads(line) for line in (config.parent / "metrics.jsonl").read_text().splitlines()
+            ]
+            runs[method][p][knob_of(cfg)][cfg["seed"]] = history
+    return runs
+
+
+def last_k(history: list[dict], key: str = "test_accuracy") -> float:
+    values = [r[key] for r in history if r.get(key) is not None]
+    tail = values[-K:]
+    return statistics.fmean(tail) if tail and all(math.isfinite(v) for v in tail) else float("nan")
+
+
+def choose(candidates: dict) -> tuple[str | None, dict]:
+    """The knob with the best validation accuracy (the last-k mean, averaged over the seeds it was run
+    with, as docs/results.md §1b chooses), with every candidate's score."""
+    scores = {
+        knob: statistics.fmean(last_k(h, "val_accuracy") for h in seeds.values())
+        for knob, seeds in candidates.items()
+    }
+    valid = {k: v for k, v in scores.items() if math.isfinite(v)}
+    return (max(valid, key=valid.get) if valid else None), scores
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    m = statistics.fmean(values) * 100
+    s = statistics.stdev(values) * 100 if len(values) > 1 else 0.0
+    return f"{m:.1f} ± {s:.1f} ({len(values)})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs/results/fmnist-epoch-drift"))
+    out = Path(parser.parse_args().out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load()
+    chosen: dict = {}
+    selection_rows, lines = [], []
+    for method in METHODS:
+        for p in RATIOS:
+            knob, scores = choose(runs[method][p])
+            chosen[method, p] = (knob, runs[method][p].get(knob, {}))
+            for k, score in sorted(scores.items()):
+                seeds = sorted(runs[method][p][k])
+                selection_rows.append(
+                    {
+                        "method": method,
+                        "p": p,
+                        "setting": k,
+                        "val_last5_mean_over_seeds": score,
+                        "chosen": k == knob,
+                        "seeds": " ".join(map(str, seeds)),
+                    }
+                )
+    lines += [
+        "| method | p | chosen on validation | last-5 test acc., % (seeds) | final, % |",
+        "|---|---|---|---|---|",
+    ]
+    for method in METHODS:
+        for p in RATIOS:
+            knob, seeds = chosen[method, p]
+            lines.append(
+                f"| {LABELS[method]} | {p:g} | {knob or '–'} | "
+                f"{mean_std([last_k(h) for h in seeds.values()])} | "
+                f"{mean_std([h[-1]['test_accuracy'] for h in seeds.values()])} |"
+            )
+    lines += [
+        "",
+        "| MiniBatch-SFL over | p | last-5, points (seeds) | final, points | per seed (last-5) |",
+        "|---|---|---|---|---|",
+    ]
+    margin_rows = []
+    for other in METHODS[1:]:
+        for p in RATIOS:
+            _, mb = chosen["minibatch_sfl", p]
+            _, them = chosen[other, p]
+            seeds = sorted(set(mb) & set(them))
+            last5 = [last_k(mb[s]) - last_k(them[s]) for s in seeds]
+            final = [mb[s][-1]["test_accuracy"] - them[s][-1]["test_accuracy"] for s in seeds]
+            for s, a, b in zip(seeds, last5, final, strict=True):
+                margin_rows.append(
+                    {"over": other, "p": p, "seed": s, "last5_points": a * 100, "final_points": b * 100}
+                )
+            per_seed = ", ".join(f"{v * 100:+.1f}" for v in last5)
+            lines.append(
+                f"| {LABELS[other]} | {p:g} | {mean_std(last5).replace(' (', ' ( ').replace('( ', '(')} | "
+                f"{mean_std(final)} | {per_seed} |"
+            )
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    for name, rows in (("selection.csv", selection_rows), ("margins.csv", margin_rows)):
+        with (out / name).open("w", newline="") as f:
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    figure(chosen, out)
+    print("\n".join(lines))
+    print(f"wrote {out}/tables.md, selection.csv, margins.csv, accuracy.png/.svg")
+
+
+def figure(chosen: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(RATIOS), figsize=(4.2 * len(RATIOS), 3.6), sharey=True)
+    styles = {
+        m: (c, ls)
+        for m, c, ls in zip(
+            METHODS,
+            ["C0", "C0", "C0", "C1", "C2", "C3", "C4"],
+            ["-", "--", ":", "-", "-", "-", "-"],
+            strict=True,
+        )
+    }
+    for ax, p in zip(axes, RATIOS, strict=True):
+        for method in METHODS:
+            knob, seeds = chosen[method, p]
+            if not seeds:
+                continue
+            rounds = [r["round"] for r in next(iter(seeds.values()))]
+            curves = [[r["test_accuracy"] * 100 for r in h] for h in seeds.values()]
+            mean = [statistics.fmean(v) for v in zip(*curves, strict=True)]
+            color, ls = styles[method]
+            ax.plot(
+                rounds,
+                mean,
+                color=color,
+                ls=ls,
+                label=f"{LABELS[method]} ({knob})" if p == RATIOS[0] else LABELS[method],
+            )
+        ax.set_title(f"p = {p:g}")
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy, % (mean over seeds)")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(
+        "FMNIST, cnn4 cut 2, N = 10, one-epoch rounds; each method at its setting chosen on validation",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"accuracy.{ext}", dpi=130)
+
+
+if __name__ == "__main__":
+    main()
