@@ -51,7 +51,9 @@ def test_a_client_restarted_mid_round_rejoins_and_the_default_wait_policy_does_n
 
 
 def test_when_every_client_is_gone_both_servers_stop_with_a_message_and_a_restart_continues(tmp_path):
-    config = tiny_config(tmp_path, rounds=3, local_iters=6)
+    # control variates: each restarted client must take its own c_i back from its state file, or the
+    # result would not be the uninterrupted one
+    config = tiny_config(tmp_path, rounds=3, local_iters=6, control_variates=True)
     config_file, config, deploy = deployment(tmp_path, config, give_up_s=12.0)
     roles = Roles(config_file, config.clients)
     wait_for(lambda: metrics_lines(tmp_path / "run") >= 1)
