@@ -38,6 +38,7 @@ class ClientStates:
         self._spill_dir = spill_dir
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.memory: OrderedDict[int, Tensors] = OrderedDict()  # least recently used first
+        self.sizes: dict[int, int] = {}  # bytes of each state in memory, as it was put (callers change them)
         self.held = 0  # bytes in memory
         self.dirty: set[int] = set()  # in memory only: changed since it was last written
         self.files: dict[int, int] = {}  # client -> the version of its state on disk
@@ -79,7 +80,7 @@ class ClientStates:
     def put(self, n: int, state: Tensors) -> None:
         """Client n's state after its round (an empty dict is no state)."""
         if n in self.memory:
-            self.held -= _nbytes(self.memory.pop(n))
+            self._drop(n)
         if n in self.files:
             self.garbage.append(self._file(n, self.files.pop(n)))
         self.dirty.discard(n)
@@ -90,7 +91,12 @@ class ClientStates:
 
     def _hold(self, n: int, state: Tensors) -> None:
         self.memory[n] = state
-        self.held += _nbytes(state)
+        self.sizes[n] = _nbytes(state)
+        self.held += self.sizes[n]
+
+    def _drop(self, n: int) -> None:
+        del self.memory[n]
+        self.held -= self.sizes.pop(n)
 
     def _evict(self) -> None:
         """Least recently used first, to disk (if changed) until what stays fits; the newest stays."""
@@ -98,7 +104,7 @@ class ClientStates:
             n = next(iter(self.memory))
             if n in self.dirty:
                 self._write(n)
-            self.held -= _nbytes(self.memory.pop(n))
+            self._drop(n)
 
     def _write(self, n: int) -> None:
         self.version += 1
@@ -121,10 +127,9 @@ class ClientStates:
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """The states a checkpoint named (``memory``: held inline, as a checkpoint may also hold them)."""
-        self.memory = OrderedDict(
-            (int(n), {k: v.to(self.device) for k, v in s.items()}) for n, s in saved["memory"].items()
-        )
-        self.held = sum(_nbytes(s) for s in self.memory.values())
+        self.memory, self.sizes, self.held = OrderedDict(), {}, 0
+        for n, state in saved["memory"].items():
+            self._hold(int(n), {k: v.to(self.device) for k, v in state.items()})
         self.dirty = set(self.memory)
         self.files = {int(n): int(v) for n, v in saved["files"].items()}
         self.version = int(saved["version"])
