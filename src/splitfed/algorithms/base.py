@@ -136,11 +136,12 @@ class MainServer(Protocol):
         ...
 
     def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
-        """The shared ``part`` on ``x``; the graph waits for ``backward``."""
+        """The shared ``part`` (one model for every client) on ``x``; the graph waits for ``backward``."""
         ...
 
     def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor:
-        """Back-propagate ``grad`` into ``part``'s last output, step it once; the gradient at its input."""
+        """Back-propagate ``grad`` into the shared ``part``'s last output, step it once; the gradient at
+        its input."""
         ...
 
 

@@ -109,6 +109,8 @@ class InProcessMainServer:
         return self.sides[part].train_each(copies, [s.smashed for s in batch], [s.labels for s in batch])
 
     def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
+        if self.sides[part].num_copies != 1:
+            raise SplitfedError(f"main server forward/backward act on a shared part; {part!r} is one per client")
         return self.sides[part].forward(0, x.detach().requires_grad_())
 
     def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor:
