@@ -110,7 +110,7 @@ class InProcessMainServer:
 
     def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
         if self.sides[part].num_copies != 1:
-            raise SplitfedError(f"main server forward/backward act on a shared part; {part!r} is one per client")
+            raise SplitfedError(f"the main server's forward/backward act on a shared part, not {part!r}")
         return self.sides[part].forward(0, x.detach().requires_grad_())
 
     def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor:
