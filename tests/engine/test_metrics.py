@@ -1,8 +1,10 @@
 import math
+import threading
 
 import torch
+from torch import nn
 
-from splitfed.engine.metrics import SplitModel, divergence, train_flops_per_sample
+from splitfed.engine.metrics import SplitModel, divergence, module_flops, train_flops_per_sample
 from splitfed.models import build_model, split
 from splitfed.setup import prepare
 
@@ -102,3 +104,32 @@ def test_divergence_over_a_fixed_draw_of_clients():
         assert torch.equal(idx, full.divergence_idx[n])
     split_model = SplitModel(some.client_module, some.server_module)
     assert some.divergence(split_model, some.init_c, some.init_s)["divergence_client"] > 0
+
+
+def test_counting_flops_leaves_training_in_another_thread_alone():
+    # The deployment tests run a client and the main server in threads of one process: one counts its
+    # FLOPs while another back-propagates. torch's FlopCounterMode hooks every module of the process and
+    # broke that other thread's autograd.grad on a leaf input.
+    counting, trained = threading.Event(), threading.Event()
+
+    class Pause(nn.Module):  # holds the count open until the other thread has trained
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            counting.set()
+            trained.wait(30)
+            return x
+
+    flops = []
+    counter = threading.Thread(
+        target=lambda: flops.append(module_flops(nn.Sequential(nn.Linear(4, 3), Pause()), torch.zeros(2, 4), False))
+    )
+    counter.start()
+    assert counting.wait(30)
+    try:
+        layer = nn.Linear(4, 2)
+        x = torch.randn(3, 4).requires_grad_()
+        *_, at_input = torch.autograd.grad(layer(x).sum(), [*layer.parameters(), x])
+    finally:
+        trained.set()
+        counter.join()
+    assert torch.equal(at_input, layer.weight.sum(0).expand(3, 4))
+    assert flops[0][0] == 2 * (2 * 4 * 3)  # per sample: the forward and the weights' gradient, 2·in·out each

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from .optim import LossFn
 from .side import Layout, State
@@ -169,10 +170,34 @@ def module_flops(module: nn.Module, x: torch.Tensor, input_grad: bool) -> tuple[
     x = x.detach().cpu()
     if input_grad:
         x = x.requires_grad_()
-    with FlopCounterMode(display=False) as counter:
+    with _FlopCount() as counter:
         out = module(x)
         out.sum().backward()
-    return counter.get_total_flops() / len(x), out.detach()
+    return counter.total / len(x), out.detach()
+
+
+class _FlopCount(TorchDispatchMode):
+    """torch's FlopCounterMode arithmetic (its formula registry) without its per-module breakdown, whose
+    module tracker installs process-wide module hooks: any other thread back-propagating meanwhile (a
+    client and a server in one process, as the deployment tests run them) then fails inside
+    ``autograd.grad``. A dispatch mode is local to the thread that enters it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        packet = func._overloadpacket
+        if packet not in flop_registry:  # a composite op: count the ops it decomposes into
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        out = func(*args, **kwargs)
+        if packet in flop_registry:
+            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        return out
 
 
 def measure_divergence(
