@@ -119,9 +119,8 @@ def test_counting_flops_leaves_training_in_another_thread_alone():
             return x
 
     flops = []
-    counter = threading.Thread(
-        target=lambda: flops.append(module_flops(nn.Sequential(nn.Linear(4, 3), Pause()), torch.zeros(2, 4), False))
-    )
+    model = nn.Sequential(nn.Linear(4, 3), Pause())
+    counter = threading.Thread(target=lambda: flops.append(module_flops(model, torch.zeros(2, 4), False)))
     counter.start()
     assert counting.wait(30)
     try:
