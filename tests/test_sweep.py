@@ -144,14 +144,12 @@ def _training_sweep(tmp_path, seeds: int, sigint_ignored: bool = False) -> tuple
         f"[[grid]]\nseed = {list(range(seeds))}\n"
     )
     out = tmp_path / "sweep"
-    sweep = subprocess.Popen(
-        [sys.executable, "-m", "splitfed.cli", "sweep", str(grid), "--out", str(out)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        # as a shell script's `splitfed sweep ... &` starts it: SIGINT ignored, inherited by the child
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
-    )
+    command = [sys.executable, "-m", "splitfed.cli", "sweep", str(grid), "--out", str(out)]
+    if sigint_ignored:  # as a shell script's `splitfed sweep ... &` starts it: SIGINT ignored, inherited
+        # (a shell rather than preexec_fn, which forks this process: a fork beside gRPC's threads, left by
+        # the deployment tests that run in threads, can abort in the child)
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
+    sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = out / "seed=0" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.is_file() and metrics.stat().st_size > 0):
