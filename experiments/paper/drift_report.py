@@ -78,17 +78,25 @@ def load() -> dict:
     runs: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for sweep in SWEEPS:
         for config in sorted(sweep.glob("*/config.toml")):
-            if not (config.parent / "summary.csv").is_file():
-                continue
             cfg = tomllib.loads(config.read_text())
             method = method_of(cfg)
             p = cfg.get("non_iid_ratio")
-            if method is None or p not in RATIOS:
+            metrics = config.parent / "metrics.jsonl"
+            if method is None or p not in RATIOS or not metrics.is_file():
                 continue
-            history = [
-                json.loads(line) for line in (config.parent / "metrics.jsonl").read_text().splitlines()
-            ]
+            history = [json.loads(line) for line in metrics.read_text().splitlines()]
+            # an unfinished run counts only where it diverged (its NaN checkpoint cannot be resumed):
+            # it is a rate that was tried, and lost
+            diverged = any(not math.isfinite(r.get("train_loss") or 0.0) for r in history)
+            if not (config.parent / "summary.csv").is_file() and not diverged:
+                continue
             runs[method][p][knob_of(cfg)][cfg["seed"]] = history
+    # FedProx with μ = 0 is FedAvg (an exact test of the package): FedAvg's runs at a rate FedProx ran
+    # are its μ = 0 candidate, so that μ is chosen from a bracket that includes no proximal term at all.
+    for p, prox in runs["fedprox"].items():
+        for lr in {k.split(", ")[0] for k in prox}:
+            if lr in runs["fedavg"][p]:
+                prox[f"{lr}, μ 0"] = runs["fedavg"][p][lr]
     return runs
 
 
@@ -107,6 +115,27 @@ def choose(candidates: dict) -> tuple[str | None, dict]:
     }
     valid = {k: v for k, v in scores.items() if math.isfinite(v)}
     return (max(valid, key=valid.get) if valid else None), scores
+
+
+def edges(knob: str, candidates: dict) -> str:
+    """Where the chosen setting sits at the end of what was tried, per hyper-parameter with two values or
+    more among the candidates that share its other values: "lr top" means no higher rate was run, so the
+    search along lr is not bracketed."""
+
+    def parse(k: str) -> dict[str, float]:
+        return {name: float(v) for name, v in (part.split(" ") for part in k.split(", "))}
+
+    chosen, out, searched = parse(knob), [], False
+    for axis, value in chosen.items():
+        tried = {
+            c[axis]
+            for c in map(parse, candidates)
+            if axis in c and all(c.get(a) == v for a, v in chosen.items() if a != axis)
+        }
+        searched |= len(tried) > 1
+        if len(tried) > 1 and value in (min(tried), max(tried)):
+            out.append(f"{axis} {'top' if value == max(tried) else 'bottom'}")
+    return ", ".join(out) or ("bracketed" if searched else "one setting run")
 
 
 def mean_std(values: list[float]) -> str:
@@ -142,14 +171,15 @@ def main() -> None:
                     }
                 )
     lines += [
-        "| method | p | chosen on validation | last-5 test acc., % (seeds) | final, % |",
-        "|---|---|---|---|---|",
+        "| method | p | chosen on validation | at the grid's edge | last-5 test acc., % (seeds) | final, % |",
+        "|---|---|---|---|---|---|",
     ]
     for method in METHODS:
         for p in RATIOS:
             knob, seeds = chosen[method, p]
             lines.append(
                 f"| {LABELS[method]} | {p:g} | {knob or '–'} | "
+                f"{edges(knob, runs[method][p]) if knob else '–'} | "
                 f"{mean_std([last_k(h) for h in seeds.values()])} | "
                 f"{mean_std([h[-1]['test_accuracy'] for h in seeds.values()])} |"
             )
