@@ -154,8 +154,8 @@ def run_in_threads(config_file: Path, timeout: float = 120.0) -> tuple[list, Dep
 
     config, deploy = load(config_file)
     # A role left waiting after a failure must not outlive the test by its default half hour: the
-    # interpreter joins gRPC's worker threads at exit, and a fork meanwhile (a later test's subprocess
-    # with preexec_fn) can abort inside gRPC.
+    # interpreter joins gRPC's worker threads at exit, and a later test's fork meanwhile can abort
+    # inside gRPC.
     deploy = dataclasses.replace(deploy, give_up_s=min(deploy.give_up_s, timeout))
     fed = FedServer(prepare(config), deploy)
     threads = [threading.Thread(target=run_fed_server, args=(fed,), daemon=True)]

@@ -188,15 +188,15 @@ class _FlopCount(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        packet = func._overloadpacket
-        if packet not in flop_registry:  # a composite op: count the ops it decomposes into
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is None:  # a composite op: count the ops it decomposes into
             with self:
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
         out = func(*args, **kwargs)
-        if packet in flop_registry:
-            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
         return out
 
 
