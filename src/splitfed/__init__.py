@@ -26,7 +26,9 @@ _LAZY = {
     "CutModel": ".models",
     "register_model": ".models",
     "split": ".models",
-    "RunResult": ".runner",
+    "RunResult": ".results",
+    "load_run": ".results",
+    "StopAlgorithm": ".errors",
     "run": ".runner",
     "export_model": ".export",
     "load_model": ".export",
@@ -42,8 +44,10 @@ __all__ = [
     "CutModel",
     "RunResult",
     "SplitfedError",
+    "StopAlgorithm",
     "export_model",
     "load_model",
+    "load_run",
     "register_model",
     "run",
     "split",
@@ -53,10 +57,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from .algorithms import ALGORITHMS, Algorithm
     from .config import Config
     from .data import DATASETS, PARTITIONS
-    from .errors import SplitfedError
+    from .errors import SplitfedError, StopAlgorithm
     from .export import export_model, load_model
     from .models import MODELS, CutModel, register_model, split
-    from .runner import RunResult, run
+    from .results import RunResult, load_run
+    from .runner import run
 
 
 def __getattr__(name: str) -> Any:

@@ -144,7 +144,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return spawn_ranks(config, sys.argv[1:] if args.argv is None else args.argv)
     from .runner import run
 
-    run(config, progress=False)  # main() has pointed the "splitfed" logger at stdout already
+    result = run(config, progress=False)  # main() has pointed the "splitfed" logger at stdout already
+    if result.interrupted:  # what was trained is written; say how to go on, as for any Ctrl-C
+        raise KeyboardInterrupt
     return 0
 
 

@@ -9,3 +9,9 @@ class SplitfedError(Exception):
     """
 
     exit_code = 2
+
+
+class StopAlgorithm(Exception):  # a signal, like StopIteration, not an error
+    """Raised from ``run(on_round=...)`` to stop the algorithm whose round was just reported (early
+    stopping, a budget): its rounds so far are kept, its record carries ``"stopped": true`` and a resumed
+    run keeps it stopped; the run goes on with the next algorithm."""

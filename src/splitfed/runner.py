@@ -9,7 +9,9 @@ accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--re
 """
 
 import contextlib
+import copy
 import csv
+import dataclasses
 import datetime
 import functools
 import importlib.util
@@ -18,7 +20,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,48 +34,17 @@ from .data import class_histogram, format_histogram
 from .engine.checkpoint import RESUMABLE_CHANGES, check_resumable, load_run_checkpoint
 from .engine.metrics import LossFn
 from .engine.side import State
-from .errors import SplitfedError
+from .errors import SplitfedError, StopAlgorithm
 from .executors import train
 from .executors.distributed import check_distributable, join, launched, leave, share
 from .executors.parts import build_parts
 from .export import save_state_dict
 from .models import ModelLike
 from .report import format_table, plot_run, summarize, write_summary_csv
+from .results import RunResult, read_metrics
 from .setup import Setup, prepare
 
 log = logging.getLogger("splitfed")
-
-
-@dataclass
-class RunResult:
-    """What ``run`` returns: every round's metrics, the final model of each algorithm, the summary.
-
-    ``history`` holds every algorithm's rounds one algorithm after another; ``by_algorithm`` and
-    ``final_accuracy`` index them by algorithm.
-    """
-
-    config: Config
-    out_dir: Path
-    history: list[dict[str, Any]]
-    models: dict[str, nn.Module]
-    summary: list[dict[str, Any]]
-
-    @property
-    def by_algorithm(self) -> dict[str, list[dict[str, Any]]]:
-        """Each algorithm's round records, in round order."""
-        out: dict[str, list[dict[str, Any]]] = {}
-        for record in self.history:
-            out.setdefault(record["algorithm"], []).append(record)
-        return out
-
-    @property
-    def final_accuracy(self) -> dict[str, float]:
-        """Each algorithm's test accuracy at its last round (always evaluated, whatever eval_every)."""
-        return {
-            name: next(r["test_accuracy"] for r in reversed(records) if "test_accuracy" in r)
-            for name, records in self.by_algorithm.items()
-            if any("test_accuracy" in r for r in records)
-        }
 
 
 def check_algorithms(cfg: Config) -> None:
@@ -292,10 +262,11 @@ class Progress:
             if "test_accuracy" in record
             else ""
         )
+        stopped = "  stopped by on_round" if record.get("stopped") else ""
         log.info(
             f"[{record['algorithm']:>13}] round {record['round']:>3}/{cfg.rounds}  {acc_text}"
             f"train_loss {record['train_loss']:.4f}{div_text}  "
-            f"{record['round_time_s']:.2f}s  ETA {_clock(eta)}"
+            f"{record['round_time_s']:.2f}s  ETA {_clock(eta)}{stopped}"
         )
 
 
@@ -355,8 +326,7 @@ def _run(
     group = None
     if launched():  # one rank of a torch.distributed job: the clients are shared among the ranks
         config = config.replace(processes=int(os.environ["WORLD_SIZE"]))
-        for name in config.algorithm:
-            check_distributable(create(config, name))
+        distributing(config)
     elif config.processes > 1:
         raise SplitfedError(
             f"processes = {config.processes}: start the ranks with `splitfed run --processes "
@@ -391,46 +361,121 @@ def _run(
     )
     log.info("client class histogram:\n" + format_histogram(histogram))
     progress = Progress(cfg)
-    history: list[dict[str, Any]] = []
+    histories: dict[str, list[dict[str, Any]]] = {}
     models: dict[str, nn.Module] = {}
     tensorboard = TensorBoard(run_dir.path / "tensorboard") if run_dir is not None else None
 
     def on_round(record: dict[str, Any]) -> None:
         assert run_dir is not None and tensorboard is not None
-        run_dir.append_metrics(record)
-        tensorboard.add(record)
-        progress(record)
-        if user_on_round is not None:
-            user_on_round(record)
+        try:
+            if user_on_round is not None:
+                user_on_round(record)
+        except StopAlgorithm:
+            record["stopped"] = True
+            raise
+        finally:  # the round is trained and checkpointed whatever the callback did: it is written
+            run_dir.append_metrics(record)
+            tensorboard.add(record)
+            progress(record)
 
     def on_weights(name: str, rnd: int, w_c: State, w_s: State) -> None:
         if run_dir is not None and cfg.model_every and rnd % cfg.model_every == 0:
             run_dir.save_model(name, setup.assemble(w_c, w_s), rnd)
 
+    # Under torch.distributed the algorithms that spread their clients over the ranks come first; then
+    # rank 0 trains the others alone while the other ranks wait for the results.
+    spread = distributing(cfg) if group is not None else list(cfg.algorithm)
+    alone = [name for name in cfg.algorithm if name not in spread]
+    interrupted = False
     try:
-        for name in cfg.algorithm:
+        for name in [*spread, *alone]:
+            solo = name in alone
+            if solo and not leader:
+                continue
             checkpoint = run_dir.checkpoint(name) if run_dir is not None else None
             save = functools.partial(on_weights, name) if leader else None
-            executor, algo_history, _ = train(name, setup, checkpoint, on_round, group, save)
-            history += algo_history
+            executor, histories[name], _ = train(
+                name, setup, checkpoint, on_round, None if solo else group, save
+            )
             models[name] = setup.assemble(executor.w_c, executor.w_s)
             if run_dir is not None:
                 run_dir.save_model(name, models[name])
+    except KeyboardInterrupt:
+        if group is not None:  # the other ranks cannot be told consistently: stop as before
+            raise
+        interrupted = True
     finally:
         if tensorboard is not None:
             tensorboard.close()
-    if run_dir is None:  # another rank: rank 0 writes the results
-        assert group is not None
+    result = None
+    if run_dir is not None:
+        result = finish(cfg, run_dir, histories, models, interrupted)
+    if group is not None:  # every rank returns rank 0's result, models included
+        states = {name: m.state_dict() for name, m in models.items()} if leader else None
+        light = dataclasses.replace(result, models={}) if result is not None else None
+        shared = share(group, (light, states) if leader else None, patient=True)
         leave(group)
-        return RunResult(cfg, Path(cfg.out or ""), history, models, [])
+        if not leader:
+            result, states = shared
+            result.models = {name: _with_state(setup.model, state) for name, state in states.items()}
+    assert result is not None
+    return result
+
+
+def distributing(cfg: Config) -> list[str]:
+    """The algorithms of ``cfg`` that spread their clients over torch.distributed ranks; the others run
+    in rank 0 alone. A job where none spreads is refused (the first one's reason)."""
+    spread, reasons = [], []
+    for name in cfg.algorithm:
+        try:
+            check_distributable(create(cfg, name))
+            spread.append(name)
+        except SplitfedError as e:
+            reasons.append(str(e))
+    if not spread:
+        raise SplitfedError(reasons[0])
+    return spread
+
+
+def _with_state(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out
+
+
+def finish(
+    cfg: Config,
+    run_dir: RunDir,
+    histories: dict[str, list[dict[str, Any]]],
+    models: dict[str, nn.Module],
+    interrupted: bool,
+) -> RunResult:
+    """The run's result and its files. An interrupted run keeps what it trained: its rounds (also those of
+    the algorithm it was in, read back from metrics.jsonl), figures and table, and no summary.csv (the
+    mark of a finished run), so that --resume continues it."""
+    if interrupted:
+        history = read_metrics(run_dir.path / "metrics.jsonl", cfg.algorithm)
+        trained = [name for name in cfg.algorithm if any(r["algorithm"] == name for r in history)]
+        log.warning(
+            f"interrupted: kept {len(history)} rounds of {', '.join(trained) or 'no algorithm'} in "
+            f"{run_dir.path}; continue with --out {run_dir.path} --resume"
+        )
+        summary = summarize(history, trained)
+        if history:
+            plot_run(history, trained, run_dir.path, run_title(cfg))
+            log.info("\n" + format_table(summary))
+        return RunResult(cfg, run_dir.path, history, models, summary, interrupted=True)
+    # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
+    history = [r for name in cfg.algorithm for r in histories[name]]
+    summary = run_dir.finish(history, list(cfg.algorithm), run_title(cfg))
+    return RunResult(cfg, run_dir.path, history, models, summary)
+
+
+def run_title(cfg: Config) -> str:
     title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
     if cfg.partition_option is not None:
         title += f" {cfg.partition_option}"
-    # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
-    summary = run_dir.finish(history, list(cfg.algorithm), title)
-    if group is not None:
-        leave(group)
-    return RunResult(cfg, run_dir.path, history, models, summary)
+    return title
 
 
 def same_on_every_rank(cfg: Config) -> None:
@@ -465,8 +510,7 @@ def spawn_ranks(config: Config, argv: list[str]) -> int:
     import time
 
     check_algorithms(config)
-    for name in config.algorithm:
-        check_distributable(create(config, name))
+    distributing(config)
     if not config.resume:
         RunDir(config)  # a used --out: refused now, before any rank starts
     with socket.socket() as s:

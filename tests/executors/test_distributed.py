@@ -185,3 +185,47 @@ def test_an_algorithm_whose_clients_take_turns_is_refused_in_one_line(tmp_path, 
     assert p.returncode == 2
     assert p.stderr.count("\n") == 1 and "run it in one process" in p.stderr, p.stderr
     assert not (tmp_path / "r").exists()
+
+
+def _rank_result(rank: int, world: int, port: int, changes: dict, out: str) -> None:
+    """One rank running ``run()``; what it returned saved to OUT/rank-<rank>.pt."""
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )  # fmt: skip
+    result = run(small_config(**changes))
+    models = {name: model.state_dict() for name, model in result.models.items()}
+    torch.save((result.history, result.summary, models), Path(out) / f"rank-{rank}.pt")
+
+
+def test_a_mixed_list_spreads_what_distributes_runs_the_rest_in_rank_0_and_every_rank_returns_it(
+    tmp_path,
+):
+    case = CASE | {"algorithm": ("sfl_v2", "minibatch_sfl")}  # sfl_v2's turns do not spread
+    one = run(small_config(**case, out=str(tmp_path / "one")))
+    mp.spawn(
+        _rank_result, args=(2, _free_port(), case | {"out": str(tmp_path / "two")}, str(tmp_path)), nprocs=2
+    )
+    history, summary, models = torch.load(tmp_path / "rank-0.pt", weights_only=False)
+    assert [r["algorithm"] for r in history] == [r["algorithm"] for r in one.history]  # the config's order
+    assert [row["algorithm"] for row in summary] == ["sfl_v2", "minibatch_sfl"]
+    for a, b in zip(one.history, history, strict=True):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5, a["algorithm"]
+    for name in case["algorithm"]:
+        for key, value in one.models[name].state_dict().items():
+            torch.testing.assert_close(models[name][key], value, rtol=1e-4, atol=1e-5)
+    # rank 1 returns rank 0's result (it trained none of sfl_v2 and reports no rounds of its own)
+    history_1, summary_1, models_1 = torch.load(tmp_path / "rank-1.pt", weights_only=False)
+    assert history_1 == history and summary_1 == summary
+    for name in case["algorithm"]:
+        for key, value in models[name].items():
+            assert torch.equal(models_1[name][key], value), (name, key)
+
+
+def test_processes_with_a_mixed_list_print_one_table(tmp_path):
+    args = [*BASE[:-4], "--algorithm", "sfl_v2,fedavg", "--processes", "2", "--rounds", "1"]
+    p = subprocess.run(_cli(*args, "--out", str(tmp_path / "r")), capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    table = [line.split()[0] for line in p.stdout.splitlines() if line.startswith(("sfl_v2 ", "fedavg "))]
+    assert table == ["sfl_v2", "fedavg"], p.stdout
+    assert "2 processes" in p.stdout

@@ -17,6 +17,7 @@ model one client batch at a time (client-sequential or interleaved schedules, a 
 run in parallel and are refused, as is centralized training (one participant).
 """
 
+import datetime
 import inspect
 import os
 from collections.abc import Generator
@@ -50,6 +51,9 @@ class Group:
     rank: int
     world: int
     device: torch.device
+    # gloo, with a timeout far beyond any training: what the other ranks wait on while rank 0 alone
+    # trains the algorithms that do not distribute (None when the job has no such wait)
+    patient: Any = None
 
     @property
     def leader(self) -> bool:
@@ -72,7 +76,8 @@ def join(device: torch.device) -> Group:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return Group(rank, world, device)
+    patient = dist.new_group(backend="gloo", timeout=datetime.timedelta(days=30))
+    return Group(rank, world, device, patient)
 
 
 def leave(group: Group) -> None:
@@ -82,10 +87,11 @@ def leave(group: Group) -> None:
     dist.destroy_process_group()
 
 
-def share(group: Group, value: Any) -> Any:
-    """Rank 0's ``value`` (any picklable object), on every rank."""
+def share(group: Group, value: Any, *, patient: bool = False) -> Any:
+    """Rank 0's ``value`` (any picklable object), on every rank; ``patient``: over the group that waits
+    as long as rank 0 may train alone."""
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=group.patient if patient else None)
     return box[0]
 
 

@@ -15,6 +15,7 @@ from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
 from ..engine.side import State
+from ..errors import StopAlgorithm
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
 from .local import LocalExecutor, make_executor
@@ -34,7 +35,9 @@ def train(
     With a ``group`` (a torch.distributed job) every rank trains its clients; rank 0 alone reads and
     writes the checkpoint, evaluates, and reports rounds (the others return an empty history).
     ``on_weights(round, w_c, w_s)`` sees each round's model before its checkpoint is written (so a kill
-    between the two repeats the round, and the call, rather than skip it).
+    between the two repeats the round, and the call, rather than skip it). ``on_round`` may raise
+    ``StopAlgorithm``: the round is then the last (marked ``"stopped"`` in its record and checkpoint, so a
+    resumed run trains no more of it); every rank stops with rank 0.
     """
     cfg = setup.cfg
     algo = create(cfg, name)
@@ -67,7 +70,8 @@ def train(
         ctx.streams.load_state_dict(saved["streams"])
         history = saved["history"][: cfg.rounds]
     elapsed = history[-1]["wall_time_s"] if history else 0.0
-    for rnd in range(len(history) + 1, cfg.rounds + 1):
+    last = len(history) if history and history[-1].get("stopped") else cfg.rounds
+    for rnd in range(len(history) + 1, last + 1):
         t0 = time.perf_counter()
         record: dict[str, Any] = {"algorithm": name, "round": rnd}
         if leader and cfg.divergence_every and (rnd - 1) % cfg.divergence_every == 0:  # round-start model
@@ -88,6 +92,8 @@ def train(
         saving = checkpoint is not None or group is not None
         client_states = executor.checkpoint_client_states() if saving else None
         if not leader:
+            if share(group, None):  # rank 0's on_round stopped the algorithm
+                break
             continue
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             w, batch = (executor.w_c, executor.w_s), cfg.eval_batch_size
@@ -122,20 +128,23 @@ def train(
         history.append(record)
         if on_weights is not None:
             on_weights(rnd, executor.w_c, executor.w_s)
+        saved_as = None
         if checkpoint is not None:
-            save_run_checkpoint(
-                checkpoint,
-                name,
-                cfg,
-                rnd,
-                executor.model,
-                algo.chain,
-                executor.fed.state_dict(),
-                client_states,
-                streams,
-                history,
-            )
+            fed_state = executor.fed.state_dict()
+            saved_as = (checkpoint, name, cfg, rnd, executor.model, algo.chain, fed_state)
+            save_run_checkpoint(*saved_as, client_states, streams, history)
             executor.client_states.saved()
+        stop = False
         if on_round is not None:
-            on_round(record)
+            try:
+                on_round(record)
+            except StopAlgorithm:
+                stop = True
+        if group is not None:
+            share(group, stop)
+        if stop:
+            record["stopped"] = True
+            if saved_as is not None:  # saved again with the mark: a resume must not train on
+                save_run_checkpoint(*saved_as, client_states, streams, history)
+            break
     return executor, history, ctx
