@@ -587,3 +587,13 @@ def test_the_readme_examples_run(tmp_path, monkeypatch):
         _exec_blocks(blocks, "README.md")
     finally:  # the README registers "mlp": other tests compare the registry with the built-in names
         MODELS._items.pop("mlp", None)
+
+
+def test_the_readme_lists_every_registered_model():
+    from splitfed import MODELS
+
+    listed = (ROOT / "README.md").read_text().split("- Models (`--model`")[1].split("\n\n")[0]
+    built_in = [name for name in MODELS if MODELS.get(name).__module__.startswith("splitfed.")]
+    assert len(built_in) >= 4
+    for name in built_in:
+        assert f"`{name}`" in listed, f"README's model list lacks {name}"
