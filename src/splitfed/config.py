@@ -418,6 +418,17 @@ def _validate(c: Config) -> None:
     for part, (knob, _) in PARTITION_OPTIONS.items():
         if getattr(c, knob) is not None and c.partition != part:
             raise SplitfedError(f"{knob} applies to partition={part} only (partition is {c.partition})")
+    # "given" takes the clients from the data: a registered data set comes whole, so refuse it here, not
+    # after loading it. Data given to run() are recorded as python:<fingerprint>; files are paths.
+    need(
+        c.partition != "given"
+        or c.dataset.startswith("python:")
+        or c.dataset.endswith((".pt", ".pth"))
+        or Path(c.dataset).is_dir(),
+        f"partition given takes the clients from the data, and dataset {c.dataset} is one data set; give "
+        "data split into clients (run(data=[...]), --dataset FOLDER of client_<i>.pt) or name another "
+        "partition",
+    )
     if c.dataset != "synthetic":
         for knob in ("synthetic_shape", "synthetic_samples"):
             need(getattr(c, knob) is None, f"{knob} applies to dataset=synthetic only")
