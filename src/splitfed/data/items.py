@@ -56,16 +56,21 @@ class ItemSource:
 
 @contextlib.contextmanager
 def seeded_rngs(seed: int) -> Iterator[None]:
-    """torch's (CPU), Python's and NumPy's global RNGs seeded by ``seed`` inside, restored after: a
-    transform draws from whichever its library uses (torchvision: torch; older code: random, NumPy)."""
-    py_state, np_state = random.getstate(), np.random.get_state()
+    """torch's CPU, Python's and NumPy's global RNGs seeded by ``seed`` inside, restored after: a
+    transform draws from whichever its library uses (torchvision: torch; older code: random, NumPy).
+
+    The CPU generator is set directly: ``torch.manual_seed`` would also queue the seeding of every
+    accelerator, a stack trace each, which costs more than reading a batch.
+    """
+    cpu = torch.random.default_generator
+    torch_state, py_state, np_state = cpu.get_state(), random.getstate(), np.random.get_state()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            yield
+        cpu.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        yield
     finally:
+        cpu.set_state(torch_state)
         random.setstate(py_state)
         np.random.set_state(np_state)
 
