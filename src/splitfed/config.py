@@ -58,7 +58,9 @@ class Config:
 
     # what to run
     algorithm: tuple[str, ...] = _f(ALL_ALGORITHMS, "algorithms to run, in order (comma-separated)")
-    dataset: str = _f("digits", "data set, or PATH.pt: a torch.save'd dict of tensors (docs/api.md)")
+    dataset: str = _f(
+        "digits", "data set, PATH.pt (a torch.save'd dict of tensors) or DIR of client_<i>.pt (docs/api.md)"
+    )
     data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)", metavar="DIR")
     model: str | None = _f(
         None,
