@@ -207,8 +207,8 @@ def test_run_help_shows_each_flags_type_default_and_choices(capsys):
         "--algorithm LIST",
         "(choices: equal, proportional; default: equal)",
         "(choices: float32, float16, bfloat16; default: float32)",
-        "--dataset NAME data set, or PATH.pt: a torch.save'd dict of tensors (docs/api.md) (choices: digits, "
-        "fmnist, cifar10, synthetic; default: digits)",
+        "--dataset NAME data set, PATH.pt (a torch.save'd dict of tensors) or DIR of client_<i>.pt "
+        "(docs/api.md) (choices: digits, fmnist, cifar10, synthetic; default: digits)",
         "choices: non_iid_ratio, iid, shards, dirichlet",
     ):
         assert expected in text, expected

@@ -58,7 +58,9 @@ class Config:
 
     # what to run
     algorithm: tuple[str, ...] = _f(ALL_ALGORITHMS, "algorithms to run, in order (comma-separated)")
-    dataset: str = _f("digits", "data set, or PATH.pt: a torch.save'd dict of tensors (docs/api.md)")
+    dataset: str = _f(
+        "digits", "data set, PATH.pt (a torch.save'd dict of tensors) or DIR of client_<i>.pt (docs/api.md)"
+    )
     data_dir: str | None = _f(None, "folder holding the data set's files (fmnist, cifar10)", metavar="DIR")
     model: str | None = _f(
         None,
@@ -418,6 +420,17 @@ def _validate(c: Config) -> None:
     for part, (knob, _) in PARTITION_OPTIONS.items():
         if getattr(c, knob) is not None and c.partition != part:
             raise SplitfedError(f"{knob} applies to partition={part} only (partition is {c.partition})")
+    # "given" takes the clients from the data: a registered data set comes whole, so refuse it here, not
+    # after loading it. Data given to run() are recorded as python:<fingerprint>; files are paths.
+    need(
+        c.partition != "given"
+        or c.dataset.startswith("python:")
+        or c.dataset.endswith((".pt", ".pth"))
+        or Path(c.dataset).is_dir(),
+        f"partition given takes the clients from the data, and dataset {c.dataset} is one data set; give "
+        "data split into clients (run(data=[...]), --dataset FOLDER of client_<i>.pt) or name another "
+        "partition",
+    )
     if c.dataset != "synthetic":
         for knob in ("synthetic_shape", "synthetic_samples"):
             need(getattr(c, knob) is None, f"{knob} applies to dataset=synthetic only")

@@ -31,6 +31,7 @@ from .algorithms import create
 from .algorithms.base import check_knobs
 from .config import Config
 from .data import class_histogram, format_histogram
+from .data.datasets import Augment
 from .engine.checkpoint import RESUMABLE_CHANGES, check_resumable, load_run_checkpoint
 from .engine.metrics import LossFn
 from .engine.side import State
@@ -283,21 +284,24 @@ def run(
     loss: LossFn | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
     progress: bool | None = None,
+    transform: Augment | None = None,
 ) -> RunResult:
     """Run every algorithm of ``config`` (default: ``Config()``) on one shared setup; see the module
     docstring for the files it writes, and docs/api.md for each argument.
 
-    ``model``: an ``nn.Sequential`` (cut at config.cut_layer between its top-level children; trained
-    from its own weights), a ``CutModel``, or a builder ``(num_classes, in_shape) -> nn.Sequential``
-    (built under the init seed). ``data``: ``(x_train, y_train[, x_test, y_test])`` tensors, a dict of
-    them, or torch Datasets ``train`` / ``(train, test)``, read once into tensors; without a test set a
-    fixed 20% of each class is held out. ``loss(output, target)``: the batch's mean loss (default
-    cross-entropy). ``on_round(record)``: called with each round's record as it is written to
-    metrics.jsonl. ``progress``: print the run's progress to stdout (default: when stdout is a terminal
+    ``model``: an ``nn.Sequential`` (cut at config.cut_layer between its top-level children; trained from
+    its own weights), a ``CutModel``, or a builder ``(num_classes, in_shape) -> nn.Sequential`` (built
+    under the init seed). ``data``: ``(x_train, y_train[, x_test, y_test])`` tensors, a dict of them, or
+    torch Datasets ``train`` / ``(train, test)`` (the training Dataset read at every draw); or data split
+    into clients (a list, a dict by client, an object with ``load_partition``); without a test set a fixed
+    20% of each class is held out. ``transform(x_batch, generator)``: applied to every training batch on
+    its device, drawing from the generator (seeded per draw). ``loss(output, target)``: the batch's mean
+    loss (default cross-entropy). ``on_round(record)``: called with each round's record as it is written
+    to metrics.jsonl. ``progress``: print the run's progress to stdout (default: when stdout is a terminal
     or in a notebook).
     """
     with printing(progress):
-        return _run(config or Config(), model, data, loss, on_round)
+        return _run(config or Config(), model, data, loss, on_round, transform)
 
 
 def _run(
@@ -306,6 +310,7 @@ def _run(
     data: Any,
     loss: LossFn | None,
     user_on_round: Callable[[dict[str, Any]], None] | None,
+    transform: Augment | None = None,
 ) -> RunResult:
     if (
         config.resume
@@ -332,7 +337,7 @@ def _run(
             f"processes = {config.processes}: start the ranks with `splitfed run --processes "
             f"{config.processes} ...` or torchrun --nproc-per-node {config.processes} -m splitfed run ..."
         )
-    setup = prepare(config, model, data, loss)
+    setup = prepare(config, model, data, loss, transform)
     if launched():
         group = join(setup.device)
         if model is not None or data is not None:

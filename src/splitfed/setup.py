@@ -7,6 +7,7 @@ the user's own model, data and loss as objects (``prepare(cfg, model=..., data=.
 """
 
 import copy
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -24,10 +25,11 @@ from .data.datasets import (
     PYTHON_DATA,
     SYNTHETIC_SAMPLES,
     SYNTHETIC_SHAPE,
+    Augment,
     is_data_file,
-    load_data_file,
     user_data,
 )
+from .data.given import given_data, is_given_folder, is_per_client, load_given_file, load_given_folder
 from .engine.context import Context, PartSpec
 from .engine.link import Link
 from .engine.metrics import LossFn, SplitModel, measure_divergence, train_flops_per_sample
@@ -46,6 +48,8 @@ from .models import (
     resolve_model,
     split,
 )
+
+log = logging.getLogger("splitfed")
 
 DEFAULT_MODEL = {"digits": "digits_cnn", "fmnist": "cnn4", "cifar10": "resnet18", "synthetic": "cnn4"}
 
@@ -191,7 +195,9 @@ def load_data(cfg: Config) -> Dataset:
             f"dataset {cfg.dataset} was given to run() as Python data; pass it again: run(config, data=...)"
         )
     if is_data_file(cfg.dataset):
-        return load_data_file(cfg.dataset)
+        return load_given_file(cfg.dataset)
+    if cfg.dataset not in DATASETS and is_given_folder(cfg.dataset):
+        return load_given_folder(cfg.dataset)
     loader = DATASETS.get(cfg.dataset)
     if cfg.dataset == "synthetic":
         return loader(
@@ -207,15 +213,17 @@ def prepare(
     model: ModelLike | None = None,
     data: Any = None,
     loss: LossFn | None = None,
+    transform: Augment | None = None,
 ) -> Setup:
     """Validate the whole config against data and model, and build the shared setup. Touches no files.
 
-    ``model`` (an nn.Sequential, a CutModel or a builder) and ``data`` (see ``data.datasets.user_data``)
-    replace config.model and config.dataset, which then record what was given (``check_user_objects``);
-    ``loss`` replaces cross-entropy.
+    ``model`` (an nn.Sequential, a CutModel or a builder) and ``data`` (one data set, see
+    ``data.datasets.user_data``, or data split into clients, ``data.given``) replace config.model and
+    config.dataset, which then record what was given (``check_user_objects``); ``loss`` replaces
+    cross-entropy; ``transform(x_batch, generator)`` runs on every training batch, on its device.
     """
     check_user_objects(cfg, model, data)
-    if data is None and not is_data_file(cfg.dataset) and not cfg.dataset.startswith(PYTHON_DATA):
+    if data is None and not _names_files(cfg.dataset):
         DATASETS.get(cfg.dataset)
     PARTITIONS.get(cfg.partition)
     if model is None:
@@ -229,9 +237,14 @@ def prepare(
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic and device.type == "cuda":
         deterministic_cuda()
-    data_set = load_data(cfg) if data is None else user_data(data)
-    if data is not None:  # config.toml records the data's fingerprint: a resumed run refuses other data
-        cfg = cfg.replace(dataset=data_set.name)
+    if data is None:
+        data_set = load_data(cfg)
+    else:
+        data_set = given_data(data, cfg.clients) if is_per_client(data) else user_data(data)
+        cfg = cfg.replace(dataset=data_set.name)  # its fingerprint: a resumed run refuses other data
+    cfg = choose_partition(cfg, data_set, users=data is not None or _names_files(cfg.dataset))
+    if transform is not None:
+        data_set.augment = _after(data_set.augment, transform)
     if cfg.validation_samples:
         data_set = data_set.hold_out(cfg.validation_samples)
 
@@ -261,9 +274,12 @@ def prepare(
         changes["synthetic_samples"] = cfg.synthetic_samples or SYNTHETIC_SAMPLES
     cfg = cfg.replace(**changes)
 
-    parts = make_partition(
-        cfg.partition, data_set.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
-    )
+    if data_set.parts is not None:
+        parts = data_set.parts
+    else:
+        parts = make_partition(
+            cfg.partition, data_set.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
+        )
     check_batches(cfg.batch_size, cfg.batch_alloc, [len(p) for p in parts])
     client_module, server_module = split(built, cut_layer)
     for side, half in (("client", client_module), ("server", server_module)):
@@ -305,6 +321,47 @@ def prepare(
         div_idx,
         F.cross_entropy if loss is None else loss,
     )
+
+
+def _names_files(dataset: str) -> bool:
+    """Whether config.dataset names the user's data (a file, a folder, or Python objects), not a loader."""
+    return dataset.startswith(PYTHON_DATA) or is_data_file(dataset) or is_given_folder(dataset)
+
+
+def choose_partition(cfg: Config, data: Dataset, users: bool) -> Config:
+    """The partition of these data: "given" (and as many clients) when the data came split into
+    clients; IID, said in one line, for the user's data with no partition named; else the config's."""
+    unnamed = cfg.partition == Config().partition and cfg.non_iid_ratio is None
+    if data.parts is not None:
+        n = len(data.parts)
+        if not (unnamed or cfg.partition == "given"):
+            raise SplitfedError(
+                f"the data come split into {n} clients; partition {cfg.partition} cannot deal them again "
+                "(leave partition unset, or given)"
+            )
+        if cfg.clients not in (n, Config().clients):
+            raise SplitfedError(
+                f"clients = {cfg.clients}, but the data are given for {n} clients; leave clients unset or "
+                f"set it to {n}"
+            )
+        return cfg.replace(partition="given", clients=n)
+    if cfg.partition == "given":
+        raise SplitfedError(
+            f"partition given takes the clients from the data, and {cfg.dataset} is one data set; give it "
+            "split into clients (docs/api.md) or name another partition: "
+            + ", ".join(p for p in PARTITIONS if p != "given")
+        )
+    if users and unnamed:  # a researcher's own data: no silent non-IID default
+        log.info(f"{cfg.dataset}: dealt IID to {cfg.clients} clients (partition iid; name one to choose)")
+        return cfg.replace(partition="iid")
+    return cfg
+
+
+def _after(first: Augment | None, then: Augment) -> Augment:
+    """The data set's own augmentation (CIFAR-10's crop and flip), then the user's transform."""
+    if first is None:
+        return then
+    return lambda x, g: then(first(x, g), g)
 
 
 def check_user_objects(cfg: Config, model: ModelLike | None, data: Any) -> None:

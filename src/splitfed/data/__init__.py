@@ -1,4 +1,5 @@
-"""Data: datasets held as tensors, client partitions, per-client index sampling."""
+"""Data: datasets held as tensors (a user's Dataset read per draw), client partitions dealt or given,
+per-client index sampling."""
 
 from .datasets import DATASETS, Dataset
 from .partition import PARTITIONS, class_histogram, format_histogram, make_partition

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from .._limits import check_fits
-from .._rng import generator
+from .._rng import derive_seed, generator
 from ..errors import SplitfedError
 from ..registry import Registry
+from .items import ItemSource, seeded_rngs
 from .readers import read_cifar_batch, read_idx
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -34,6 +35,11 @@ class Dataset:
     augment: Augment | None = None  # applied to every training batch, on the batch's device
     val_x: torch.Tensor | None = None  # a validation split held out of the training data, if any
     val_y: torch.Tensor | None = None
+    # The user's Dataset, read again at every draw so its own transform runs per draw (train_x then holds
+    # one fixed reading, for shapes, checks and divergence); None: batches are gathered from train_x.
+    items: ItemSource | None = None
+    # Training-set indices per client when the data came split into clients (partition "given").
+    parts: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         # One check for every loader, registered ones included: an empty split or a label outside the
@@ -64,7 +70,14 @@ class Dataset:
             k: None if getattr(self, k) is None else getattr(self, k).to(device)
             for k in ("train_x", "train_y", "test_x", "test_y", "val_x", "val_y")
         }
-        return Dataset(self.name, **move, num_classes=self.num_classes, augment=self.augment)
+        return Dataset(
+            self.name,
+            **move,
+            num_classes=self.num_classes,
+            augment=self.augment,
+            items=self.items,
+            parts=self.parts,
+        )
 
     def hold_out(self, samples: int) -> "Dataset":
         """This data set with ``samples`` training samples moved to a validation split: one fixed draw
@@ -76,6 +89,11 @@ class Dataset:
             )
         order = torch.randperm(len(self.train_y), generator=generator(0, "validation", self.name))
         val, train = order[:samples].sort().values, order[samples:].sort().values
+        parts = None
+        if self.parts is not None:  # given clients keep their own samples, renumbered
+            new_row = torch.full((len(self.train_y),), -1, dtype=torch.long)
+            new_row[train] = torch.arange(len(train))
+            parts = [new_row[p][new_row[p] >= 0] for p in self.parts]
         return Dataset(
             self.name,
             self.train_x[train],
@@ -86,6 +104,8 @@ class Dataset:
             self.augment,
             self.train_x[val],
             self.train_y[val],
+            None if self.items is None else self.items.subset(train),
+            parts,
         )
 
 
@@ -326,20 +346,26 @@ def user_data(data: Any, name: str | None = None, source: str = "data") -> Datas
 
     Accepted: ``(x_train, y_train)`` or ``(x_train, y_train, x_test, y_test)`` (tensors or arrays); a dict
     of those names, with an optional ``num_classes`` (what a ``--dataset PATH.pt`` file holds); a
-    ``torch.utils.data.Dataset`` of (x, y) pairs, or a pair (train, test) of them, materialised once into
-    tensors. x is any shape [n, ...]: floating point becomes float32, integers stay integers (int64, e.g.
-    token ids); nothing is normalised. y holds integer labels; the classes are num_classes if given, else
+    ``torch.utils.data.Dataset`` of (x, y) pairs, or a pair (train, test) of them: the training Dataset
+    is read again at every draw (its transform runs per draw; ``items``), once more at the start for the
+    labels and a fixed copy of the inputs; a TensorDataset and the test Dataset are read once. x is any
+    shape [n, ...]: floating point becomes float32, integers stay integers (int64, e.g. token ids);
+    nothing is normalised. y holds integer labels; the classes are num_classes if given, else
     the largest label + 1. Without a test set, a fixed TEST_SHARE of each class is held out as one.
     ``name`` defaults to ``python:<fingerprint of the tensors>``; ``source`` names the data in errors.
     """
-    x_train, y_train, x_test, y_test, num_classes = _unpack(data, source)
+    x_train, y_train, x_test, y_test, num_classes, train_ds = _unpack(data, source)
     x_train, y_train = _inputs(x_train, "x_train", source), _labels(y_train, "y_train", source)
     if len(x_train) != len(y_train):
         raise SplitfedError(
             f"{source}: x_train has {len(x_train)} samples but y_train has {len(y_train)} labels"
         )
+    rows = torch.arange(len(y_train))
+    items = None if train_ds is None else ItemSource([train_ds], torch.zeros_like(rows), rows, source)
     if x_test is None:
-        x_train, y_train, x_test, y_test = _hold_out_test(x_train, y_train, source)
+        test = held_out_test(y_train, source)
+        x_train, y_train, x_test, y_test = x_train[~test], y_train[~test], x_train[test], y_train[test]
+        items = None if items is None else items.subset(rows[~test])
     else:
         x_test, y_test = _inputs(x_test, "x_test", source), _labels(y_test, "y_test", source)
         if len(x_test) != len(y_test):
@@ -355,7 +381,7 @@ def user_data(data: Any, name: str | None = None, source: str = "data") -> Datas
         num_classes = 1 + max((int(y.max()) for y in (y_train, y_test) if len(y)), default=0)
     if name is None:
         name = PYTHON_DATA + fingerprint(x_train, y_train, x_test, y_test, torch.tensor(num_classes))
-    return Dataset(name, x_train, y_train, x_test, y_test, num_classes=num_classes)
+    return Dataset(name, x_train, y_train, x_test, y_test, num_classes=num_classes, items=items)
 
 
 def load_data_file(path: str) -> Dataset:
@@ -394,7 +420,8 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _unpack(data: Any, source: str) -> tuple[Any, Any, Any, Any, int | None]:
+def _unpack(data: Any, source: str) -> tuple[Any, Any, Any, Any, int | None, Any]:
+    """x_train, y_train, x_test, y_test, num_classes, and the training Dataset to read per draw (or None)."""
     from torch.utils.data import Dataset as TorchDataset
 
     forms = (
@@ -416,16 +443,18 @@ def _unpack(data: Any, source: str) -> tuple[Any, Any, Any, Any, int | None]:
             data.get("x_test"),
             data.get("y_test"),
             _num_classes(data.get("num_classes"), source),
+            None,
         )
     if isinstance(data, TorchDataset):
-        return (*_materialise(data, "train", source), None, None, None)
+        return (*_materialise(data, "train", source), None, None, None, _per_draw(data))
     if isinstance(data, tuple | list):
         if len(data) == 2 and all(isinstance(d, TorchDataset) for d in data):
-            return (*_materialise(data[0], "train", source), *_materialise(data[1], "test", source), None)
+            train, test = _materialise(data[0], "train", source), _materialise(data[1], "test", source)
+            return (*train, *test, None, _per_draw(data[0]))
         if len(data) == 2:
-            return data[0], data[1], None, None, None
+            return data[0], data[1], None, None, None, None
         if len(data) == 4:
-            return (*data, None)
+            return (*data, None, None)
         raise SplitfedError(f"{source} must be {forms}; got a {type(data).__name__} of {len(data)}")
     raise SplitfedError(f"{source} must be {forms}; got {type(data).__name__}")
 
@@ -438,8 +467,17 @@ def _num_classes(value: Any, source: str) -> int | None:
     raise SplitfedError(f"{source}: num_classes must be a positive integer, got {value!r}")
 
 
+def _per_draw(ds: Any) -> Any:
+    """The Dataset to read at every draw: any but a TensorDataset, whose items are fixed tensors (it
+    keeps the gather from tensors, today's fast path)."""
+    from torch.utils.data import TensorDataset
+
+    return None if isinstance(ds, TensorDataset) and len(ds.tensors) == 2 else ds
+
+
 def _materialise(ds: Any, split: str, source: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A map-style torch Dataset of (x, y) pairs as two tensors, read once."""
+    """A map-style torch Dataset of (x, y) pairs as two tensors, read once under a fixed seed: a random
+    transform gives the same copy in every run, so the data's fingerprint (and a resume) holds."""
     from torch.utils.data import TensorDataset, default_collate
 
     if isinstance(ds, TensorDataset) and len(ds.tensors) == 2:
@@ -450,7 +488,8 @@ def _materialise(ds: Any, split: str, source: str) -> tuple[torch.Tensor, torch.
         raise SplitfedError(
             f"{source}: the {split} Dataset has no length; an IterableDataset cannot be read into tensors"
         ) from None
-    items = [ds[i] for i in range(n)]
+    with seeded_rngs(derive_seed(0, "materialise", split)):
+        items = [ds[i] for i in range(n)]
     for i, item in enumerate(items):
         if not (isinstance(item, tuple | list) and len(item) == 2):
             raise SplitfedError(
@@ -508,11 +547,10 @@ def _labels(value: Any, key: str, source: str) -> torch.Tensor:
     return y.long()
 
 
-def _hold_out_test(
-    x: torch.Tensor, y: torch.Tensor, source: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A fixed TEST_SHARE of each class (rounded) as the test set: its own seed, as for digits, so every
-    run and run seed tests on the same samples. Both splits keep the data's order."""
+def held_out_test(y: torch.Tensor, source: str) -> torch.Tensor:
+    """Which samples form the test set (a bool mask): a fixed TEST_SHARE of each class (rounded), its own
+    seed, as for digits, so every run and run seed tests on the same samples. Both splits keep the data's
+    order."""
     g = generator(0, "test-split")
     perm = torch.randperm(len(y), generator=g)
     order = perm[torch.sort(y[perm], stable=True).indices]  # by class, random within a class
@@ -527,4 +565,4 @@ def _hold_out_test(
             f"{source}: {len(y)} samples are too few to hold out {TEST_SHARE:.0%} of each class as a test "
             "set; give x_test and y_test"
         )
-    return x[~test], y[~test], x[test], y[test]
+    return test

@@ -90,6 +90,15 @@ def dirichlet(labels: torch.Tensor, num_clients: int, seed: int, alpha: float) -
     )
 
 
+@PARTITIONS.register("given")
+def given(labels: torch.Tensor, num_clients: int, seed: int) -> list[torch.Tensor]:
+    """The clients as the data came (data/given.py): nothing to deal. Named here so that it is listed."""
+    raise SplitfedError(
+        "partition given takes the clients from the data, which came as one data set; give per-client "
+        "data (docs/api.md) or name another partition"
+    )
+
+
 def make_partition(
     name: str, labels: torch.Tensor, num_clients: int, seed: int, option: float | int | None = None
 ) -> list[torch.Tensor]:

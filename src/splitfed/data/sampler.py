@@ -8,7 +8,7 @@ state is two integers per stream, saved in checkpoints.
 
 import torch
 
-from .._rng import generator
+from .._rng import derive_seed, generator
 from .datasets import Dataset
 
 
@@ -58,7 +58,7 @@ class ClientStreams:
         keys = [(self.epoch[s], self.pos[s]) for s in streams]  # name each draw, for its augmentation
         pieces = [self.next_indices(s, size) for s, size in zip(streams, sizes, strict=True)]
         idx = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-        x, y = self.data.train_x[idx], self.data.train_y[idx]
+        x, y = self._inputs(streams, pieces, keys, idx), self.data.train_y[idx]
         if self.data.augment is not None:
             parts = x.split(sizes)
             x = torch.cat(
@@ -68,6 +68,20 @@ class ClientStreams:
                 ]
             )
         return x, y
+
+    def _inputs(
+        self, streams: list[int], pieces: list[torch.Tensor], keys: list, idx: torch.Tensor
+    ) -> torch.Tensor:
+        """The batch's inputs: gathered from the tensors, or read from the user's Dataset, each stream's
+        piece under a seed that names its draw (so a transform repeats under the same seed, resumed too)."""
+        items = self.data.items
+        if items is None:
+            return self.data.train_x[idx]
+        read = [
+            items.read(piece, derive_seed(self.seed, "draw", s, *key))
+            for piece, s, key in zip(pieces, streams, keys, strict=True)
+        ]
+        return (read[0] if len(read) == 1 else torch.cat(read)).to(self.data.train_x.device)
 
     def skip_to(self, s: int, consumed: int) -> None:
         """Put stream s where it is after ``consumed`` samples (a client re-entering a round)."""
