@@ -12,6 +12,7 @@ from ..data import ClientStreams
 from .link import Link
 from .optim import LossFn, LRSchedule, side_optimizer
 from .side import Meter, Side, State
+from .user_optim import TorchOptimizer
 
 UNION = -1  # the participant that holds the union of the round's clients' data (centralized training)
 
@@ -48,7 +49,7 @@ class Context:
     loss: LossFn = F.cross_entropy
     # the parts of the algorithm being run, by name (made by the executor from its definition)
     parts: dict[str, PartSpec] = field(default_factory=dict)
-    _schedules: dict[float, LRSchedule] = field(default_factory=dict, init=False, repr=False)
+    _schedules: dict[int, LRSchedule] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def num_clients(self) -> int:
@@ -63,7 +64,7 @@ class Context:
         """``copies`` of part ``part``, computed at ``location`` ("client" or "main_server"), trained with
         its optimizer settings; every copy starts at the part's initial state."""
         spec = self.parts[part]
-        opt = side_optimizer(self.cfg, spec.optimizer)
+        opt = side_optimizer(self.cfg, spec.optimizer, spec.module)
         side = Side(
             spec.module,
             spec.init,
@@ -77,16 +78,24 @@ class Context:
         )
         side.part, side.flops_per_sample = part, spec.flops
         self.sides.append(side)
+        twin = opt if isinstance(opt, TorchOptimizer) else None
+        self._schedules[id(side)] = LRSchedule(self.cfg, opt.lr, spec.optimizer, twin)
         return side
 
     def set_round(self, rnd: int) -> None:
-        """Set every side's learning rate to round ``rnd``'s (from 1) under ``lr_schedule``; call it before
-        the round trains. The rate depends on ``rnd`` alone, so a resumed run needs nothing saved for it."""
+        """Set every side's learning rate to round ``rnd``'s (from 1) under its side's ``lr_schedule``;
+        call it before the round trains. The rate depends on ``rnd`` alone, so a resumed run needs
+        nothing saved for it."""
         for side in self.sides:
-            base = side.opt.lr
-            if base not in self._schedules:
-                self._schedules[base] = LRSchedule(self.cfg, base)
-            side.set_lr(self._schedules[base](rnd))
+            side.set_lr(self._schedules[id(side)].rates(rnd))
+
+    def rates(self) -> dict[str, float]:
+        """The rate the client-side and the server-side optimizers step with now (their first parameter
+        group's), as ``lr_client`` and ``lr_server``: what a round's record reports."""
+        found: dict[str, float] = {}
+        for side in self.sides:
+            found.setdefault(f"lr_{self.parts[side.part].optimizer}", side.lr_value)
+        return dict(sorted(found.items()))
 
     def batch_size(self, n: int) -> int:
         """b_n; the union draws batches of b."""
