@@ -241,7 +241,8 @@ def side_optimizer(cfg: Config, half: str, module: nn.Module | None = None) -> S
             return TorchOptimizer(make, name, module, cfg.clip_grad_norm, taken)
         if isinstance(obj, type) or not callable(obj):
             raise SplitfedError(
-                f"{field} {name} is a {getattr(obj, '__name__', type(obj).__name__)}; it must be a "
+                f"{field} {name} is a {'class' if isinstance(obj, type) else type(obj).__name__} that is "
+                "no torch.optim.Optimizer; it must be a "
                 "torch.optim.Optimizer class or a factory (named parameters) -> Optimizer"
             )
         if own_lr is not None:  # a factory sets its own rates: a rate given for its side would be ignored
