@@ -63,7 +63,7 @@ def same_model(a: nn.Module, b: nn.Module) -> None:
 def test_a_torch_optimizer_class_trains_exactly_as_its_name(cls, name, knobs, algorithm):
     # Two rounds: the second starts from the averaged optimizer state, so this also checks that the
     # class's state (momentum buffers, moments, step counters) is averaged by the same rule.
-    base = dict(model=SMOOTH_MODEL, rounds=2, local_iters=3, lr=0.05, **knobs)
+    base = dict(model=SMOOTH_MODEL, rounds=2, lr=0.05, divergence_every=0, **knobs)
     setup_n, ex_n, _, _ = train_one(small_config(optimizer=name, **base), algorithm)
     setup_c, ex_c, _, _ = train_one(small_config(optimizer=cls, **base), algorithm)
     same_model(final_model(setup_c, ex_c), final_model(setup_n, ex_n))
@@ -136,6 +136,8 @@ def test_a_warm_up_schedule_s_rates_are_each_round_s_in_metrics_jsonl(tmp_path):
     cfg = small_config(
         algorithm=("minibatch_sfl", "fedavg"),
         rounds=5,
+        local_iters=1,
+        divergence_every=0,
         optimizer=adamw_groups,
         client_lr_schedule=warmup_cosine,
         server_optimizer="sgd",
@@ -176,7 +178,7 @@ def test_a_scheduler_factory_trains_exactly_as_the_named_schedule():
     def exponential(opt):
         return torch.optim.lr_scheduler.ExponentialLR(opt, 0.5)
 
-    base = dict(model=SMOOTH_MODEL, rounds=3, lr=0.1, momentum=0.5)
+    base = dict(model=SMOOTH_MODEL, rounds=3, lr=0.1, momentum=0.5, divergence_every=0)
     setup_n, ex_n, hist_n, _ = train_one(
         small_config(lr_schedule="exponential", lr_gamma=0.5, **base), "sfl_v2"
     )
@@ -285,6 +287,7 @@ def test_a_run_cut_short_and_resumed_with_object_optimizers_equals_the_uninterru
         algorithm=("minibatch_sfl", "sfl_v1"),
         model=SMOOTH_MODEL,
         rounds=4,
+        divergence_every=0,
         optimizer=adamw_groups,
         server_optimizer=torch.optim.SGD,
         momentum=0.9,
