@@ -15,6 +15,7 @@ from torch import nn
 
 from splitfed import Config, SplitfedError, run
 from splitfed.engine.optim import LRSchedule, Optimizer, side_optimizer
+from splitfed.runner import scalars
 from splitfed.setup import prepare
 
 from ..algorithms.helpers import SMOOTH_MODEL, final_model, train_one
@@ -161,6 +162,7 @@ def test_a_warm_up_schedule_s_rates_are_each_round_s_in_metrics_jsonl(tmp_path):
         assert [r["lr_client"] for r in mine] == client
         assert [r["lr_server"] for r in mine] == pytest.approx(server, rel=1e-12)
     assert client[0] == pytest.approx(0.001) and client[2] == 0.01 and client[1] < client[2] > client[3]
+    assert ("lr_client", client[0]) in list(scalars(records[0]))  # TensorBoard's scalars of the round
 
 
 def test_each_parameter_group_gets_its_own_scheduled_rate():
@@ -171,7 +173,7 @@ def test_each_parameter_group_gets_its_own_scheduled_rate():
     assert [g["lr"] for g in side.opt.opt.param_groups] == pytest.approx([0.001, 0.002])
     ctx.set_round(3)
     assert [g["lr"] for g in side.opt.opt.param_groups] == [0.01, 0.02]
-    assert side.lr_value == 0.01 and ctx.rates() == {"lr_client": 0.01}
+    assert side.lr_value == 0.01 and ctx.rates(3) == {"lr_client": 0.01, "lr_server": 0.01}
 
 
 def test_a_scheduler_factory_trains_exactly_as_the_named_schedule():
