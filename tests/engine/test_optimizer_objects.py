@@ -213,7 +213,7 @@ def _half(named):
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"optimizer": torch.optim.LBFGS}, "optimizer torch.optim.lbfgs:LBFGS "),
+        ({"optimizer": torch.optim.LBFGS}, "LBFGS keeps state 'func_evals' .* of type int, not a tensor"),
         ({"optimizer": RowFactored}, r"keeps state 'row' for parameter .* of shape \[16\], neither"),
         ({"server_optimizer": lambda named: "sgd"}, "returned a str; it must return a torch.optim.Optimizer"),
         ({"optimizer": _half}, "returned a list"),

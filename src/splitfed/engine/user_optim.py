@@ -116,6 +116,7 @@ class TorchOptimizer:
             try:
                 self.opt.step()
             except Exception as e:
+                self._refuse_state_with_a_closure()  # what stands in the way more: state it cannot average
                 raise SplitfedError(
                     f"optimizer {self.label} fails on a step without a closure ({_first_line(e)}); splitfed "
                     "calls optimizer.step() once after each backward pass"
@@ -130,6 +131,16 @@ class TorchOptimizer:
             p.grad = None
         return layouts[1]
 
+    def _refuse_state_with_a_closure(self) -> None:
+        """For an optimizer that needs a closure (LBFGS): one step with a closure of constant loss, and
+        the state it leaves refused if it cannot be averaged; nothing if it fails or leaves such state."""
+        self.opt.state.clear()
+        try:
+            self.opt.step(lambda: torch.zeros(()))  # type: ignore[arg-type]  # (torch's stubs: float)
+        except Exception:
+            return
+        self._layout()
+
     def _layout(self) -> list[tuple[int, str, int, int, torch.Size, bool]]:
         slots, offset = [], 0
         ids = {id(p): i for i, p in enumerate(self.params)}
@@ -143,7 +154,7 @@ class TorchOptimizer:
                 where = f"optimizer {self.label} keeps state {key!r} for parameter {self.names[i]}"
                 why = "; splitfed averages optimizer state element-wise with the weights (docs/api.md)"
                 if not isinstance(value, torch.Tensor):
-                    raise SplitfedError(f"{where} that is a {type(value).__name__}, not a tensor{why}")
+                    raise SplitfedError(f"{where} of type {type(value).__name__}, not a tensor{why}")
                 if value.dtype != torch.float32:
                     raise SplitfedError(f"{where} of dtype {value.dtype}, not float32{why}")
                 if value.numel() not in (p.numel(), 1):
