@@ -233,8 +233,15 @@ class Config:
             object.__setattr__(self, "algorithm", given)
         for name in OBJECT_FIELDS:  # an optimizer or schedule given as an object: recorded by its label
             value = getattr(self, name)
-            if value is not None and not isinstance(value, str) and callable(value):
-                object.__setattr__(self, name, object_label(value))
+            if value is None or isinstance(value, str):
+                continue
+            if not callable(value):  # e.g. an optimizer built already: one instance cannot serve K copies
+                hint = OBJECT_HINT["lr_schedule" if name.endswith("lr_schedule") else "optimizer"]
+                raise SplitfedError(
+                    f"{name} is a {type(value).__name__} instance; give a name or {hint}, which splitfed "
+                    "calls for each side"
+                )
+            object.__setattr__(self, name, object_label(value))
         for f in dataclasses.fields(self):  # types first (Python callers skip the TOML/CLI parsing)
             object.__setattr__(self, f.name, coerce(f, getattr(self, f.name), f.name))
         _validate(self)

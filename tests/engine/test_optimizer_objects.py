@@ -260,6 +260,9 @@ def test_names_outside_the_list_are_refused_naming_what_is_accepted():
         Config(optimizer="rmsprop")
     with pytest.raises(SplitfedError, match="server_lr_schedule must be one of .* or a factory Optimizer"):
         Config(server_lr_schedule="warmup")
+    built = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(SplitfedError, match="client_optimizer is a SGD instance; give a name or"):
+        Config(client_optimizer=built)
 
 
 # --- recorded in config.toml, resumed bit for bit -------------------------------------------------------

@@ -1,5 +1,9 @@
 """A side's optimizer: torch.optim's own functional step on one copy's flat state, or on all copies stacked.
 
+This is the path of the named optimizers (sgd, adam, adamw); one given as an object (any torch.optim
+class, or a factory with parameter groups) steps through torch's own ``optimizer.step()`` instead
+(engine/user_optim.py), with its state flat in the same place and averaged by the same rule (below).
+
 ``Optimizer.step`` calls ``torch.optim.sgd.sgd``, ``torch.optim.adam.adam`` or ``torch.optim.adamw.adamw``
 (public, in those modules' ``__all__``) on the flat parameter vector of one copy ([P]) or of every copy at
 once ([K, P]). These optimizers are element-wise, so one flat tensor in place of the module's parameter

@@ -84,7 +84,10 @@ class TorchOptimizer:
     def twin(self) -> torch.optim.Optimizer:
         """A fresh optimizer built the same way on zero parameters of the same shapes (what a learning
         rate schedule steps to find each round's rates, leaving this one alone)."""
-        return self.build([torch.zeros(s) for s in self.shapes])[1]
+        params, opt = self.build([torch.zeros(s) for s in self.shapes])
+        for p in params:  # a schedule steps the twin before its scheduler (torch's order): give it gradients
+            p.grad = torch.zeros_like(p)
+        return opt
 
     def build(self, like: Sequence[torch.Tensor]) -> tuple[list[nn.Parameter], torch.optim.Optimizer]:
         """Scratch parameters with the values of ``like``, and the user's optimizer over them, checked."""
