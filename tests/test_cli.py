@@ -218,10 +218,11 @@ def test_run_help_shows_each_flags_type_default_and_choices(capsys):
 def test_help_and_validation_share_the_choice_lists():
     from splitfed.config import CHOICES
 
-    needs = {("lr_schedule", "step"): {"lr_step_size": 2}, ("lr_schedule", "exponential"): {"lr_gamma": 0.5}}
+    needs = {"step": {"lr_step_size": 2}, "exponential": {"lr_gamma": 0.5}}  # of any side's lr_schedule
     for name, allowed in CHOICES.items():
         for value in allowed:
-            extra = {"batch_alloc": "equal"} if name == "execution" else needs.get((name, value), {})
+            schedule = needs.get(value, {}) if name.endswith("lr_schedule") else {}
+            extra = {"batch_alloc": "equal"} if name == "execution" else schedule
             Config(**{name: value}, **extra)
         with pytest.raises(SplitfedError, match=f"{name} must be one of {', '.join(allowed)}"):
             Config(**{name: "nonsense"})

@@ -16,7 +16,7 @@ from typing import Any
 
 from ._limits import check_threads
 from .errors import SplitfedError
-from .registry import given_name
+from .registry import given_name, object_label
 
 ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
 
@@ -31,7 +31,24 @@ CHOICES = {
     "client_optimizer": ("sgd", "adam", "adamw"),  # or none: optimizer's
     "server_optimizer": ("sgd", "adam", "adamw"),
     "lr_schedule": ("none", "step", "cosine", "exponential"),
+    "client_lr_schedule": ("none", "step", "cosine", "exponential"),  # or none: lr_schedule's
+    "server_lr_schedule": ("none", "step", "cosine", "exponential"),
     "precision": ("fp32", "bf16"),
+}
+# Fields that also take a Python object (an optimizer class or factory, a scheduler factory), which the
+# config records as its ``pkg.module:name`` or ``python:<name>@<hash>`` (registry.object_label), and that
+# the CLI and TOML name as ``pkg.module:name``; engine/optim.py resolves them.
+OBJECT_FIELDS = (
+    "optimizer",
+    "client_optimizer",
+    "server_optimizer",
+    "lr_schedule",
+    "client_lr_schedule",
+    "server_lr_schedule",
+)
+OBJECT_HINT = {
+    "optimizer": "a torch.optim.Optimizer class or a factory (named parameters) -> Optimizer",
+    "lr_schedule": "a factory Optimizer -> torch.optim.lr_scheduler.LRScheduler",
 }
 # Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
 # help lists the registry's names.
@@ -86,7 +103,11 @@ class Config:
     local_iters: int | None = _f(None, "local iterations τ per round; replaces local_epochs when set")
     # optimizer, per side: torch.optim's arithmetic; its state is kept per side and averaged with the
     # weights wherever they are averaged (engine/optim.py has the table per algorithm)
-    optimizer: str = _f("sgd", "optimizer of both sides (torch.optim's SGD, Adam, AdamW)")
+    optimizer: str = _f(
+        "sgd",
+        "optimizer of both sides: torch.optim's SGD, Adam, AdamW by name, or any torch.optim.Optimizer "
+        "class or factory (named parameters) -> Optimizer, in Python or as pkg.module:name",
+    )
     client_optimizer: str | None = _f(None, "client-side optimizer; default: optimizer")
     server_optimizer: str | None = _f(None, "server-side optimizer; default: optimizer")
     lr: float = _f(0.01, "learning rate of both sides")
@@ -101,8 +122,11 @@ class Config:
     amsgrad: bool = _f(False, "Adam/AdamW: the AMSGrad variant")
     lr_schedule: str = _f(
         "none",
-        "learning rate per round, as torch.optim.lr_scheduler's StepLR, CosineAnnealingLR, ExponentialLR",
+        "learning rate per round, as torch.optim.lr_scheduler's StepLR, CosineAnnealingLR, ExponentialLR; "
+        "or any factory Optimizer -> LRScheduler, in Python or as pkg.module:name (stepped once a round)",
     )
+    client_lr_schedule: str | None = _f(None, "client-side lr_schedule; default: lr_schedule")
+    server_lr_schedule: str | None = _f(None, "server-side lr_schedule; default: lr_schedule")
     lr_step_size: int | None = _f(None, "lr_schedule=step: rounds between decays (required)")
     lr_gamma: float | None = _f(
         None, "lr_schedule=step, exponential: factor per decay (step's default 0.1; exponential: required)"
@@ -209,6 +233,17 @@ class Config:
         if any(isinstance(a, type) for a in names):
             given = tuple(given_name(a) if isinstance(a, type) else a for a in names)
             object.__setattr__(self, "algorithm", given)
+        for name in OBJECT_FIELDS:  # an optimizer or schedule given as an object: recorded by its label
+            value = getattr(self, name)
+            if value is None or isinstance(value, str):
+                continue
+            if not callable(value):  # e.g. an optimizer built already: one instance cannot serve K copies
+                hint = OBJECT_HINT["lr_schedule" if name.endswith("lr_schedule") else "optimizer"]
+                raise SplitfedError(
+                    f"{name} is a {type(value).__name__} instance; give a name or {hint}, which splitfed "
+                    "calls for each side"
+                )
+            object.__setattr__(self, name, object_label(value))
         for f in dataclasses.fields(self):  # types first (Python callers skip the TOML/CLI parsing)
             object.__setattr__(self, f.name, coerce(f, getattr(self, f.name), f.name))
         _validate(self)
@@ -413,6 +448,14 @@ def _validate(c: Config) -> None:
     for name, allowed in CHOICES.items():
         v = getattr(c, name)
         optional = _base_type(FIELDS[name].type)[1]
+        if name in OBJECT_FIELDS:
+            hint = OBJECT_HINT["lr_schedule" if name.endswith("lr_schedule") else "optimizer"]
+            need(
+                v in allowed or (optional and v is None) or ":" in v,
+                f"{name} must be one of {', '.join(allowed)}, or {hint} (in Python, or as pkg.module:name); "
+                f"got {v!r}",
+            )
+            continue
         need(
             v in allowed or (optional and v is None), f"{name} must be one of {', '.join(allowed)}; got {v!r}"
         )
@@ -483,10 +526,13 @@ def _validate_optimizer(c: Config) -> None:
         f"betas must be two numbers in [0, 1), got {','.join(map(str, c.betas))}",
     )
     used = {c.client_optimizer or c.optimizer, c.server_optimizer or c.optimizer}
+    # An optimizer given as an object takes what its class takes: engine/optim.py checks it with the
+    # model at hand (check_optimizer_knobs); the names are checked here.
+    named = all(":" not in name for name in used)
     for knobs, owners in ((SGD_ONLY, {"sgd"}), (ADAM_ONLY, {"adam", "adamw"})):
         for name, default in knobs.items():
             need(
-                getattr(c, name) == default or bool(used & owners),
+                getattr(c, name) == default or bool(used & owners) or not named,
                 f"{name} applies to {'/'.join(sorted(owners))} only (optimizers: {', '.join(sorted(used))})",
             )
     if c.nesterov:
@@ -494,13 +540,15 @@ def _validate_optimizer(c: Config) -> None:
             c.momentum > 0 and c.dampening == 0,
             "nesterov needs momentum > 0 and dampening 0 (as torch.optim.SGD)",
         )
+    kinds = {c.client_lr_schedule or c.lr_schedule, c.server_lr_schedule or c.lr_schedule}
     for name, schedules in SCHEDULE_OPTIONS.items():
-        if getattr(c, name) is not None and c.lr_schedule not in schedules:
+        if getattr(c, name) is not None and not kinds & set(schedules):
             raise SplitfedError(
-                f"{name} applies to lr_schedule={' or '.join(schedules)} only (it is {c.lr_schedule})"
+                f"{name} applies to lr_schedule={' or '.join(schedules)} only "
+                f"(it is {' and '.join(sorted(kinds))})"
             )
-    need(c.lr_schedule != "step" or c.lr_step_size is not None, "lr_schedule=step needs lr_step_size")
-    need(c.lr_schedule != "exponential" or c.lr_gamma is not None, "lr_schedule=exponential needs lr_gamma")
+    need("step" not in kinds or c.lr_step_size is not None, "lr_schedule=step needs lr_step_size")
+    need("exponential" not in kinds or c.lr_gamma is not None, "lr_schedule=exponential needs lr_gamma")
 
 
 def _check_text(c: Config) -> None:

@@ -1,9 +1,13 @@
 """Name -> factory registries for models, algorithms, datasets and partitions (timm style)."""
 
 import ast
+import functools
+import hashlib
 import importlib
 import os
+import re
 import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -55,12 +59,71 @@ def given_name(obj: Any) -> str:
     return name
 
 
+PYTHON_OBJECT = "python:"  # the label of an object that cannot be imported by name: python:<name>@<hash>
+
+
+def object_label(obj: Any) -> str:
+    """What config.toml records for an object given in Python (an optimizer class, a factory): its
+    ``pkg.module:name`` where that imports back to ``obj`` (a CLI run can then name it), else
+    ``python:<name>@<fingerprint>`` of its code, so a resumed run given another object refuses it.
+    Either way ``import_object`` finds ``obj`` under the label in this process."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if module and qualname and module != "__main__" and "<" not in qualname:
+        spec = f"{module}:{qualname}"
+        try:
+            if import_object(spec, "object") is obj:
+                GIVEN[spec] = obj
+                return spec
+        except SplitfedError:
+            pass
+    name = qualname or type(obj).__name__
+    digest = hashlib.blake2b(_fingerprint(obj).encode(), digest_size=4).hexdigest()
+    label = f"{PYTHON_OBJECT}{name}@{digest}"
+    GIVEN[label] = obj
+    return label
+
+
+def _fingerprint(obj: Any, depth: int = 0) -> str:
+    """Text that changes when the object's behaviour may: a function's code, constants, defaults and
+    closure (addresses left out, so the same code in a new process gives the same text)."""
+    if depth > 4:
+        return "..."
+    if isinstance(obj, functools.partial):
+        parts = [_fingerprint(obj.func, depth + 1), *map(repr, obj.args)]
+        return "partial(" + ", ".join(parts + [f"{k}={v!r}" for k, v in sorted(obj.keywords.items())]) + ")"
+    if isinstance(obj, types.FunctionType):
+        cells = [c.cell_contents for c in obj.__closure__ or ()]
+        return "|".join(
+            [
+                obj.__qualname__,
+                _fingerprint(obj.__code__, depth + 1),
+                *(_fingerprint(v, depth + 1) for v in (*(obj.__defaults__ or ()), *cells)),
+            ]
+        )
+    if isinstance(obj, types.CodeType):
+        consts = [
+            _fingerprint(c, depth + 1) if isinstance(c, types.CodeType) else repr(c) for c in obj.co_consts
+        ]
+        return f"{obj.co_code.hex()}{consts}{obj.co_names}"
+    if isinstance(obj, type):
+        if obj.__module__ != "__main__" and "<" not in obj.__qualname__:
+            return f"{obj.__module__}:{obj.__qualname__}"
+        methods = sorted((k, _fingerprint(v, depth + 1)) for k, v in vars(obj).items() if callable(v))
+        return f"{obj.__qualname__}{[b.__qualname__ for b in obj.__bases__]}{methods}"
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(obj))
+
+
 def import_object(spec: str, kind: str, what: str = "it as pkg.module:name") -> Any:
     """The object at ``pkg.module:attr`` (attr may be dotted), imported from the current directory or
     PYTHONPATH; any way that fails is one SplitfedError naming the ``kind`` ("model", "algorithm") and how
     to name one (``what``)."""
     if spec in GIVEN:
         return GIVEN[spec]
+    if spec.startswith(PYTHON_OBJECT):
+        raise SplitfedError(
+            f"{kind} {spec} was given in Python as an object, which this process does not hold; give the "
+            f"same object again, or name {what}"
+        )
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise SplitfedError(f"{kind} {spec!r}: name {what}")

@@ -33,8 +33,9 @@ from .data.given import given_data, is_given_folder, is_per_client, load_given_f
 from .engine.context import Context, PartSpec
 from .engine.link import Link
 from .engine.metrics import LossFn, SplitModel, measure_divergence, train_flops_per_sample
-from .engine.optim import side_optimizer
+from .engine.optim import LRSchedule, check_optimizer_knobs, side_optimizer
 from .engine.side import Layout, State
+from .engine.user_optim import TorchOptimizer
 from .errors import SplitfedError
 from .models import (
     MODELS,
@@ -290,8 +291,14 @@ def prepare(
                 f"({blocks}); choose a cut with trainable layers on both sides (cuts: "
                 f"{', '.join(map(str, built.cut_points))})"
             )
-    init_c = Layout(client_module).state_of(client_module, side_optimizer(cfg, "client"), device)
-    init_s = Layout(server_module).state_of(server_module, side_optimizer(cfg, "server"), device)
+    # Each side's optimizer and schedule, built and stepped once here: one given as an object that
+    # cannot train (or be averaged) is refused before anything runs.
+    opt_c, opt_s = side_optimizer(cfg, "client", client_module), side_optimizer(cfg, "server", server_module)
+    check_optimizer_knobs(cfg, [opt_c, opt_s])
+    for half, opt in (("client", opt_c), ("server", opt_s)):
+        LRSchedule(cfg, opt.lr, half, opt if isinstance(opt, TorchOptimizer) else None).rates(cfg.rounds)
+    init_c = Layout(client_module).state_of(client_module, opt_c, device)
+    init_s = Layout(server_module).state_of(server_module, opt_s, device)
     flops = train_flops_per_sample(client_module, server_module, data_set.in_shape, data_set.train_x.dtype)
     client_module.to(device)
     server_module.to(device)

@@ -61,6 +61,8 @@ def test_the_deployment_trains_the_simulations_models(tmp_path, changes):
         up = zip(deployed["client_bytes_up"], simulated["client_bytes_up"], strict=True)
         assert all(wire >= counted for wire, counted in up)  # + headers and framing
         assert abs(deployed["train_loss"] - simulated["train_loss"]) < 1e-4
+        rates = ("lr_client", "lr_server")
+        assert [deployed[k] for k in rates] == [simulated[k] for k in rates]
 
 
 FEDBN_ON_RESNET = {"algorithm": ("fedbn",), "model": "resnet18", "model_args": {"width": 4}}

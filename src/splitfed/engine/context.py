@@ -10,8 +10,9 @@ from .._rng import generator
 from ..config import Config
 from ..data import ClientStreams
 from .link import Link
-from .optim import LossFn, LRSchedule, side_optimizer
+from .optim import LossFn, LRSchedule, SideOptimizer, side_optimizer
 from .side import Meter, Side, State
+from .user_optim import TorchOptimizer
 
 UNION = -1  # the participant that holds the union of the round's clients' data (centralized training)
 
@@ -48,7 +49,7 @@ class Context:
     loss: LossFn = F.cross_entropy
     # the parts of the algorithm being run, by name (made by the executor from its definition)
     parts: dict[str, PartSpec] = field(default_factory=dict)
-    _schedules: dict[float, LRSchedule] = field(default_factory=dict, init=False, repr=False)
+    _schedules: dict[str, LRSchedule] = field(default_factory=dict, init=False, repr=False)  # by part
 
     @property
     def num_clients(self) -> int:
@@ -63,7 +64,7 @@ class Context:
         """``copies`` of part ``part``, computed at ``location`` ("client" or "main_server"), trained with
         its optimizer settings; every copy starts at the part's initial state."""
         spec = self.parts[part]
-        opt = side_optimizer(self.cfg, spec.optimizer)
+        opt = side_optimizer(self.cfg, spec.optimizer, spec.module)
         side = Side(
             spec.module,
             spec.init,
@@ -77,16 +78,34 @@ class Context:
         )
         side.part, side.flops_per_sample = part, spec.flops
         self.sides.append(side)
+        self._schedule(part, opt)
         return side
 
     def set_round(self, rnd: int) -> None:
-        """Set every side's learning rate to round ``rnd``'s (from 1) under ``lr_schedule``; call it before
-        the round trains. The rate depends on ``rnd`` alone, so a resumed run needs nothing saved for it."""
+        """Set every side's learning rate to round ``rnd``'s (from 1) under its side's ``lr_schedule``;
+        call it before the round trains. The rate depends on ``rnd`` alone, so a resumed run needs
+        nothing saved for it."""
         for side in self.sides:
-            base = side.opt.lr
-            if base not in self._schedules:
-                self._schedules[base] = LRSchedule(self.cfg, base)
-            side.set_lr(self._schedules[base](rnd))
+            side.set_lr(self._schedule(side.part).rates(rnd))
+
+    def rates(self, rnd: int) -> dict[str, float]:
+        """Round ``rnd``'s rate of the client-side and the server-side optimizers (their first parameter
+        group's), as ``lr_client`` and ``lr_server``: what a round's record reports."""
+        found: dict[str, float] = {}
+        for part, spec in self.parts.items():
+            if f"lr_{spec.optimizer}" not in found:
+                found[f"lr_{spec.optimizer}"] = self._schedule(part).rates(rnd)[0]
+        return dict(sorted(found.items()))
+
+    def _schedule(self, part: str, opt: SideOptimizer | None = None) -> LRSchedule:
+        """Part ``part``'s schedule (the same for each of its sides), made on first use: its optimizer
+        given as an object is the schedule's twin, so each parameter group gets its own rate."""
+        if part not in self._schedules:
+            spec = self.parts[part]
+            opt = opt or side_optimizer(self.cfg, spec.optimizer, spec.module)
+            twin = opt if isinstance(opt, TorchOptimizer) else None
+            self._schedules[part] = LRSchedule(self.cfg, opt.lr, spec.optimizer, twin)
+        return self._schedules[part]
 
     def batch_size(self, n: int) -> int:
         """b_n; the union draws batches of b."""

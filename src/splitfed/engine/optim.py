@@ -1,5 +1,9 @@
 """A side's optimizer: torch.optim's own functional step on one copy's flat state, or on all copies stacked.
 
+This is the path of the named optimizers (sgd, adam, adamw); one given as an object (any torch.optim
+class, or a factory with parameter groups) steps through torch's own ``optimizer.step()`` instead
+(engine/user_optim.py), with its state flat in the same place and averaged by the same rule (below).
+
 ``Optimizer.step`` calls ``torch.optim.sgd.sgd``, ``torch.optim.adam.adam`` or ``torch.optim.adamw.adamw``
 (public, in those modules' ``__all__``) on the flat parameter vector of one copy ([P]) or of every copy at
 once ([K, P]). These optimizers are element-wise, so one flat tensor in place of the module's parameter
@@ -48,14 +52,19 @@ whole-model step (``joint_step``) clips the whole model's gradient, as torch wou
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 from torch.optim import lr_scheduler
 from torch.optim.adam import adam
 from torch.optim.adamw import adamw
 from torch.optim.sgd import sgd
 
-from ..config import Config
+from ..config import CHOICES, Config
+from ..errors import SplitfedError
+from ..registry import import_object
+from .user_optim import TorchOptimizer, class_factory
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -79,11 +88,16 @@ class Optimizer:
     amsgrad: bool = False
     clip_grad_norm: float | None = None
 
+    capturable: ClassVar[bool] = True  # its graph-safe kernels replay in a CUDA graph (module docstring)
+
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.name!r}")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")  # torch's rule
+
+    def set_rates(self, rates: Sequence[float]) -> None:
+        """Nothing to do: a Side hands this optimizer the round's rate at each step."""
 
     @property
     def slots(self) -> tuple[str, ...]:
@@ -193,10 +207,54 @@ def clip_grad_norm_(grads: Sequence[torch.Tensor], max_norm: float) -> None:
         g.mul_(coef)
 
 
-def side_optimizer(cfg: Config, half: str) -> Optimizer:
-    """The optimizer of the client side (``half`` = "client") or the server side ("server") of a run."""
+# The config's optimizer knobs at their defaults: a class given as an object gets only those set away from
+# them (its own defaults otherwise), and only those its __init__ takes.
+KNOB_DEFAULTS: dict[str, Any] = {
+    "momentum": 0.0,
+    "dampening": 0.0,
+    "nesterov": False,
+    "weight_decay": 0.0,
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "amsgrad": False,
+}
+# What a named optimizer takes of them.
+NAMED_KNOBS = {
+    "sgd": {"momentum", "dampening", "nesterov", "weight_decay"},
+    "adam": {"weight_decay", "betas", "eps", "amsgrad"},
+    "adamw": {"weight_decay", "betas", "eps", "amsgrad"},
+}
+SideOptimizer = Optimizer | TorchOptimizer
+
+
+def side_optimizer(cfg: Config, half: str, module: nn.Module | None = None) -> SideOptimizer:
+    """The optimizer of the client side (``half`` = "client") or the server side ("server") of a run.
+
+    A name (sgd, adam, adamw) gives the flat ``Optimizer``; a class or factory (as config.toml records
+    it) gives a ``TorchOptimizer`` over ``module``'s parameters (required then)."""
     name = (cfg.client_optimizer if half == "client" else cfg.server_optimizer) or cfg.optimizer
-    lr = (cfg.client_lr if half == "client" else cfg.server_lr) or cfg.lr
+    own_lr = cfg.client_lr if half == "client" else cfg.server_lr
+    lr = own_lr or cfg.lr
+    if name not in OPTIMIZERS:
+        assert module is not None, "an optimizer given as an object needs the side's module"
+        field = f"{half}_optimizer" if name != cfg.optimizer else "optimizer"
+        obj = import_object(name, field, "a torch.optim.Optimizer class or factory as pkg.module:name")
+        knobs = {k: getattr(cfg, k) for k, default in KNOB_DEFAULTS.items() if getattr(cfg, k) != default}
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer):
+            make, taken = class_factory(obj, lr, knobs, name)
+            return TorchOptimizer(make, name, module, cfg.clip_grad_norm, taken)
+        if isinstance(obj, type) or not callable(obj):
+            raise SplitfedError(
+                f"{field} {name} is a {'class' if isinstance(obj, type) else type(obj).__name__} that is "
+                "no torch.optim.Optimizer; it must be a "
+                "torch.optim.Optimizer class or a factory (named parameters) -> Optimizer"
+            )
+        if own_lr is not None:  # a factory sets its own rates: a rate given for its side would be ignored
+            raise SplitfedError(
+                f"{half}_lr is set, but the {half} side's optimizer {name} is a factory, which sets its own "
+                "rates; set them in the factory"
+            )
+        return TorchOptimizer(obj, name, module, cfg.clip_grad_norm)
     return Optimizer(
         name,
         lr,
@@ -211,38 +269,94 @@ def side_optimizer(cfg: Config, half: str) -> Optimizer:
     )
 
 
-class LRSchedule:
-    """The learning rate of each round, from a real ``torch.optim.lr_scheduler`` on a dummy optimizer.
+def check_optimizer_knobs(cfg: Config, opts: Sequence[SideOptimizer]) -> None:
+    """Refuse an optimizer knob set away from its default that no side's optimizer takes (it would be
+    ignored): a class given as an object takes those its __init__ does, a factory none."""
+    taken = set().union(*(NAMED_KNOBS[o.name] if isinstance(o, Optimizer) else o.knobs for o in opts))
+    for knob, default in KNOB_DEFAULTS.items():
+        if getattr(cfg, knob) != default and knob not in taken:
+            names = ", ".join(o.name if isinstance(o, Optimizer) else o.label for o in opts)
+            raise SplitfedError(
+                f"{knob} is set, but no side's optimizer takes it (optimizers: {names}; a factory sets its "
+                "own); set it where the optimizer is built"
+            )
 
-    Round r (from 1) gets the rate after r − 1 scheduler steps, as epoch r − 1 would under torch: so the
+
+def side_schedule(cfg: Config, half: str) -> str:
+    """The name or label of the ``half`` side's learning rate schedule."""
+    return (cfg.client_lr_schedule if half == "client" else cfg.server_lr_schedule) or cfg.lr_schedule
+
+
+class LRSchedule:
+    """The learning rate of each round, from a real ``torch.optim.lr_scheduler`` on a twin optimizer.
+
+    Round r (from 1) gets the rates after r − 1 scheduler steps, as epoch r − 1 would under torch: so the
     sequence is exactly torch's. The rate changes per round (between fed-server aggregations), not per
     iteration. ``cosine`` anneals from the base rate to ``lr_min`` over ``lr_cosine_rounds`` (default:
     ``rounds``); ``step`` multiplies by ``lr_gamma`` every ``lr_step_size`` rounds; ``exponential`` by
-    ``lr_gamma`` every round.
+    ``lr_gamma`` every round. A factory ``optimizer -> LRScheduler`` (config.toml: its label) is called on
+    the twin and stepped the same way: warm-up included (``SequentialLR`` of ``LinearLR`` and a cosine).
+
+    The twin is a plain SGD at ``base_lr`` for a named optimizer; for one given as an object
+    (``optimizer``: a ``TorchOptimizer``) a fresh instance of it, so each parameter group gets its rate.
+    Only the rates are taken from the scheduler (not a momentum it may cycle).
     """
 
-    def __init__(self, cfg: Config, base_lr: float) -> None:
-        self._opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
-        self._sched = _scheduler(cfg, self._opt)
-        self._rates: list[float] = []
+    def __init__(
+        self, cfg: Config, base_lr: float, half: str = "client", optimizer: TorchOptimizer | None = None
+    ) -> None:
+        self.name = side_schedule(cfg, half)
+        if optimizer is None:
+            self._opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
+        else:
+            self._opt = optimizer.twin()
+        self._sched = _scheduler(cfg, self.name, self._opt, half)
+        self._rates: list[list[float]] = []
 
-    def __call__(self, rnd: int) -> float:
+    def rates(self, rnd: int) -> list[float]:
+        """Every parameter group's rate in round ``rnd`` (from 1)."""
         while len(self._rates) < rnd:
-            if self._rates:
-                self._opt.step()  # no gradients, no change; keeps torch from warning about the order
-                if self._sched is not None:
+            if self._rates and self._sched is not None:
+                try:
+                    self._opt.step()  # no gradients, no change; keeps torch from warning about the order
                     self._sched.step()
-            self._rates.append(float(self._opt.param_groups[0]["lr"]))
+                except Exception as e:  # a user's scheduler: any failure, one line
+                    first = (str(e).splitlines() or [""])[0]
+                    raise SplitfedError(
+                        f"lr_schedule {self.name} fails on its step {len(self._rates)} "
+                        f"({type(e).__name__}: {first}); splitfed calls scheduler.step() once a round"
+                    ) from None
+            self._rates.append([float(g["lr"]) for g in self._opt.param_groups])
         return self._rates[rnd - 1]
 
+    def __call__(self, rnd: int) -> float:
+        """The first parameter group's rate in round ``rnd`` (from 1)."""
+        return self.rates(rnd)[0]
 
-def _scheduler(cfg: Config, opt: torch.optim.Optimizer) -> lr_scheduler.LRScheduler | None:
-    if cfg.lr_schedule == "none":
+
+def _scheduler(
+    cfg: Config, name: str, opt: torch.optim.Optimizer, half: str
+) -> lr_scheduler.LRScheduler | None:
+    if name not in CHOICES["lr_schedule"]:
+        field = f"{half}_lr_schedule" if name != cfg.lr_schedule else "lr_schedule"
+        make = import_object(name, field, "a factory Optimizer -> LRScheduler as pkg.module:name")
+        try:
+            sched = make(opt)
+        except Exception as e:  # a user's factory: any failure, one line
+            first = (str(e).splitlines() or [""])[0]
+            raise SplitfedError(f"{field} {name} cannot be built: {type(e).__name__}: {first}") from None
+        if not callable(getattr(sched, "step", None)):
+            raise SplitfedError(
+                f"{field} {name} returned a {type(sched).__name__}; it must return a "
+                "torch.optim.lr_scheduler.LRScheduler on the optimizer it is given"
+            )
+        return sched
+    if name == "none":
         return None
-    if cfg.lr_schedule == "step":
+    if name == "step":
         assert cfg.lr_step_size is not None  # the config requires it
         return lr_scheduler.StepLR(opt, cfg.lr_step_size, 0.1 if cfg.lr_gamma is None else cfg.lr_gamma)
-    if cfg.lr_schedule == "exponential":
+    if name == "exponential":
         assert cfg.lr_gamma is not None
         return lr_scheduler.ExponentialLR(opt, cfg.lr_gamma)
     return lr_scheduler.CosineAnnealingLR(opt, cfg.lr_cosine_rounds or cfg.rounds, cfg.lr_min or 0.0)

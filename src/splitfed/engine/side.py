@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from .optim import LossFn, Optimizer, clip_grad_norm_
+from .optim import LossFn, SideOptimizer, clip_grad_norm_
 
 
 @dataclass
@@ -112,7 +112,7 @@ class Layout:
         self.num_buffers = sum(s.numel() for _, s in self.buffers)
 
     def state_of(
-        self, module: nn.Module, opt: Optimizer | None = None, device: torch.device | str = "cpu"
+        self, module: nn.Module, opt: SideOptimizer | None = None, device: torch.device | str = "cpu"
     ) -> State:
         """The module's weights as a State, with ``opt``'s initial (zero) state; none without ``opt``."""
         flat = [p.detach().reshape(-1).float() for p in module.parameters()]
@@ -223,7 +223,7 @@ class Side:
         module: nn.Module,
         init: State,
         copies: int,
-        opt: Optimizer,
+        opt: SideOptimizer,
         location: str,
         meter: Meter,
         vectorised: bool = False,
@@ -289,13 +289,17 @@ class Side:
             )
         held[k].copy_(value)
 
-    def set_lr(self, lr: float) -> None:
-        """The learning rate of the next steps (of every copy), e.g. a schedule's rate for this round.
+    def set_lr(self, lr: float | Sequence[float]) -> None:
+        """The learning rate of the next steps (of every copy), e.g. a schedule's rate for this round:
+        one number, or one per parameter group of an optimizer given as an object (``lr_value`` is then
+        the first group's).
 
         Filled in place: a captured CUDA graph reads the new rate on its next replay. Call it between
         slots, not inside one."""
-        self.lr_value = lr
-        self.lr.fill_(lr)
+        rates = [lr] if isinstance(lr, int | float) else list(lr)
+        self.opt.set_rates(rates)
+        self.lr_value = rates[0]
+        self.lr.fill_(rates[0])
 
     def counters(self, clients: Sequence[int] = ()) -> dict[str, int]:
         return {"samples": self.samples, "steps": self.steps}

@@ -238,8 +238,11 @@ class LocalExecutor:
             side.metered = part.name == algo.chain[-1]  # the model's output: its loss is the training loss
             self.sides[part.name] = side
         self.model_parts = [p.name for p in algo.client_parts if p.in_model]  # what step_model trains
+        # an optimizer given as an object steps through Python between kernels: no graph can hold it
+        capturable = all(side.opt.capturable for side in self.sides.values())
         self.graphs = StepGraphs(
-            cuda_graphs and ctx.init_c.params.is_cuda, lambda: [ctx.link, ctx.meter, *ctx.sides]
+            cuda_graphs and capturable and ctx.init_c.params.is_cuda,
+            lambda: [ctx.link, ctx.meter, *ctx.sides],
         )
 
     @property

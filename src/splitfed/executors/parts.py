@@ -55,7 +55,7 @@ def build_parts(algo: Algorithm, setup: Setup) -> dict[str, PartSpec]:
 
 def _spec(part: Part, module: torch.nn.Module, init: State | None, flops: float, setup: Setup) -> PartSpec:
     if init is None:
-        opt = side_optimizer(setup.cfg, part.trains_with)
+        opt = side_optimizer(setup.cfg, part.trains_with, module)
         init = Layout(module).state_of(module, opt, setup.device)
     return PartSpec(module, init, part.trains_with, flops)
 

@@ -111,6 +111,7 @@ def train(
         elapsed += round_time
         record |= {
             "train_loss": ctx.meter.train_loss,
+            **ctx.rates(rnd),  # lr_client, lr_server: the round's rates (lr_schedule)
             "participants": len(clients),
             "samples": sum(s.samples for s in output),
             "server_steps": sum(s.steps for s in after_cut),

@@ -231,6 +231,7 @@ class FedServer(pb_grpc.FedServerServicer):
             "test_loss": loss,
             "test_accuracy_per_class": per_class,
             "train_loss": train_loss,
+            **self.ctx.rates(r),  # lr_client, lr_server: the round's rates, as the clients and server use
             "participants": len(clients),
             "dropped_clients": dropped,
             "samples": int(samples),
