@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import splitfed
 from splitfed import Config, SplitfedError, split
 from splitfed.algorithms import ALGORITHMS
 from splitfed.executors import train
@@ -343,3 +344,13 @@ def test_a_named_cut_round_trips_through_config_toml_and_the_command_line(tmp_pa
     assert coerce(FIELDS["cut_layer"], "h.0", "--cut-layer", from_cli=True) == "h.0"
     with pytest.raises(SplitfedError, match="positive integer or a module's name"):
         Config(cut_layer="")
+
+
+def test_a_graph_cut_run_loads_back_into_the_users_class(one_thread, tmp_path):
+    # export rebuilds the halves from data.json's shape and input dtype (int64 tokens here), loads the
+    # checkpoint's flat states into them, and the user's own class holds the result
+    cfg = config(algorithm=("sfl_v1",), cut_layer="h.1.attn", out=str(tmp_path / "run"))
+    result = splitfed.run(cfg, model=built(GPT), data=tokens())
+    loaded = splitfed.load_model(result.out_dir, "sfl_v1", model=built(GPT, seed=1))
+    assert type(loaded) is GPT
+    assert_same_model(loaded, result.models["sfl_v1"], atol=0.0)
