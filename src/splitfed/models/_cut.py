@@ -76,6 +76,12 @@ def default_cut(model: nn.Module, name: str = "") -> Cut:
     experiment, so an unnamed cut is one line suggesting one."""
     if isinstance(model, nn.Sequential):
         return CutModel.from_sequential(model).middle_cut
+    if not cut_points(model):
+        raise SplitfedError(
+            f"model {name or type(model).__name__} is a {type(model).__name__} whose forward calls fewer than "
+            "two modules: there is nothing to cut between; give an nn.Sequential, two halves (client, "
+            "server), or a module made of submodules"
+        )
     raise SplitfedError(
         f"model {name or type(model).__name__} is not an nn.Sequential: name the module the client side ends "
         f"with, e.g. cut_layer = {_suggest(model)!r} (its modules in order: "
