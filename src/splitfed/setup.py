@@ -273,7 +273,9 @@ def prepare(
     client_module, server_module = split(built, cut_layer, data_set.train_x[:2])
     for side, half in (("client", client_module), ("server", server_module)):
         if not any(True for _ in half.parameters()):  # nothing to train there: the split is not a split
-            blocks = ", ".join(type(m).__name__ for m in half.children())
+            # a Sequential's blocks by type; a traced half's by name (its children are the model's paths)
+            sequential = isinstance(half, nn.Sequential)
+            blocks = ", ".join(type(m).__name__ if sequential else n for n, m in half.named_children())
             raise SplitfedError(
                 f"cut_layer {cut_layer} leaves model {model_name}'s {side} side without parameters "
                 f"({blocks}); choose a cut with trainable layers on both sides (cuts: "

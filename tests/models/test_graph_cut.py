@@ -271,6 +271,13 @@ def test_two_cuts_by_name_for_ushaped_sl_compose_to_the_model():
         split_at(model, ["ln_f", "h.0"], x[:2])
 
 
+def test_ushaped_cuts_that_leave_a_part_without_parameters_are_one_line(one_thread):
+    # h.0.mlp then h.0 leaves the body with only block h.0's last residual add: it would train nothing
+    cfg = config(algorithm=("ushaped_sl",), cut_layer="h.0.mlp", tail_cut="h.0")
+    with pytest.raises(SplitfedError, match="leave part 'server' without parameters"):
+        train("ushaped_sl", prepare(cfg, model=built(GPT), data=tokens()))
+
+
 def test_two_halves_are_accepted_as_they_are(one_thread):
     torch.manual_seed(0)
     client = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU())

@@ -40,6 +40,11 @@ def build_parts(algo: Algorithm, setup: Setup) -> dict[str, PartSpec]:
             smashed = setup.client_module.eval()(x)
     else:
         for i, (part, module) in enumerate(zip(in_model, split_at(setup.model, cuts, x), strict=True)):
+            if not any(True for _ in module.parameters()):  # a part that trains nothing: not a split
+                raise SplitfedError(
+                    f"{algo.name}: cuts {cuts} leave part {part.name!r} without parameters; choose cuts with "
+                    "trainable layers in every part"
+                )
             flops, x = module_flops(module, x, input_grad=i > 0)
             smashed = x if i == 0 else smashed
             specs[part.name] = _spec(part, module.to(setup.device), None, flops, setup)

@@ -78,8 +78,8 @@ def default_cut(model: nn.Module, name: str = "") -> Cut:
         return CutModel.from_sequential(model).middle_cut
     if not cut_points(model):
         raise SplitfedError(
-            f"model {name or type(model).__name__} is a {type(model).__name__} whose forward calls fewer than "
-            "two modules: there is nothing to cut between; give an nn.Sequential, two halves (client, "
+            f"model {name or type(model).__name__} is a {type(model).__name__} whose forward calls fewer "
+            "than two modules: there is nothing to cut between; give an nn.Sequential, two halves (client, "
             "server), or a module made of submodules"
         )
     raise SplitfedError(
@@ -101,7 +101,7 @@ def check_cut(model: nn.Module, cut_layer: Cut, name: str = "") -> None:
     """A number cuts a Sequential only; a name must be a module's (``split`` checks its place)."""
     name = name or type(model).__name__
     if isinstance(cut_layer, str):
-        if cut_layer not in dict(model.named_modules()) or not cut_layer:
+        if not cut_layer or cut_layer not in dict(model.named_modules()):
             raise SplitfedError(
                 f"model {name} has no module {cut_layer!r}; cut after one of its modules, e.g. "
                 f"{', '.join(map(repr, cut_points(model, named=True)[:8]))}"
