@@ -434,10 +434,10 @@ def _one_line(excinfo) -> str:
             r"outputs \[2, 3\] for 2 samples; it must output \[2, 5\]",
         ),
         (lambda n: nn.Sequential(), None, r"a builder must take \(num_classes, in_shape\); it takes \(n\)"),
-        (lambda n, s: nn.Linear(s[0], n), None, "is a Linear; a model to split must be an nn.Sequential"),
-        (Block(12, 5), None, "is a Block; a model to split must be an nn.Sequential"),
+        (lambda n, s: nn.Linear(s[0], n), None, "is a Linear whose forward calls fewer than two modules"),
+        (Block(12, 5), None, "is a Block whose forward calls fewer than two modules"),
         (lambda n, s: nn.Sequential(nn.Conv2d(*s, 3)), None, r"cannot be built for inputs \[12\]"),
-        (42, None, "is a int; give an nn.Sequential"),
+        (42, None, "is a int; give an nn.Module"),
         (nn.Sequential(nn.Flatten(), nn.Linear(12, 5)), None, "client side without parameters \\(Flatten\\)"),
     ],
 )
@@ -532,7 +532,7 @@ def test_bad_module_paths_and_data_files_are_one_line_with_exit_2(user_files, tm
             ["--model", f"{user_files}:wrong"],
             "a builder must take \\(num_classes, in_shape\\)",
         ),
-        "not a model": (["--model", f"{user_files}:not_a_model"], "is a int; it must be an nn.Sequential"),
+        "not a model": (["--model", f"{user_files}:not_a_model"], "is a int; it must be an nn.Module"),
         "bad model arg": (
             ["--model", f"{user_files}:build", "--model-arg", "depth=2"],
             "has no argument 'depth'",

@@ -104,7 +104,7 @@ def test_every_shipped_experiment_config_is_valid():
         ('rounds = "1"', "an integer"),
         ('lr = "0.1"', "a number"),
         ('resume = "true"', "true or false"),
-        ('cut_layer = "none"', "an integer or none"),
+        ('cut_layer = "3"', "an integer or a module's name or none"),
         ('synthetic_shape = "1,8,8"', "a list of integers or none"),
     ],
 )

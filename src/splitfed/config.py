@@ -18,6 +18,9 @@ from ._limits import check_threads
 from .errors import SplitfedError
 from .registry import given_name, object_label
 
+# A cut: a block number of an nn.Sequential / CutModel, or the qualified name of any module (a traced graph).
+CUT = int | str
+
 ALL_ALGORITHMS = ("minibatch_sfl", "sfl_v1", "sfl_v2", "sl", "fedavg", "centralized")
 
 # Fields with a fixed set of values: what _validate accepts and what `splitfed run --help` lists.
@@ -87,7 +90,12 @@ class Config:
     model_args: dict = _f(  # noqa: RUF009 (_f builds a default_factory)
         {}, "extra model arguments, e.g. norm=group width=16", flag="model-arg"
     )
-    cut_layer: int | None = _f(None, "cut layer Lc; default: the model's middle cut")
+    cut_layer: int | str | None = _f(
+        None,
+        "cut layer Lc (a block number), or the name of the module the client side ends with (e.g. layer2); "
+        "default: the model's middle cut",
+        metavar="LC|NAME",
+    )
     # clients and their data
     clients: int = _f(10, "number of clients N")
     clients_per_round: int | None = _f(None, "clients sampled per round; default: all (full participation)")
@@ -162,10 +170,11 @@ class Config:
         None, "fedadam's server β1,β2; default 0.9,0.99", metavar="B1,B2"
     )
     fed_eps: float | None = _f(None, "fedadam's server τ (adaptivity); default 1e-3")
-    tail_cut: int | None = _f(
+    tail_cut: int | str | None = _f(
         None,
-        "ushaped_sl: the second cut, after which the tail (and the loss) stay on the client; "
-        "default: the model's last cut",
+        "ushaped_sl: the second cut (a number, or a module's name, as cut_layer), after which the tail "
+        "(and the loss) stay on the client; default: the model's last cut",
+        metavar="LC|NAME",
     )
     client_state_mb: float = _f(
         1024.0,
@@ -316,7 +325,7 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     """(type without None, whether None is allowed)."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
+        return (args[0] if len(args) == 1 else typing.Union[tuple(args)]), True  # noqa: UP007
     return tp, False
 
 
@@ -353,6 +362,13 @@ def coerce(f: dataclasses.Field, value: Any, where: str, *, from_cli: bool = Fal
         elif tp is str:
             if isinstance(value, str):
                 return value
+        elif tp == CUT:  # a block number, or a module's qualified name ("3" on the command line is 3)
+            if from_cli:
+                return int(value) if value.strip().isdigit() else value
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and not value.isdigit():  # "3" in a file is a quoted number
+                return value
         elif typing.get_origin(tp) is tuple:
             item = typing.get_args(tp)[0]
             if from_cli:  # "a,b,c"; integer lists may also be written 3x32x32
@@ -382,6 +398,7 @@ def coerce(f: dataclasses.Field, value: Any, where: str, *, from_cli: bool = Fal
 def _type_name(tp: Any) -> str:
     base, optional = _base_type(tp)
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    names[CUT] = "an integer or a module's name"
     lists = {int: "a list of integers", float: "a list of numbers"}
     name = names.get(base) or lists.get(typing.get_args(base)[0], "a list of names")
     return name + (" or none" if optional else "")
@@ -431,7 +448,12 @@ def _validate(c: Config) -> None:
         or (len(c.fed_betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in c.fed_betas)),
         f"fed_betas must be two numbers in [0, 1), got {c.fed_betas}",
     )
-    need(c.tail_cut is None or c.tail_cut >= 1, f"tail_cut must be a positive integer, got {c.tail_cut}")
+    for name in ("cut_layer", "tail_cut"):
+        v = getattr(c, name)
+        need(
+            v is None or (v >= 1 if isinstance(v, int) else bool(v.strip())),
+            f"{name} must be a positive integer or a module's name, got {v!r}",
+        )
     need(c.divergence_every >= 0, f"divergence_every must be >= 0, got {c.divergence_every}")
     need(c.model_every >= 0, f"model_every must be >= 0 (0: final models only), got {c.model_every}")
     need(c.eval_batch_size >= 0, f"eval_batch_size must be >= 0 (0: automatic), got {c.eval_batch_size}")
@@ -444,7 +466,6 @@ def _validate(c: Config) -> None:
             c.clients_per_round <= c.clients,
             f"clients_per_round ({c.clients_per_round}) exceeds clients ({c.clients})",
         )
-    need(c.cut_layer is None or c.cut_layer >= 1, f"cut_layer must be a positive integer, got {c.cut_layer}")
     for name, allowed in CHOICES.items():
         v = getattr(c, name)
         optional = _base_type(FIELDS[name].type)[1]

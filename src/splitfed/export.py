@@ -85,13 +85,14 @@ def _load(
         algorithm = cfg.algorithm[0]
     if algorithm not in cfg.algorithm:
         raise SplitfedError(f"{run} has no algorithm {algorithm!r}; it ran: {', '.join(cfg.algorithm)}")
-    built = _rebuild(run, cfg, model)
+    built, example = _rebuild(run, cfg, model)
     checkpoint = run / "checkpoints" / f"{algorithm}.pt"
     saved = read_run_checkpoint(checkpoint) if checkpoint.is_file() else None
     if rnd is None or (saved is not None and saved["round"] == rnd):
         if saved is None:
             raise SplitfedError(f"{run} has no checkpoint of {algorithm}: it has not finished a round")
-        _load_states(built, cfg, State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"]), checkpoint)
+        w_c, w_s = State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
+        _load_states(built, cfg, w_c, w_s, checkpoint, example)
         return built, algorithm, saved["round"]
     path = run / "models" / algorithm / f"round-{rnd}.pt"
     if not path.is_file():
@@ -113,8 +114,9 @@ def _load(
     return built, algorithm, rnd
 
 
-def _rebuild(run: Path, cfg: Config, model: ModelLike | None) -> nn.Module:
-    """The run's model with its initial weights: its builder (or the given object) on the data's shape."""
+def _rebuild(run: Path, cfg: Config, model: ModelLike | None) -> tuple[nn.Module, torch.Tensor]:
+    """The run's model with its initial weights: its builder (or the given object) on the data's shape;
+    and an input batch of zeros of that shape (where a model cut by name takes its crossing shapes)."""
     from .setup import build, load_data
 
     if model is None and cfg.model is not None and cfg.model.startswith(PYTHON_MODEL):
@@ -125,11 +127,16 @@ def _rebuild(run: Path, cfg: Config, model: ModelLike | None) -> nn.Module:
     info = _data_info(run)
     if info is None:  # a run directory from before data.json: the shapes come from the data themselves
         data = load_data(cfg)
-        info = {"in_shape": list(data.in_shape), "num_classes": data.num_classes}
+        info = {
+            "in_shape": list(data.in_shape),
+            "num_classes": data.num_classes,
+            "input_dtype": data.train_x.dtype,
+        }
     builder = model if model is not None else resolve_model(cfg.model or "")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed_for("init"), "init"))
-        return build(builder, cfg.model or "", info["num_classes"], tuple(info["in_shape"]), cfg.model_args)
+        built = build(builder, cfg.model or "", info["num_classes"], tuple(info["in_shape"]), cfg.model_args)
+    return built, torch.zeros(2, *info["in_shape"], dtype=info["input_dtype"])
 
 
 def _data_info(run: Path) -> dict[str, Any] | None:
@@ -138,23 +145,32 @@ def _data_info(run: Path) -> dict[str, Any] | None:
         return None
     try:
         info = json.loads(path.read_text())
-        return {"in_shape": [int(s) for s in info["in_shape"]], "num_classes": int(info["num_classes"])}
-    except (ValueError, KeyError, TypeError):
+        dtype = getattr(torch, info.get("input_dtype", "float32"))  # older runs: float inputs
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(dtype)
+        return {
+            "in_shape": [int(s) for s in info["in_shape"]],
+            "num_classes": int(info["num_classes"]),
+            "input_dtype": dtype,
+        }
+    except (ValueError, KeyError, TypeError, AttributeError):
         raise SplitfedError(
             f"{path} is damaged; it should hold the data's in_shape and num_classes"
         ) from None
 
 
-def _load_states(model: nn.Module, cfg: Config, w_c: State, w_s: State, source: Path) -> None:
+def _load_states(
+    model: nn.Module, cfg: Config, w_c: State, w_s: State, source: Path, example: torch.Tensor
+) -> None:
     """The checkpoint's flat states into the rebuilt model's halves, once their sizes agree."""
     from .setup import assemble
 
     assert cfg.cut_layer is not None  # config.toml is resolved
-    for half, state in zip(split(model, cfg.cut_layer), (w_c, w_s), strict=True):
+    for half, state in zip(split(model, cfg.cut_layer, example), (w_c, w_s), strict=True):
         sizes = (sum(p.numel() for p in half.parameters()), sum(b.numel() for b in half.buffers()))
         if (state.params.numel(), state.buffers.numel()) != sizes:
             raise SplitfedError(
                 f"{source} holds {state.params.numel()} parameters for a half of {sizes[0]}: the model "
                 "given is not the run's"
             )
-    assemble(model, cfg.cut_layer, w_c, w_s)
+    assemble(model, cfg.cut_layer, w_c, w_s, example)

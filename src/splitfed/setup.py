@@ -40,8 +40,10 @@ from .errors import SplitfedError
 from .models import (
     MODELS,
     PYTHON_MODEL,
-    CutModel,
     ModelLike,
+    check_cut,
+    cut_points,
+    default_cut,
     describe,
     import_name,
     make_model,
@@ -62,7 +64,7 @@ class Setup:
     cfg: Config  # resolved: model, cut layer and partition option filled in
     data: Dataset  # on the run's device
     parts: list[torch.Tensor]  # training-set indices per client
-    model: nn.Module  # the full CutModel, holding the initial weights
+    model: nn.Module  # the full model (a CutModel, or the user's module cut by name): the initial weights
     client_module: nn.Module
     server_module: nn.Module
     init_c: State
@@ -146,15 +148,18 @@ class Setup:
         return measure_divergence(split, x, y, list(self.divergence_idx.values()), sizes, w_c, w_s)
 
     def assemble(self, w_c: State, w_s: State) -> nn.Module:
-        """The full model (a CutModel) holding the given client-side and server-side states."""
+        """The full model (as the run built it) holding the given client-side and server-side states."""
         assert self.cfg.cut_layer is not None  # resolved by prepare
-        return assemble(copy.deepcopy(self.model).to(w_c.params.device), self.cfg.cut_layer, w_c, w_s)
+        model = copy.deepcopy(self.model).to(w_c.params.device)
+        return assemble(model, self.cfg.cut_layer, w_c, w_s, self.data.train_x[:2])
 
 
-def assemble(model: nn.Module, cut_layer: int, w_c: State, w_s: State) -> nn.Module:
-    """``model`` (a CutModel built like the run's) with the given client-side and server-side states
-    copied into its halves; returned for chaining."""
-    for half, state in zip(split(model, cut_layer), (w_c, w_s), strict=True):
+def assemble(
+    model: nn.Module, cut_layer: int | str, w_c: State, w_s: State, example: torch.Tensor | None = None
+) -> nn.Module:
+    """``model`` (built like the run's) with the given client-side and server-side states copied into
+    its halves; returned for chaining. ``example``: an input batch, for a model cut by name."""
+    for half, state in zip(split(model, cut_layer, example), (w_c, w_s), strict=True):
         layout = Layout(half)
         with torch.no_grad():
             for p, v in zip(half.parameters(), layout.param_views(state.params), strict=True):
@@ -218,7 +223,7 @@ def prepare(
 ) -> Setup:
     """Validate the whole config against data and model, and build the shared setup. Touches no files.
 
-    ``model`` (an nn.Sequential, a CutModel or a builder) and ``data`` (one data set, see
+    ``model`` (an nn.Module, two halves (client, server) or a builder) and ``data`` (one data set, see
     ``data.datasets.user_data``, or data split into clients, ``data.given``) replace config.model and
     config.dataset, which then record what was given (``check_user_objects``); ``loss`` replaces
     cross-entropy; ``transform(x_batch, generator)`` runs on every training batch, on its device.
@@ -258,8 +263,8 @@ def prepare(
         built = build(builder, model_name, data_set.num_classes, data_set.in_shape, cfg.model_args)
     if model is not None:
         model_name = model_label(model, built)
-    cut_layer = cfg.cut_layer if cfg.cut_layer is not None else built.middle_cut
-    built.check_cut(cut_layer)
+    cut_layer = cfg.cut_layer if cfg.cut_layer is not None else default_cut(built, model_name)
+    check_cut(built, cut_layer, model_name)
     _check_forward(built, model_name, cfg.dataset, data_set, loss)
 
     changes: dict[str, Any] = {
@@ -282,14 +287,16 @@ def prepare(
             cfg.partition, data_set.train_y, cfg.clients, cfg.seed_for("partition"), cfg.partition_option
         )
     check_batches(cfg.batch_size, cfg.batch_alloc, [len(p) for p in parts])
-    client_module, server_module = split(built, cut_layer)
+    client_module, server_module = split(built, cut_layer, data_set.train_x[:2])
     for side, half in (("client", client_module), ("server", server_module)):
         if not any(True for _ in half.parameters()):  # nothing to train there: the split is not a split
-            blocks = ", ".join(type(m).__name__ for m in half)
+            # a Sequential's blocks by type; a traced half's by name (its children are the model's paths)
+            sequential = isinstance(half, nn.Sequential)
+            blocks = ", ".join(type(m).__name__ if sequential else n for n, m in half.named_children())
             raise SplitfedError(
                 f"cut_layer {cut_layer} leaves model {model_name}'s {side} side without parameters "
                 f"({blocks}); choose a cut with trainable layers on both sides (cuts: "
-                f"{', '.join(map(str, built.cut_points))})"
+                f"{', '.join(map(str, cut_points(built, named=isinstance(cut_layer, str))))})"
             )
     # Each side's optimizer and schedule, built and stepped once here: one given as an object that
     # cannot train (or be averaged) is refused before anything runs.
@@ -391,7 +398,7 @@ def check_user_objects(cfg: Config, model: ModelLike | None, data: Any) -> None:
 
 def build(
     builder: ModelLike, name: str, num_classes: int, in_shape: tuple[int, ...], model_args: dict[str, Any]
-) -> CutModel:
+) -> nn.Module:
     """The model for this data; a builder that fails on them is one line (registered ones were checked
     on the meta device already, so this is in practice a user's builder)."""
     try:

@@ -368,8 +368,9 @@ class Algorithm:
         return tau
 
     # --- parts ---------------------------------------------------------------------------------------
-    def cuts(self, cut_layer: int, cut_points: list[int]) -> list[int]:
-        """Where the model is cut into its in-model parts (one cut: client | server)."""
+    def cuts(self, cut_layer: int | str, cut_points: list[int | str]) -> list[int | str]:
+        """Where the model is cut into its in-model parts (one cut: client | server); a cut is a block
+        number or a module's name, as cut_layer is, and ``cut_points`` lists the model's of that kind."""
         return [cut_layer]
 
     def build_part(self, name: str, smashed: torch.Size, num_classes: int) -> torch.nn.Module:

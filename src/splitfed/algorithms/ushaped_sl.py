@@ -50,9 +50,14 @@ class UShapedSL(Algorithm):
     schedule = CLIENT_SEQUENTIAL
     knobs = ("tail_cut",)
 
-    def cuts(self, cut_layer: int, cut_points: list[int]) -> list[int]:
-        tail = self.cfg.tail_cut if self.cfg.tail_cut is not None else max(cut_points)
-        if tail <= cut_layer:
+    def cuts(self, cut_layer: int | str, cut_points: list[int | str]) -> list[int | str]:
+        tail = self.cfg.tail_cut if self.cfg.tail_cut is not None else cut_points[-1]
+        if isinstance(tail, str) != isinstance(cut_layer, str):
+            raise SplitfedError(
+                f"tail_cut ({tail!r}) and cut_layer ({cut_layer!r}) must both be numbers or both module names"
+            )
+        # Names are ordered by the model's forward; splitting refuses a tail named before the cut.
+        if isinstance(tail, int) and isinstance(cut_layer, int) and tail <= cut_layer:
             raise SplitfedError(
                 f"tail_cut ({tail}) must come after cut_layer ({cut_layer}); cuts: {cut_points}"
             )

@@ -13,7 +13,7 @@ from ..engine.metrics import module_flops
 from ..engine.optim import side_optimizer
 from ..engine.side import Layout, State, join_states
 from ..errors import SplitfedError
-from ..models import split_at
+from ..models import cut_points, split_at
 from ..setup import Setup
 
 
@@ -23,13 +23,14 @@ def build_parts(algo: Algorithm, setup: Setup) -> dict[str, PartSpec]:
     cfg = setup.cfg
     assert cfg.cut_layer is not None  # resolved by prepare
     in_model = [p for p in algo.parts if p.in_model]
-    cuts = algo.cuts(cfg.cut_layer, list(setup.model.cut_points))
+    named = isinstance(cfg.cut_layer, str)
+    cuts = algo.cuts(cfg.cut_layer, cut_points(setup.model, named=named))
     if len(cuts) + 1 != len(in_model):
         raise SplitfedError(
             f"{algo.name}: {len(in_model)} model parts ({', '.join(p.name for p in in_model)}) need "
             f"{len(in_model) - 1} cuts; its cuts() gives {cuts}"
         )
-    x = setup.data.train_x[:2]
+    x = setup.data.train_x[:2]  # also the example a cut by name takes its crossing shapes from
     specs: dict[str, PartSpec] = {}
     if cuts == [cfg.cut_layer]:  # the Setup's halves, whose FLOPs it counted already
         pieces = [(setup.client_module, setup.init_c), (setup.server_module, setup.init_s)]
@@ -38,7 +39,12 @@ def build_parts(algo: Algorithm, setup: Setup) -> dict[str, PartSpec]:
         with torch.no_grad():
             smashed = setup.client_module.eval()(x)
     else:
-        for i, (part, module) in enumerate(zip(in_model, split_at(setup.model, cuts), strict=True)):
+        for i, (part, module) in enumerate(zip(in_model, split_at(setup.model, cuts, x), strict=True)):
+            if not any(True for _ in module.parameters()):  # a part that trains nothing: not a split
+                raise SplitfedError(
+                    f"{algo.name}: cuts {cuts} leave part {part.name!r} without parameters; choose cuts with "
+                    "trainable layers in every part"
+                )
             flops, x = module_flops(module, x, input_grad=i > 0)
             smashed = x if i == 0 else smashed
             specs[part.name] = _spec(part, module.to(setup.device), None, flops, setup)

@@ -1,9 +1,11 @@
 """Models with named cut points: created by name from a registry, imported as ``pkg.module:builder``, or
-given to ``run()`` as Python objects (an ``nn.Sequential``, a ``CutModel`` or a builder)."""
+given to ``run()`` as Python objects (any ``nn.Module``, cut by a module's name; an ``nn.Sequential`` or
+a ``CutModel``, also cut by number; two halves ``(client, server)``; or a builder)."""
 
 import copy
 import hashlib
 import inspect
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -13,13 +15,14 @@ from torch import nn
 from .. import registry
 from ..errors import SplitfedError
 from ..registry import Registry
-from ._cut import CutModel, split, split_at
+from ._cut import CutModel, check_cut, cut_points, default_cut, split, split_at
 
-# A builder takes (num_classes, in_shape, **model_args) and returns a CutModel or nn.Sequential; in_shape
-# is one sample's shape: (C, H, W) for images, (d,) for tabular rows.
+# A builder takes (num_classes, in_shape, **model_args) and returns a module (a CutModel, an nn.Sequential
+# or any module to cut by name); in_shape is one sample's shape: (C, H, W) for images, (d,) for rows.
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 Builder = Callable[..., nn.Module]
-ModelLike = nn.Module | Builder  # what run(model=...) takes
+Halves = tuple[nn.Module, nn.Module]  # (client side, server side), as the user split them
+ModelLike = nn.Module | Halves | Builder  # what run(model=...) takes
 PYTHON_MODEL = "python:"  # config.model of a model given to run() as an object: python:<name>@<fingerprint>
 
 
@@ -50,8 +53,8 @@ def import_object(spec: str) -> Any:
     obj = registry.import_object(spec, "model", "a builder as pkg.module:function")
     if not (isinstance(obj, nn.Module) or callable(obj)):
         raise SplitfedError(
-            f"model {spec} is a {type(obj).__name__}; it must be an nn.Sequential or a builder "
-            "(num_classes, in_shape) -> nn.Sequential"
+            f"model {spec} is a {type(obj).__name__}; it must be an nn.Module or a builder "
+            "(num_classes, in_shape) -> nn.Module"
         )
     return obj
 
@@ -62,19 +65,22 @@ def make_model(
     in_shape: tuple[int, ...],
     model_args: dict[str, Any] | None = None,
     name: str = "",
-) -> CutModel:
-    """A CutModel from a model object: a copy of a given module (its own weights), or what a builder
-    returns for (num_classes, in_shape, **model_args). ``name`` says which model in errors."""
+) -> nn.Module:
+    """The model to split, from a model object: a copy of a given module (its own weights; a Sequential
+    as a CutModel), of two halves (a CutModel cut at 1), or what a builder returns for (num_classes,
+    in_shape, **model_args). ``name`` says which model in errors."""
     name = name or describe(obj)
     model_args = dict(model_args or {})
+    if isinstance(obj, tuple):
+        return _halves(obj, name, model_args)
     if isinstance(obj, nn.Module):
         if model_args:
             raise SplitfedError(f"model {name} is a module, not a builder: model_args do not apply to it")
         return _cut_model(copy.deepcopy(obj), name)  # the caller's module stays untouched (and on its device)
     if not callable(obj):
         raise SplitfedError(
-            f"model {name} is a {type(obj).__name__}; give an nn.Sequential, a CutModel or a builder "
-            "(num_classes, in_shape) -> nn.Sequential"
+            f"model {name} is a {type(obj).__name__}; give an nn.Module, two halves (client, server) "
+            "or a builder (num_classes, in_shape) -> nn.Module"
         )
     try:
         params = inspect.signature(obj).parameters
@@ -98,20 +104,32 @@ def make_model(
     return _cut_model(obj(num_classes, in_shape, **model_args), name)
 
 
-def _cut_model(model: Any, name: str) -> CutModel:
-    # Only a Sequential's forward is the composition of its children, so only a Sequential can be cut
-    # between them; any other module's children would run without its own forward.
-    if not isinstance(model, nn.Sequential):
+def _cut_model(model: Any, name: str) -> nn.Module:
+    # Only a Sequential's forward is the composition of its children, so only a Sequential is cut between
+    # them by number; any other module is cut by a module's name, through its traced forward.
+    if isinstance(model, nn.Sequential):
+        return CutModel.from_sequential(model)
+    if not isinstance(model, nn.Module):
         raise SplitfedError(
-            f"model {name} is a {type(model).__name__}; a model to split must be an nn.Sequential (cut "
-            "between its top-level children) or a CutModel"
+            f"model {name} built a {type(model).__name__}; a builder must return an nn.Module"
         )
-    return CutModel.from_sequential(model)
+    return model
+
+
+def _halves(obj: tuple, name: str, model_args: dict[str, Any]) -> CutModel:
+    """Two halves as the user split them: a CutModel of two blocks, client and server, cut at 1."""
+    if len(obj) != 2 or not all(isinstance(m, nn.Module) for m in obj):
+        kinds = ", ".join(type(m).__name__ for m in obj)
+        raise SplitfedError(f"model halves must be two modules (client, server); got ({kinds})")
+    if model_args:
+        raise SplitfedError(f"model {name} is given as two modules: model_args do not apply to them")
+    client, server = copy.deepcopy(obj)  # one copy of both: a module they share stays shared
+    return CutModel(OrderedDict(client=client, server=server), {1: "client"})
 
 
 def build_model(
     name: str, num_classes: int, in_shape: tuple[int, ...], model_args: dict[str, Any] | None = None
-) -> CutModel:
+) -> nn.Module:
     """The model config.model names (registered, or ``pkg.module:builder``) for this data."""
     return make_model(resolve_model(name), num_classes, in_shape, model_args, name)
 
@@ -120,12 +138,14 @@ def describe(obj: ModelLike) -> str:
     """A model object's name for messages."""
     if isinstance(obj, nn.Module):
         return type(obj).__name__
+    if isinstance(obj, tuple):
+        return "+".join(describe(m) for m in obj)
     return getattr(obj, "__qualname__", None) or type(obj).__name__
 
 
 def import_name(obj: ModelLike) -> str | None:
     """``pkg.module:name`` if the builder ``obj`` can be imported by that name (not from __main__)."""
-    if isinstance(obj, nn.Module):
+    if isinstance(obj, nn.Module | tuple):
         return None
     module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
     if not module or not qualname or module == "__main__" or "<" in qualname:
@@ -162,6 +182,9 @@ __all__ = [
     "CutModel",
     "ModelLike",
     "build_model",
+    "check_cut",
+    "cut_points",
+    "default_cut",
     "import_name",
     "make_model",
     "model_label",
