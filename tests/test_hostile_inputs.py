@@ -202,6 +202,12 @@ HOSTILE: list[tuple[str, Callable[[Path], list[str]], str]] = [
         _sweep(GRID_BASE + "[[grid]]\nsynthetic_samples = [100, 10000000000000]\n"),
         "synthetic data .* needs",
     ),
+    # 5. numbers beyond what the run can hold (issue 22)
+    ("lr beyond float32", _run("--lr", "1e308"), r"lr must be a positive number up to 3.4e\+38"),
+    ("server_lr beyond float32", _run("--server-lr", "1e39"), "server_lr must be a positive number up to"),
+    ("weight decay beyond float32", _run("--weight-decay", "1e300"), "weight_decay must be >= 0 .*float32"),
+    ("processes beyond the cores", _run("--processes", "1000"), "processes = 1000 ranks on this machine"),
+    ("processes 2**31", _run("--processes", str(2**31)), "ranks on this machine"),
     # 4. torch warned before the error
     ("input too small for the model", _run("--synthetic-shape", "1,2,2", "--model", "cnn4"), "cannot take"),
     ("zero-element shape", _run("--synthetic-shape", "0,28,28"), "synthetic_shape must be three positive"),
@@ -225,3 +231,68 @@ def test_hostile_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, capsys, m
     assert not seen, [str(w.message) for w in seen]  # no warning reached the user before the line
     assert sorted(p.name for p in tmp_path.iterdir()) == before, "a run or sweep directory was left"
     assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
+def test_a_builder_that_calls_sys_exit_is_one_line_not_an_exit_status(tmp_path):
+    import sys
+
+    from splitfed import Config, SplitfedError, run
+
+    def build(num_classes, in_shape):
+        sys.exit(0)  # a script's habit: exiting with 0 would pass for a run that trained
+
+    config = Config(dataset="synthetic", synthetic_shape=(1, 8, 8), synthetic_samples=100, clients=2)
+    with pytest.raises(
+        SplitfedError, match=r"builder called sys.exit\(0\); a builder returns the model"
+    ) as e:
+        run(config.replace(out=str(tmp_path / "r")), model=build)
+    assert "\n" not in str(e.value) and not (tmp_path / "r").exists()
+
+
+def _finished_run(tmp_path):
+    from splitfed import Config, run
+
+    config = Config(
+        dataset="synthetic", synthetic_shape=(1, 8, 8), synthetic_samples=100, clients=2, rounds=1,
+        local_iters=1, algorithm=("fedavg",), device="cpu", divergence_every=0, out=str(tmp_path / "r"),
+    )  # fmt: skip
+    run(config)
+    return config.replace(resume=True), tmp_path / "r"
+
+
+@pytest.mark.parametrize("plant", ["metrics.jsonl a directory", "checkpoint a pipe", "checkpoint /dev/zero"])
+def test_what_is_not_a_file_in_a_run_directory_is_refused_in_one_line(tmp_path, plant):
+    import os
+
+    from splitfed import SplitfedError, run
+
+    config, out = _finished_run(tmp_path)
+    if plant == "metrics.jsonl a directory":
+        (out / "metrics.jsonl").unlink()
+        (out / "metrics.jsonl").mkdir()
+        message = "metrics.jsonl is a directory, not a file"
+    else:
+        checkpoint = out / "checkpoints" / "fedavg.pt"
+        checkpoint.unlink()
+        os.mkfifo(checkpoint) if plant == "checkpoint a pipe" else checkpoint.symlink_to("/dev/zero")
+        message = "fedavg.pt is a pipe, socket or device, not a file"
+    started = time.perf_counter()
+    with pytest.raises(SplitfedError, match=message) as e:
+        run(config)
+    assert "\n" not in str(e.value) and time.perf_counter() - started < 30
+
+
+def test_a_link_planted_in_a_run_directory_is_replaced_not_written_through(tmp_path):
+    from splitfed import run
+
+    config, out = _finished_run(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n")
+    for name in ("partition.csv", "partition.csv.tmp", "metrics.jsonl.tmp"):
+        (out / name).unlink(missing_ok=True)
+        (out / name).symlink_to(victim)
+    run(config)
+    assert victim.read_text() == "untouched\n"
+    assert not (out / "partition.csv").is_symlink() and (out / "partition.csv").read_text().startswith(
+        "client"
+    )

@@ -296,6 +296,7 @@ class Config:
 
 # A config is a few dozen lines; anything near this is not one, and parsing it would take a while.
 MAX_CONFIG_BYTES = 1 << 20
+FLOAT32_MAX = 3.4028234663852886e38  # rates and decays are float32 in every optimizer step
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -436,7 +437,10 @@ def _validate(c: Config) -> None:
     _check_text(c)
     for name in ("lr", "client_lr", "server_lr", "dirichlet_alpha", "fed_lr", "fed_eps", "client_state_mb"):
         v = getattr(c, name)
-        need(v is None or (math.isfinite(v) and v > 0), f"{name} must be a positive number, got {v}")
+        need(
+            v is None or (math.isfinite(v) and 0 < v <= FLOAT32_MAX),
+            f"{name} must be a positive number up to {FLOAT32_MAX:.3g} (float32), got {v}",
+        )
     need(
         c.prox_mu is None or (math.isfinite(c.prox_mu) and c.prox_mu >= 0),
         f"prox_mu must be >= 0, got {c.prox_mu}",
@@ -530,7 +534,9 @@ def _validate_optimizer(c: Config) -> None:
 
     def number(name: str, ok: bool, what: str) -> None:
         v = getattr(c, name)
-        need(v is None or (math.isfinite(v) and ok), f"{name} must be {what}, got {v}")
+        # a rate or a decay beyond float32 turns inf inside the optimizer, whatever its sign
+        fits = v is None or (math.isfinite(v) and abs(v) <= FLOAT32_MAX)
+        need(fits and ok, f"{name} must be {what} (and within float32, {FLOAT32_MAX:.3g}), got {v}")
 
     number("momentum", 0 <= c.momentum < 1, "in [0, 1)")
     number("dampening", 0 <= c.dampening < 1, "in [0, 1)")

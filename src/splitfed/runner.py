@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import functools
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from .algorithms.base import check_knobs
 from .config import Config
 from .data import class_histogram, format_histogram
 from .data.datasets import Augment
-from .engine.checkpoint import RESUMABLE_CHANGES, check_resumable, load_run_checkpoint
+from .engine.checkpoint import RESUMABLE_CHANGES, check_regular_file, check_resumable, load_run_checkpoint
 from .engine.metrics import LossFn
 from .engine.side import State
 from .errors import SplitfedError, StopAlgorithm
@@ -70,6 +71,8 @@ class RunDir:
                 suffix += 1
                 self.path = Path("runs") / f"{stamp}-{suffix}"
         check_output_dir(self.path)  # a directory that can be written, or one line saying why not
+        for name in RUN_FILES:  # what is read back or replaced by name: a planted pipe would hang
+            check_regular_file(self.path / name)
         config_file = self.path / "config.toml"
         if cfg.resume:
             if not config_file.is_file():
@@ -122,11 +125,12 @@ class RunDir:
             "test_samples": len(data.test_y),
         }
         write_atomic(self.path / "data.json", json.dumps(info) + "\n")
-        with (self.path / "partition.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])
-            for n, row in enumerate(histogram.tolist()):
-                writer.writerow([n, sum(row), *row])
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])
+        for n, row in enumerate(histogram.tolist()):
+            writer.writerow([n, sum(row), *row])
+        write_atomic(self.path / "partition.csv", table.getvalue())
         write_atomic(
             self.path / "partition.txt", format_histogram(histogram, max_rows=histogram.shape[0]) + "\n"
         )
@@ -156,8 +160,14 @@ class RunDir:
         return summary
 
 
+RUN_FILES = ("config.toml", "data.json", "metrics.jsonl", "partition.csv", "partition.txt", "summary.csv")
+
+
 def write_atomic(path: Path, text: str) -> None:
+    """``path`` replaced whole by ``text``: never half-written, and never written through a link planted
+    at ``path`` or at its temporary name (both are replaced, not followed)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -514,6 +524,12 @@ def spawn_ranks(config: Config, argv: list[str]) -> int:
     import tempfile
     import time
 
+    cores = os.cpu_count() or 1
+    if config.processes > cores:  # each rank computes all the time: more than the cores only queue
+        raise SplitfedError(
+            f"processes = {config.processes} ranks on this machine's {cores} CPU cores: start at most "
+            f"{cores} here (torchrun spreads more over several machines)"
+        )
     check_algorithms(config)
     distributing(config)
     if not config.resume:
@@ -551,6 +567,13 @@ def spawn_ranks(config: Config, argv: list[str]) -> int:
                 time.sleep(0.2)
         except KeyboardInterrupt:
             failed = [(0, 130)]
+        # A mistake every rank finds (a diverged round) ends them all within moments: rank 0's line then
+        # speaks for the job, whichever rank exited first.
+        grace = time.monotonic() + 5
+        while procs[0].poll() is None and time.monotonic() < grace:
+            time.sleep(0.1)
+        if procs[0].poll() not in (None, 0):
+            failed = [(0, procs[0].returncode)]
         for p in procs:
             if p.poll() is None:
                 p.terminate()

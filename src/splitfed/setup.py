@@ -265,6 +265,7 @@ def prepare(
         model_name = model_label(model, built)
     cut_layer = cfg.cut_layer if cfg.cut_layer is not None else default_cut(built, model_name)
     check_cut(built, cut_layer, model_name)
+    _check_finite(built, model_name, data_set)
     _check_forward(built, model_name, cfg.dataset, data_set, loss)
 
     changes: dict[str, Any] = {
@@ -410,6 +411,30 @@ def build(
         raise SplitfedError(  # noqa: B904 (the cause is in the message; no traceback for a user mistake)
             f"model {name} cannot be built for inputs {list(in_shape)}: {first}"
         )
+    except SystemExit as e:  # left to propagate, the command would exit as the builder said, 0 included
+        raise SplitfedError(
+            f"model {name}'s builder called sys.exit({e.code!r}); a builder returns the model"
+        ) from None
+
+
+def _check_finite(model: nn.Module, name: str, data: Dataset) -> None:
+    """NaN or inf in the inputs or the initial weights would train into NaN metrics that say nothing of
+    where they came from: refused where they enter, naming them."""
+    for subset, x in (("training", data.train_x), ("test", data.test_x), ("validation", data.val_x)):
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and len(x):
+            bad = ~torch.isfinite(x.reshape(len(x), -1)).all(1)
+            if bool(bad.any()):
+                raise SplitfedError(
+                    f"the {subset} inputs hold NaN or inf in {int(bad.sum())} of {len(x)} samples (the "
+                    f"first: sample {int(bad.nonzero()[0])}); drop or repair them before training"
+                )
+    for kind, tensors in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for tensor_name, t in tensors:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise SplitfedError(
+                    f"model {name}'s initial {kind} {tensor_name} holds NaN or inf; initialise it with "
+                    "finite values"
+                )
 
 
 def _check_forward(model: nn.Module, name: str, dataset: str, data: Dataset, loss: LossFn | None) -> None:
@@ -429,6 +454,13 @@ def _check_forward(model: nn.Module, name: str, dataset: str, data: Dataset, los
         raise SplitfedError(
             f"model {name} outputs {got} for {len(x)} samples; it must output [{len(x)}, "
             f"{data.num_classes}], one score per class"
+        )
+    if not out.is_floating_point():
+        raise SplitfedError(f"model {name} outputs {out.dtype} scores; they must be floating point")
+    if not bool(torch.isfinite(out).all()):
+        raise SplitfedError(
+            f"model {name} outputs NaN or inf for the first training samples (finite inputs and weights); "
+            "check its forward"
         )
     if loss is None:
         return

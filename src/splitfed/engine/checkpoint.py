@@ -14,6 +14,7 @@ import hashlib
 import io
 import logging
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,12 +72,29 @@ def write_checkpoint(path: Path, payload: Any) -> None:
         os.close(directory)
 
 
+def check_regular_file(path: Path, what: str = "") -> None:
+    """Refuse, if ``path`` exists, anything but a regular file (links followed): a directory, a pipe (whose
+    read would wait forever) or a device (/dev/zero never ends) where a run keeps its files."""
+    if not os.path.lexists(path):
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:  # a link to nothing, a loop of links
+        raise SplitfedError(f"{what or path} cannot be used: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a pipe, socket or device"
+        raise SplitfedError(
+            f"{what or path} is {kind}, not a file; a run directory holds only the files it writes: remove it"
+        )
+
+
 def read_checkpoint(path: Path, remedy: str) -> Any:
     """The payload of the file at ``path`` once its digest matches; nothing of its content is checked."""
 
     def refuse(why: str) -> SplitfedError:
         return SplitfedError(f"checkpoint {path} {why}; {remedy}")
 
+    check_regular_file(path, f"checkpoint {path}")
     try:
         data = path.read_bytes()
     except OSError as e:

@@ -4,6 +4,7 @@ The same for every algorithm and every in-process executor: the algorithm's defi
 train a round; this loop measures it and makes it survive a restart.
 """
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
 from ..engine.side import State
-from ..errors import StopAlgorithm
+from ..errors import SplitfedError, StopAlgorithm
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
 from .local import LocalExecutor, make_executor
@@ -91,10 +92,23 @@ def train(
         # a collective under torch.distributed: every rank takes part, rank 0 alone gets the states
         saving = checkpoint is not None or group is not None
         client_states = executor.checkpoint_client_states() if saving else None
-        if not leader:
-            if share(group, None):  # rank 0's on_round stopped the algorithm
+        if not leader:  # rank 0 decides whether the round diverged and whether on_round stopped it
+            diverged, stop = share(group, None)
+            if diverged is not None:
+                raise SplitfedError(diverged)
+            if stop:
                 break
             continue
+        bad = non_finite(ctx.meter.train_loss if ctx.meter.loss_count else None, executor.model)
+        if bad is not None:  # raised before anything of this round is saved: the checkpoint stays good
+            kept = {1: "no round is kept", 2: "round 1 is kept"}.get(rnd, f"rounds 1-{rnd - 1} are kept")
+            diverged = (
+                f"{name} diverged in round {rnd}: {bad}; {kept}; lower the learning rate, or look for NaN "
+                "or inf in the data or the model"
+            )
+            if group is not None:
+                share(group, (diverged, False))
+            raise SplitfedError(diverged)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             w, batch = (executor.w_c, executor.w_s), cfg.eval_batch_size
             acc, loss, per_class = split.evaluate(*w, setup.data.test_x, setup.data.test_y, batch)
@@ -142,10 +156,23 @@ def train(
             except StopAlgorithm:
                 stop = True
         if group is not None:
-            share(group, stop)
+            share(group, (None, stop))
         if stop:
             record["stopped"] = True
             if saved_as is not None:  # saved again with the mark: a resume must not train on
                 save_run_checkpoint(*saved_as, client_states, streams, history)
             break
     return executor, history, ctx
+
+
+def non_finite(train_loss: float | None, model: dict[str, State]) -> str | None:
+    """What of a trained round is NaN or inf, the first found: the training loss, then each part's
+    parameters and buffers. Checked every round, since an average or a server step spreads one NaN to
+    every model it touches and the metrics would only say NaN."""
+    if train_loss is not None and not math.isfinite(train_loss):
+        return f"the training loss is {train_loss}"
+    for part, state in model.items():
+        for what, values in (("parameters", state.params), ("buffers", state.buffers)):
+            if values.is_floating_point() and not bool(torch.isfinite(values).all()):
+                return f"the {part} part's {what} hold NaN or inf"
+    return None
