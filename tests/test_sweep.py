@@ -229,6 +229,7 @@ def test_a_workers_warnings_go_to_its_runs_log(tmp_path, monkeypatch, capsys):
 
     def warns(config):
         warnings.warn("about this run", UserWarning, stacklevel=1)
+        return runner.RunResult(config, tmp_path / "r", [], {}, [])
 
     monkeypatch.setattr(runner, "run", warns)
     assert _run_point(Config(out=str(tmp_path / "r")), 1, tmp_path / "r.log") == ""

@@ -264,7 +264,9 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
         with logging_only_to(handler, logging.INFO), warnings.catch_warnings():
             warnings.showwarning = to_log
             # a resumed run keeps the thread count it started with (its config.toml); a new one its share
-            run(config.replace(resume=resume, threads=None if resume else threads))
+            result = run(config.replace(resume=resume, threads=None if resume else threads))
+        if result.interrupted:  # run() kept what it trained; the sweep stops as on any Ctrl-C
+            raise KeyboardInterrupt
         return ""
     except SplitfedError as e:
         return str(e)
