@@ -5,7 +5,8 @@ A run directory holds: config.toml (resolved), data.json (the inputs' shape and 
 .txt, checkpoints/<algorithm>.pt (every round), metrics.jsonl (one object per round per algorithm),
 models/<algorithm>.pt (each final model's state_dict; per round too with model_every), tensorboard/
 <algorithm>/ (when tensorboard is installed), and, once every algorithm has finished, summary.csv,
-accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--resume`` it.
+accuracy, accuracy_vs_bytes, accuracy_vs_client_flops and divergence (.png, .svg). A run without
+summary.csv is unfinished: ``--resume`` it.
 """
 
 import contextlib
@@ -39,7 +40,7 @@ from .executors.distributed import check_distributable, join, launched, leave, s
 from .executors.parts import build_parts
 from .export import save_state_dict
 from .models import ModelLike
-from .report import format_table, plot_run, summarize, write_summary_csv
+from .report import format_table, loss_name, plot_run, run_title, summarize, write_summary_csv
 from .setup import Setup, prepare
 
 log = logging.getLogger("splitfed")
@@ -141,7 +142,8 @@ class RunDir:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
         write_atomic(self.path / "config.toml", self.cfg.to_toml())
-        # What rebuilding the model needs besides config.toml (splitfed export), without the data.
+        # What rebuilding the model needs besides config.toml (splitfed export), without the data; and the
+        # loss trained on, which config.toml cannot hold (a Python object), for the figures' loss axis.
         data = setup.data
         info = {
             "in_shape": list(data.in_shape),
@@ -149,6 +151,7 @@ class RunDir:
             "input_dtype": str(data.train_x.dtype).removeprefix("torch."),
             "train_samples": len(data.train_y),
             "test_samples": len(data.test_y),
+            "loss": loss_name(setup.loss),
         }
         write_atomic(self.path / "data.json", json.dumps(info) + "\n")
         with (self.path / "partition.csv").open("w", newline="") as f:
@@ -170,12 +173,12 @@ class RunDir:
         write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def finish(
-        self, history: list[dict[str, Any]], algorithms: list[str], title: str
+        self, history: list[dict[str, Any]], algorithms: list[str], title: str, loss: str
     ) -> list[dict[str, Any]]:
         """The finished run's files: metrics.jsonl in its final order, summary.csv, plots; the table."""
         self.write_metrics(history)
         summary = summarize(history, algorithms)
-        plots = plot_run(history, algorithms, self.path, title)
+        plots = plot_run(history, algorithms, self.path, title, loss)
         write_summary_csv(summary, self.path / "summary.csv")
         log.info("\n" + format_table(summary))
         log.info(
@@ -423,11 +426,8 @@ def _run(
         assert group is not None
         leave(group)
         return RunResult(cfg, Path(cfg.out or ""), history, models, [])
-    title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
-    if cfg.partition_option is not None:
-        title += f" {cfg.partition_option}"
     # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
-    summary = run_dir.finish(history, list(cfg.algorithm), title)
+    summary = run_dir.finish(history, list(cfg.algorithm), run_title(cfg.to_dict()), loss_name(setup.loss))
     if group is not None:
         leave(group)
     return RunResult(cfg, run_dir.path, history, models, summary)
