@@ -539,6 +539,7 @@ def test_titles_name_the_model_and_the_data_not_their_fingerprints(tmp_path):
     for recorded, name in (("mypkg.models:build_mlp", "build_mlp"), ("resnet18", "resnet18")):
         assert run_report.model_name(recorded) == name
     assert run_report.dataset_name("/data/speech/train.pt") == "train.pt"
+    assert run_report.dataset_name("python:femnist@a51e9c3c8cd3") == "femnist"  # data given with a name
     # the sweep report's titles alike; its file names keep what config.toml records (two data sets stay apart)
     groups = [
         Group(

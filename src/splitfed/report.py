@@ -160,9 +160,11 @@ def model_name(recorded: str) -> str:
 
 def dataset_name(recorded: str) -> str:
     """A data set's readable name from config.dataset: a registered name as is; ``python:<fingerprint>``
-    (tensors given to run()) is "user data"; a data file its file name."""
+    (tensors given to run()) is "user data", ``python:<name>@<fingerprint>`` (data given with a name) the
+    name; a data file its file name."""
     if recorded.startswith(_PYTHON):
-        return "user data"
+        name, at, _ = recorded.removeprefix(_PYTHON).partition("@")
+        return name if at and name else "user data"
     return Path(recorded).name if "/" in recorded or "\\" in recorded else recorded
 
 
