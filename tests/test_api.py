@@ -201,7 +201,8 @@ def test_training_flops_count_any_input_shape_and_integer_inputs():
     assert train_flops_per_sample(seq, nn.Sequential(nn.Linear(8, 2)), (3, 4))[0] == 3 * 2 * 2 * 4 * 8
     embed = nn.Sequential(nn.Embedding(50, 8), nn.Flatten())
     flops = train_flops_per_sample(embed, nn.Sequential(nn.Linear(48, 3)), (6,), torch.int64)
-    assert flops == (0, 3 * 2 * 48 * 3)  # a lookup is no product
+    # a lookup is no product; its backward adds each of the 6 × 8 looked-up gradient elements into the table
+    assert flops == (6 * 8, 3 * 2 * 48 * 3)
 
 
 def test_an_embedding_model_trains_on_integer_inputs(tmp_path):

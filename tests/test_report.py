@@ -134,14 +134,15 @@ def test_a_run_writes_each_figure_as_png_and_svg_and_says_which(tmp_path):
         _history(algorithms, divergence_client=1.0, divergence_client_relative=1.0), algorithms, tmp_path, "t"
     )
     names = sorted(p.name for p in paths)
-    assert names == ["accuracy.png", "accuracy.svg", "divergence.png", "divergence.svg"]
+    stems = ["accuracy", "accuracy_vs_bytes", "accuracy_vs_client_flops", "divergence"]
+    assert names == sorted(f"{stem}.{fmt}" for stem in stems for fmt in ("png", "svg"))
     for p in paths:
         assert p.stat().st_size > 5_000, p
     assert (tmp_path / "accuracy.svg").read_text().lstrip().startswith("<?xml")
     # without divergence, no divergence figure (and it is not claimed)
     (tmp_path / "nodiv").mkdir()
     paths = plot_run(_history(algorithms), algorithms, tmp_path / "nodiv", "t")
-    assert sorted(p.name for p in paths) == ["accuracy.png", "accuracy.svg"]
+    assert sorted(p.name for p in paths) == sorted(f"{s}.{fmt}" for s in stems[:3] for fmt in ("png", "svg"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -441,3 +442,220 @@ def test_the_legend_names_every_algorithm_even_one_missing_from_the_first_panel(
     names = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sorted(names) == ["FedAvg (FL)", "MiniBatch-SFL"]
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# figures a paper can use (issue 21): names not fingerprints, the loss used, n = 1, full accuracy range,
+# accuracy against what the clients spent, a report of one run
+
+
+def _bytes_history() -> list[dict]:
+    """Evaluated at rounds 2 and 4 only (eval_every = 2): the cumulative cost counts rounds 1 and 3 too.
+    FedAvg sends 1 + 2 MB per client and computes 5 GFLOP per round; centralized sends and computes nothing
+    on a client."""
+    history = []
+    for a, up, flops in (("fedavg", 1e6, 5e9), ("centralized", 0.0, 0.0)):
+        for r in range(1, 5):
+            rec = _record(
+                a, r, 0.2 * r, bytes_up_per_client=up, bytes_down_per_client=2 * up, client_flops=flops
+            )
+            if r % 2:
+                del rec["test_accuracy"], rec["test_loss"]
+            history.append(rec)
+    return history
+
+
+def test_accuracy_is_drawn_against_cumulative_bytes_per_client_and_client_flops():
+    figures = run_figures(_bytes_history(), ["fedavg", "centralized"], "t")
+    for stem, per_round in (("accuracy_vs_bytes", 3.0), ("accuracy_vs_client_flops", 5.0)):
+        (ax,) = figures[stem].axes
+        (line,) = _lines(ax).values()  # FedAvg only: centralized spent nothing, and the panel says so
+        assert line.get_label() == "FedAvg (FL)"
+        assert list(line.get_xdata()) == pytest.approx([2 * per_round, 4 * per_round])  # MB, GFLOP
+        assert list(line.get_ydata()) == pytest.approx([40.0, 80.0])
+        assert ax.get_xscale() == "log" and "cumulative" in ax.get_xlabel()
+        assert "Centralized" in ax.get_title() and "not drawn" in ax.get_title()
+    for fig in figures.values():
+        plt.close(fig)
+
+
+def test_a_sweep_draws_accuracy_against_cost_as_means_over_seeds(tmp_path):
+    def seed(scale: float) -> list[dict]:
+        return [
+            r | {"bytes_up_per_client": scale * r["bytes_up_per_client"]}
+            for r in _bytes_history()
+            if r["algorithm"] == "fedavg"
+        ]
+
+    central = [r for r in _bytes_history() if r["algorithm"] == "centralized"]
+    groups = [
+        Group(("synthetic", "cnn4", 2), "fedavg", 2, 0.5, [seed(1.0), seed(2.0)], [0, 1]),
+        Group(("synthetic", "cnn4", 2), "centralized", 2, None, [central], [0]),
+    ]
+    setting = Setting(groups, tmp_path)
+    setting.accuracy_vs_cost(plt)
+    fig = setting.figures["accuracy_vs_cost"]
+    # per round and client: seed 0 sends 1 + 2 MB, seed 1 2 + 2 MB; both compute 5 GFLOP
+    for ax, per_round in zip(fig.axes, (3.5, 5.0), strict=True):
+        (line,) = _lines(ax).values()
+        assert list(line.get_xdata()) == pytest.approx([2 * per_round, 4 * per_round])
+        assert list(line.get_ydata()) == pytest.approx([40.0, 80.0]) and ax.get_ylim() == (0.0, 100.0)
+        assert "not drawn" in ax.get_title() and "Centralized" in ax.get_title()
+    assert (tmp_path / "accuracy_vs_cost_synthetic_cnn4_N2.svg").is_file()
+    plt.close(fig)
+
+
+def test_accuracy_axes_span_0_to_100_percent_however_close_the_curves(tmp_path):
+    # a 0.6-point gap at 92 %: auto-scaling made it fill the plot
+    algorithms = ["fedavg", "sfl_v1"]
+    history = [
+        _record(a, r, acc) for a, acc in zip(algorithms, (0.920, 0.926), strict=True) for r in (1, 2, 3)
+    ]
+    figures = run_figures(history, algorithms, "t")
+    for stem in ("accuracy", "accuracy_vs_bytes", "accuracy_vs_client_flops"):
+        assert figures[stem].axes[0].get_ylim() == (0.0, 100.0), stem
+    groups = [
+        Group(("synthetic", "cnn4", 2), a, 2, 0.5, [[r for r in history if r["algorithm"] == a]], [0])
+        for a in algorithms
+    ]
+    setting = Setting(groups, tmp_path)
+    setting.accuracy_vs_round(plt)
+    setting.accuracy_vs_ratio(plt)
+    for name in ("accuracy_vs_round", "accuracy_vs_noniid"):
+        assert setting.figures[name].axes[0].get_ylim() == (0.0, 100.0), name
+    plt.close("all")
+
+
+def test_titles_name_the_model_and_the_data_not_their_fingerprints(tmp_path):
+    config = {
+        "model": "python:MLP@2460dae0",
+        "dataset": "python:a51e9c3c8cd3",
+        "cut_layer": 2,
+        "clients": 10,
+        "partition": "dirichlet",
+    }
+    title = run_report.run_title(config)
+    assert title == "MLP on user data, cut 2, N = 10 clients, Dirichlet α = 0.5"
+    for recorded, name in (("mypkg.models:build_mlp", "build_mlp"), ("resnet18", "resnet18")):
+        assert run_report.model_name(recorded) == name
+    assert run_report.dataset_name("/data/speech/train.pt") == "train.pt"
+    assert run_report.dataset_name("python:femnist@a51e9c3c8cd3") == "femnist"  # data given with a name
+    # the sweep report's titles alike; its file names keep what config.toml records (two data sets stay apart)
+    groups = [
+        Group(
+            ("python:a51e9c3c8cd3", "python:MLP@2460dae0", 2), "fedavg", 2, None, [_history(["fedavg"])], [0]
+        )
+    ]
+    setting = Setting(groups, tmp_path)
+    setting.accuracy_vs_round(plt)
+    fig = setting.figures["accuracy_vs_round"]
+    assert fig._suptitle.get_text().startswith("user data MLP, N=2, cut 2: test accuracy")
+    assert fig.axes[0].get_ylim() == (0.0, 100.0)
+    plt.close(fig)
+
+
+def test_the_loss_axis_names_the_loss_the_run_trained_on():
+    import functools
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    def smoothed(output, target):
+        return F.cross_entropy(output, target, label_smoothing=0.1)
+
+    name = run_report.loss_name
+    assert name(F.cross_entropy) == name(None) == "cross-entropy"
+    assert (
+        name(functools.partial(F.cross_entropy, label_smoothing=0.1)) == "cross-entropy, label_smoothing=0.1"
+    )
+    assert name(nn.CrossEntropyLoss(label_smoothing=0.1)) == "cross-entropy, label_smoothing=0.1"
+    assert name(smoothed) == "smoothed" and name(lambda o, t: o.sum()) == "user loss"
+    for loss, ylabel in (
+        ("cross-entropy", "training loss (cross-entropy, nats)"),
+        ("smoothed", "training loss (smoothed)"),
+        (None, "training loss"),  # a run older than data.json's loss: no claim
+    ):
+        fig = run_figures(_history(["fedavg"]), ["fedavg"], "t", loss)["accuracy"]
+        assert fig.axes[1].get_ylabel() == ylabel
+        plt.close("all")
+
+
+def test_one_seed_is_written_n_equals_1_not_plus_minus_zero(tmp_path):
+    sweep = tmp_path / "sweep"
+    records = [_record(a, r, 0.1 * r) for a in ("minibatch_sfl", "fedavg") for r in range(1, 7)]
+    _write_run(sweep / "seed=0", 0.01, 0, records)
+    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "| 60.0 (n = 1) | 40.0 (n = 1) | 60.0 (n = 1) |" in md  # final, last-5, best
+    assert "± 0.0" not in md
+
+
+def test_report_on_one_run_directory_writes_its_table_and_figures(tmp_path, capsys):
+    from splitfed.cli import main
+
+    run = tmp_path / "run"
+    _write_run(run, 0.01, 0, _bytes_history())
+    (run / "data.json").write_text(json.dumps({"in_shape": [4], "num_classes": 3, "loss": "smoothed"}))
+    assert main(["report", str(run)]) == 0
+    md = (run / "report" / "report.md").read_text()
+    assert md.startswith("# Run report: run")
+    assert "## digits_cnn on synthetic, cut 2, N = 2 clients, non-IID ratio p = 0.95" in md
+    assert "MB up/cl/rd" in md  # the run's own table
+    for stem in ("accuracy", "accuracy_vs_bytes", "accuracy_vs_client_flops"):
+        for fmt in ("png", "svg"):
+            assert (run / "report" / f"{stem}.{fmt}").is_file(), (stem, fmt)
+        assert f"({stem}.png)" in md
+    assert (run / "report" / "aggregate.csv").is_file()
+    # unfinished: one line that says what to do
+    (run / "summary.csv").unlink()
+    assert main(["report", str(run)]) == 2
+    assert "unfinished (no summary.csv): continue it with --resume" in capsys.readouterr().err
+
+
+def test_a_run_of_a_user_model_titles_its_figures_by_name_and_labels_its_own_loss(
+    tmp_path, monkeypatch, one_thread
+):
+    import functools
+
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from splitfed import Config, run
+
+    class MLP(nn.Sequential):
+        def __init__(self) -> None:
+            torch.manual_seed(0)
+            super().__init__(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    drawn = {}
+
+    def keep(fig, path_stem, dpi=120):  # the figure objects, not their files
+        drawn[path_stem.name] = fig
+        return []
+
+    monkeypatch.setattr(run_report, "save_figure", keep)
+    x, y = torch.randn(120, 6, generator=torch.Generator().manual_seed(0)), torch.arange(120) % 3
+    config = Config(
+        algorithm=("minibatch_sfl",),
+        clients=2,
+        rounds=2,
+        local_iters=2,
+        batch_size=8,
+        cut_layer=1,
+        divergence_every=0,
+        device="cpu",
+        out=str(tmp_path / "run"),
+    )
+    result = run(
+        config, model=MLP(), data=(x, y), loss=functools.partial(F.cross_entropy, label_smoothing=0.1)
+    )
+    assert result.config.model.startswith("python:MLP@") and result.config.dataset.startswith("python:")
+    title = drawn["accuracy"]._suptitle.get_text()
+    assert title.startswith("MLP on user data, cut 1, N = 2 clients, ") and "python:" not in title, title
+    assert drawn["accuracy"].axes[1].get_ylabel() == "training loss (cross-entropy, label_smoothing=0.1)"
+    assert {"accuracy_vs_bytes", "accuracy_vs_client_flops"} <= set(drawn)
+    assert (
+        json.loads((tmp_path / "run" / "data.json").read_text())["loss"]
+        == "cross-entropy, label_smoothing=0.1"
+    )
+    plt.close("all")

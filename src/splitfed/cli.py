@@ -246,11 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model after this round, saved by model_every (default: the last round checkpointed)",
     )
     p_export.set_defaults(func=_cmd_export)
-    p_report = sub.add_parser("report", help="figures and tables of a sweep against the paper's claims")
-    p_report.add_argument("sweep_dir")
-    p_report.add_argument(
-        "--out", help="where report.md, aggregate.csv and figures go (default: SWEEP_DIR/report)"
+    p_report = sub.add_parser(
+        "report", help="figures and tables of a run, or of a sweep against the paper's claims"
     )
+    p_report.add_argument("sweep_dir", metavar="DIR", help="a run directory or a sweep directory")
+    p_report.add_argument("--out", help="where report.md, aggregate.csv and figures go (default: DIR/report)")
     p_report.add_argument(
         "--claims",
         metavar="FILE",

@@ -5,11 +5,15 @@ colour, a line style and a marker, ``label`` its readable name, ``save_figure`` 
 """
 
 import csv
+import functools
 import math
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .config import PARTITION_OPTIONS
 
 SUMMARY_COLUMNS = [
     ("algorithm", "algorithm", "{}"),
@@ -137,6 +141,98 @@ def save_figure(fig: Any, path_stem: Path, dpi: int = 120) -> list[Path]:
     return paths
 
 
+# ---------------------------------------------------------------------------------------------------------
+# names a reader understands: what config.toml records is made for resuming, not for reading
+
+# config.model / config.dataset of an object given to run(): models.PYTHON_MODEL and data.PYTHON_DATA (not
+# imported: both modules import torch, and the CLI's report must not)
+_PYTHON = "python:"
+DEFAULT_LOSS = "cross-entropy"  # what setup trains on when run() is given no loss
+
+
+def model_name(recorded: str) -> str:
+    """A model's readable name from config.model: a registered name as is; ``python:MLP@<fingerprint>``
+    (an object given to run()) is ``MLP``; ``pkg.module:build_mlp`` (an importable builder) ``build_mlp``."""
+    if recorded.startswith(_PYTHON):
+        return recorded.removeprefix(_PYTHON).partition("@")[0] or "user model"
+    return recorded.rpartition(":")[2].rpartition(".")[2] or recorded
+
+
+def dataset_name(recorded: str) -> str:
+    """A data set's readable name from config.dataset: a registered name as is; ``python:<fingerprint>``
+    (tensors given to run()) is "user data", ``python:<name>@<fingerprint>`` (data given with a name) the
+    name; a data file its file name."""
+    if recorded.startswith(_PYTHON):
+        name, at, _ = recorded.removeprefix(_PYTHON).partition("@")
+        return name if at and name else "user data"
+    return Path(recorded).name if "/" in recorded or "\\" in recorded else recorded
+
+
+# a partition's option as a caption says it (PARTITION_OPTIONS: which config field holds it, its default)
+_PARTITION_TEXT = {
+    "non_iid_ratio": "non-IID ratio p = {}",
+    "dirichlet": "Dirichlet α = {}",
+    "shards": "{} label shards per client",
+}
+
+
+def partition_text(config: Mapping[str, Any]) -> str:
+    """How the clients' data were dealt, from a run's config; an option left unset is its default."""
+    partition = config.get("partition") or "non_iid_ratio"
+    if partition not in PARTITION_OPTIONS:
+        return "IID" if partition == "iid" else partition
+    option, default = PARTITION_OPTIONS[partition]
+    value = default if config.get(option) is None else config[option]
+    return _PARTITION_TEXT.get(partition, partition + " {}").format(value)
+
+
+def run_title(config: Mapping[str, Any]) -> str:
+    """A run's figure title from its config (a Config's to_dict() or its config.toml): the model's and the
+    data set's names, never their fingerprints."""
+    return (
+        f"{model_name(str(config.get('model')))} on {dataset_name(str(config.get('dataset')))}, "
+        f"cut {config.get('cut_layer')}, N = {config.get('clients')} clients, {partition_text(config)}"
+    )
+
+
+def loss_name(loss: Callable[..., Any] | None) -> str:
+    """The loss a run trains on, as an axis label names it: cross-entropy (the default), with the options a
+    ``functools.partial`` or an ``nn.CrossEntropyLoss`` gives it (``label_smoothing=0.1``), or the user
+    function's own name. Read by attribute only: no torch import."""
+    if loss is None:
+        return DEFAULT_LOSS
+    if isinstance(loss, functools.partial):
+        options = ", ".join(f"{k}={v}" for k, v in loss.keywords.items())
+        return f"{loss_name(loss.func)}, {options}" if options else loss_name(loss.func)
+    name = getattr(loss, "__name__", None) or type(loss).__name__
+    if name == "cross_entropy" and getattr(loss, "__module__", "") == "torch.nn.functional":
+        return DEFAULT_LOSS
+    if name == "CrossEntropyLoss":  # an nn.Module loss: its smoothing changes what its values mean
+        smoothing = getattr(loss, "label_smoothing", 0.0)
+        return DEFAULT_LOSS + (f", label_smoothing={smoothing}" if smoothing else "")
+    return "user loss" if name == "<lambda>" else name
+
+
+def loss_label(loss: str | None) -> str:
+    """The training-loss axis: in nats only for the default cross-entropy; a run that did not record its
+    loss (older than the record) names none."""
+    if loss is None:
+        return "training loss"
+    return "training loss (cross-entropy, nats)" if loss == DEFAULT_LOSS else f"training loss ({loss})"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# axes
+
+# Accuracy axes span the whole range: a range zoomed to the data makes a 0.6-point gap fill the plot.
+ACCURACY_RANGE = (0.0, 100.0)  # percent
+
+
+def accuracy_axis(ax: Any) -> None:
+    """An accuracy axis in percent, from 0 to 100 whatever the data."""
+    ax.set_ylim(*ACCURACY_RANGE)
+
+
 def integer_rounds(ax: Any) -> None:
     """Round axes show whole rounds only."""
     from matplotlib.ticker import MaxNLocator
@@ -209,9 +305,13 @@ def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def run_figures(history: list[dict[str, Any]], algorithms: list[str], title: str) -> dict[str, Any]:
-    """The run's figures by file stem: ``accuracy`` (test accuracy and training loss vs round) and, when
-    divergence was measured, ``divergence`` (client and server side)."""
+def run_figures(
+    history: list[dict[str, Any]], algorithms: list[str], title: str, loss: str | None = DEFAULT_LOSS
+) -> dict[str, Any]:
+    """The run's figures by file stem: ``accuracy`` (test accuracy and training loss vs round), the test
+    accuracy against what the clients spent to reach it (``accuracy_vs_bytes``, ``accuracy_vs_client_flops``)
+    and, when divergence was measured, ``divergence`` (client and server side). ``loss`` names the
+    training loss on its axis (see loss_name)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,6 +329,8 @@ def run_figures(history: list[dict[str, Any]], algorithms: list[str], title: str
                 rounds, values = series(name, key, scale)
                 ax.plot(rounds, values, **line_kwargs(name, len(rounds)))
             ax.set(xlabel="round", ylabel=ylabel, title=panel_title, yscale=yscale)
+            if key == "test_accuracy":
+                accuracy_axis(ax)
             integer_rounds(ax)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
@@ -246,10 +348,12 @@ def run_figures(history: list[dict[str, Any]], algorithms: list[str], title: str
                     "Test accuracy of the aggregated model",
                     "linear",
                 ),
-                ("train_loss", 1.0, "training loss (cross-entropy, nats)", "Training loss", "log"),
+                ("train_loss", 1.0, loss_label(loss), "Training loss", "log"),
             ]
         )
     }
+    for stem, (cost, xlabel, what) in COSTS.items():
+        figures[stem] = accuracy_against_cost(plt, history, algorithms, title, cost, xlabel, what)
     if any("divergence_client" in r for r in history):
         figures["divergence"] = figure(
             [
@@ -266,9 +370,86 @@ def run_figures(history: list[dict[str, Any]], algorithms: list[str], title: str
     return figures
 
 
-def plot_run(history: list[dict[str, Any]], algorithms: list[str], out_dir: Path, title: str) -> list[Path]:
-    """Write the run's figures into ``out_dir`` (accuracy, divergence; .png and .svg); returns the paths."""
+def bytes_per_client(record: dict[str, Any]) -> float:
+    """MB (10⁶ B) each client sent and received in the round (mean over the round's clients)."""
+    return 1e-6 * ((record.get("bytes_up_per_client") or 0.0) + (record.get("bytes_down_per_client") or 0.0))
+
+
+def client_gflop(record: dict[str, Any]) -> float:
+    """10⁹ training FLOPs of the round's client sides, all clients together."""
+    return 1e-9 * (record.get("client_flops") or 0.0)
+
+
+# file stem -> (a round's cost, its cumulative axis' label, what a line without cost did not spend)
+COSTS: dict[str, tuple[Callable[[dict[str, Any]], float], str, str]] = {
+    "accuracy_vs_bytes": (
+        bytes_per_client,
+        "MB sent + received per client, cumulative (log scale)",
+        "no bytes sent",
+    ),
+    "accuracy_vs_client_flops": (
+        client_gflop,
+        "client-side training GFLOP, all clients, cumulative (log scale)",
+        "no client compute",
+    ),
+}
+
+
+def cumulative_cost(
+    history: list[dict[str, Any]], algorithm: str, cost: Callable[[dict[str, Any]], float]
+) -> tuple[list[float], list[float]]:
+    """At each evaluated round of ``algorithm``: ``cost`` summed over every round up to it (evaluated or
+    not), and the test accuracy (%) there."""
+    total, xs, ys = 0.0, [], []
+    for r in sorted((r for r in history if r["algorithm"] == algorithm), key=lambda r: r["round"]):
+        total += cost(r)
+        if r.get("test_accuracy") is not None:
+            xs.append(total)
+            ys.append(100.0 * r["test_accuracy"])
+    return xs, ys
+
+
+def accuracy_against_cost(
+    plt: Any,
+    history: list[dict[str, Any]],
+    algorithms: list[str],
+    title: str,
+    cost: Callable[[dict[str, Any]], float],
+    xlabel: str,
+    what: str,
+) -> Any:
+    """Test accuracy against a cumulative cost, a line per algorithm, on a log axis (algorithms differ by
+    orders of magnitude in what they send). An algorithm that spent nothing has no place on a log axis:
+    the panel says so instead of dropping it silently."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    spent_nothing = []
+    for name in algorithms:
+        xs, ys = cumulative_cost(history, name, cost)
+        if xs and max(xs) > 0:
+            ax.plot(xs, ys, **line_kwargs(name, len(xs)))
+        elif xs:
+            spent_nothing.append(label(name))
+    ax.set(xlabel=xlabel, ylabel="test accuracy (%)", xscale="log")
+    accuracy_axis(ax)
+    if spent_nothing:
+        ax.set_title(f"not drawn ({what}): {', '.join(spent_nothing)}", fontsize=9)
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_run(
+    history: list[dict[str, Any]],
+    algorithms: list[str],
+    out_dir: Path,
+    title: str,
+    loss: str | None = DEFAULT_LOSS,
+) -> list[Path]:
+    """Write the run's figures into ``out_dir`` (see run_figures; .png and .svg); returns the paths."""
     paths = []
-    for stem, fig in run_figures(history, algorithms, title).items():
+    for stem, fig in run_figures(history, algorithms, title, loss).items():
         paths += save_figure(fig, out_dir / stem)
     return paths

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import class_histogram
+from .report import loss_name, run_title
 from .runner import Progress, RunDir
 from .services import check_generated
 from .setup import prepare
@@ -45,9 +46,8 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
         service = FedServer(setup, deploy, on_round)
         run_dir.write_metrics(service.history)  # what its state file holds, whatever was appended after
         history = run_fed_server(service)
-        cfg = setup.cfg
-        title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, deployed"
-        run_dir.finish(history, [service.algo.name], title)
+        title = run_title(setup.cfg.to_dict()) + ", deployed"
+        run_dir.finish(history, [service.algo.name], title, loss_name(setup.loss))
     elif role == "main_server":
         from .services.main_server import run_main_server
 

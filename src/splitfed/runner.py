@@ -5,7 +5,8 @@ A run directory holds: config.toml (resolved), data.json (the inputs' shape and 
 .txt, checkpoints/<algorithm>.pt (every round), metrics.jsonl (one object per round per algorithm),
 models/<algorithm>.pt (each final model's state_dict; per round too with model_every), tensorboard/
 <algorithm>/ (when tensorboard is installed), and, once every algorithm has finished, summary.csv,
-accuracy.png and divergence.png. A run without summary.csv is unfinished: ``--resume`` it.
+accuracy, accuracy_vs_bytes, accuracy_vs_client_flops and divergence (.png, .svg). A run without
+summary.csv is unfinished: ``--resume`` it.
 """
 
 import contextlib
@@ -42,7 +43,7 @@ from .executors.distributed import check_distributable, join, launched, leave, s
 from .executors.parts import build_parts
 from .export import save_state_dict
 from .models import ModelLike
-from .report import format_table, plot_run, summarize, write_summary_csv
+from .report import format_table, loss_name, plot_run, run_title, summarize, write_summary_csv
 from .results import RunResult, read_metrics
 from .setup import Setup, prepare
 
@@ -115,7 +116,8 @@ class RunDir:
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
         (self.path / "summary.csv").unlink(missing_ok=True)  # a resumed run is unfinished until it ends
         write_atomic(self.path / "config.toml", self.cfg.to_toml())
-        # What rebuilding the model needs besides config.toml (splitfed export), without the data.
+        # What rebuilding the model needs besides config.toml (splitfed export), without the data; and the
+        # loss trained on, which config.toml cannot hold (a Python object), for the figures' loss axis.
         data = setup.data
         info = {
             "in_shape": list(data.in_shape),
@@ -123,6 +125,7 @@ class RunDir:
             "input_dtype": str(data.train_x.dtype).removeprefix("torch."),
             "train_samples": len(data.train_y),
             "test_samples": len(data.test_y),
+            "loss": loss_name(setup.loss),
         }
         write_atomic(self.path / "data.json", json.dumps(info) + "\n")
         table = io.StringIO(newline="")
@@ -145,12 +148,12 @@ class RunDir:
         write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def finish(
-        self, history: list[dict[str, Any]], algorithms: list[str], title: str
+        self, history: list[dict[str, Any]], algorithms: list[str], title: str, loss: str
     ) -> list[dict[str, Any]]:
         """The finished run's files: metrics.jsonl in its final order, summary.csv, plots; the table."""
         self.write_metrics(history)
         summary = summarize(history, algorithms)
-        plots = plot_run(history, algorithms, self.path, title)
+        plots = plot_run(history, algorithms, self.path, title, loss)
         write_summary_csv(summary, self.path / "summary.csv")
         log.info("\n" + format_table(summary))
         log.info(
@@ -424,7 +427,7 @@ def _run(
             tensorboard.close()
     result = None
     if run_dir is not None:
-        result = finish(cfg, run_dir, histories, models, interrupted)
+        result = finish(cfg, run_dir, histories, models, interrupted, loss_name(setup.loss))
     if group is not None:  # every rank returns rank 0's result, models included
         states = {name: m.state_dict() for name, m in models.items()} if leader else None
         light = dataclasses.replace(result, models={}) if result is not None else None
@@ -464,6 +467,7 @@ def finish(
     histories: dict[str, list[dict[str, Any]]],
     models: dict[str, nn.Module],
     interrupted: bool,
+    loss: str,
 ) -> RunResult:
     """The run's result and its files. An interrupted run keeps what it trained: its rounds (also those of
     the algorithm it was in, read back from metrics.jsonl), figures and table, and no summary.csv (the
@@ -477,20 +481,13 @@ def finish(
         )
         summary = summarize(history, trained)
         if history:
-            plot_run(history, trained, run_dir.path, run_title(cfg))
+            plot_run(history, trained, run_dir.path, run_title(cfg.to_dict()), loss)
             log.info("\n" + format_table(summary))
         return RunResult(cfg, run_dir.path, history, models, summary, interrupted=True)
     # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
     history = [r for name in cfg.algorithm for r in histories[name]]
-    summary = run_dir.finish(history, list(cfg.algorithm), run_title(cfg))
+    summary = run_dir.finish(history, list(cfg.algorithm), run_title(cfg.to_dict()), loss)
     return RunResult(cfg, run_dir.path, history, models, summary)
-
-
-def run_title(cfg: Config) -> str:
-    title = f"{cfg.dataset}, {cfg.model} cut {cfg.cut_layer}, N={cfg.clients}, {cfg.partition}"
-    if cfg.partition_option is not None:
-        title += f" {cfg.partition_option}"
-    return title
 
 
 def same_on_every_rank(cfg: Config) -> None:

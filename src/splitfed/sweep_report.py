@@ -11,7 +11,8 @@ test accuracy). A claims file (``experiments/paper/claims.toml``) names the algo
 baselines, the targets and the paper's figures; the report then adds the margins, paired by seed.
 
 Writes into SWEEP_DIR/report/ (or ``out``): report.md, aggregate.csv (a row per cell), margins.csv, and
-each figure as PNG and SVG.
+each figure as PNG and SVG. Given one run's directory (``splitfed report RUN``), the same tables for that
+run alone, with its own table and figures (as ``splitfed run`` writes them) at the top.
 """
 
 import csv
@@ -29,7 +30,23 @@ from typing import Any
 
 from .config import Config
 from .errors import SplitfedError
-from .report import VARIANT, integer_rounds, label, line_kwargs, save_figure, split_variant, style
+from .report import (
+    COSTS,
+    VARIANT,
+    accuracy_axis,
+    dataset_name,
+    format_table,
+    integer_rounds,
+    label,
+    line_kwargs,
+    model_name,
+    plot_run,
+    run_title,
+    save_figure,
+    split_variant,
+    style,
+    summarize,
+)
 
 DEFAULT_CLAIMS = Path("experiments/paper/claims.toml")  # relative to the current directory
 DEFAULT_LAST_K = 5
@@ -231,17 +248,19 @@ def legend_of_every_panel(ax: Any, panels: Any) -> None:
 
 
 def _fmt(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
-    """Mean ± std of ``values`` × scale; sign="+" writes the mean's sign always (margins)."""
+    """Mean ± std of ``values`` × scale; sign="+" writes the mean's sign always (margins). One value has no
+    spread to show: "92.4 (n = 1)", not "92.4 ± 0.0", which would claim seeds that agree."""
     if not values:
         return "–"
-    return f"{scale * statistics.fmean(values):{sign}.{digits}f} ± {scale * _std(values):.{digits}f}"
+    mean = f"{scale * statistics.fmean(values):{sign}.{digits}f}"
+    return f"{mean} (n = 1)" if len(values) == 1 else f"{mean} ± {scale * _std(values):.{digits}f}"
 
 
 def _fmt_rounds(rounds: list[int | None]) -> str:
     reached = [r for r in rounds if r is not None]
     if not reached:
         return "never"
-    text = f"{statistics.fmean(reached):.1f} ± {_std(reached):.1f}"
+    text = _fmt([float(r) for r in reached], 1.0)
     return text if len(reached) == len(rounds) else f"{text}, never in {len(rounds) - len(reached)}"
 
 
@@ -269,23 +288,38 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise SplitfedError(f"{path}: {e}") from None
 
 
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is one run's directory rather than a sweep's."""
+    return (Path(path) / "config.toml").is_file()
+
+
+def _read_history(run_dir: Path) -> list[dict[str, Any]]:
+    text = (run_dir / "metrics.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def load_groups(sweep_dir: Path) -> list[Group]:
-    """The cells of a sweep's finished runs."""
-    runs = sorted(p.parent for p in Path(sweep_dir).glob("*/config.toml"))
+    """The cells of a sweep's finished runs (of one run's, where ``sweep_dir`` is a run directory)."""
+    sweep_dir = Path(sweep_dir)
+    runs = [sweep_dir] if is_run(sweep_dir) else sorted(p.parent for p in sweep_dir.glob("*/config.toml"))
     if not runs:
-        raise SplitfedError(f"no runs in {sweep_dir} (expected run directories with config.toml)")
+        raise SplitfedError(
+            f"no runs in {sweep_dir} (expected a run directory, or a sweep of them, with config.toml)"
+        )
     finished = []
     for run_dir in runs:
         if not (run_dir / "summary.csv").is_file():
             continue  # unfinished: reported once the sweep completes it
         histories: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                histories[rec["algorithm"]].append(rec)
+        for rec in _read_history(run_dir):
+            histories[rec["algorithm"]].append(rec)
         finished.append((_read_config(run_dir / "config.toml"), histories))
     if not finished:
-        raise SplitfedError(f"no finished runs in {sweep_dir} yet")
+        raise SplitfedError(
+            f"{sweep_dir} is unfinished (no summary.csv): continue it with --resume"
+            if runs == [sweep_dir]
+            else f"no finished runs in {sweep_dir} yet"
+        )
     fields = sorted({k for cfg, _ in finished for k in cfg} - NOT_GROUPED)
     varying = [f for f in fields if len({_freeze(cfg.get(f)) for cfg, _ in finished}) > 1]
     variants = _variant_fields(finished, [f for f in varying if f not in OWN_PLACE])
@@ -425,6 +459,12 @@ def _show(value: Any) -> str:
     return str(value)
 
 
+def _names(dataset: str, model: str) -> str:
+    """A setting's data set and model as a title shows them: their names, not config.toml's fingerprints
+    (file names keep what config.toml records: two data sets given as tensors stay apart)."""
+    return f"{dataset_name(dataset)} {model_name(model)}"
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "-", text).strip("-")
 
@@ -443,7 +483,9 @@ class Setting:
     def __post_init__(self) -> None:
         dataset, model, clients = self.groups[0].setting
         others = self.groups[0].others
-        self.title = f"{dataset} {model}, N={clients}" + "".join(f", {k}: {_show(v)}" for k, v in others)
+        self.title = f"{_names(dataset, model)}, N={clients}" + "".join(
+            f", {k}: {_show(v)}" for k, v in others
+        )
         self.tag = _safe(f"{dataset}_{model}_N{clients}" + "".join(f"_{_show(v)}" for _, v in others))
         self.tag += self.view_tag
         self.k = self.claims.last_k
@@ -485,10 +527,13 @@ class Setting:
                     continue
                 rounds, mean, std = g.curve("test_accuracy")
                 ax.plot(rounds, [100 * m for m in mean], **line_kwargs(a, len(rounds)))
+                if len(g.histories) == 1:
+                    continue  # one seed has no spread to shade
                 low = [100 * (m - s) for m, s in zip(mean, std, strict=True)]
                 high = [100 * (m + s) for m, s in zip(mean, std, strict=True)]
                 ax.fill_between(rounds, low, high, color=style(a).color, alpha=0.15, linewidth=0)
             ax.set(xlabel="round", ylabel="test accuracy (%)")
+            accuracy_axis(ax)
             if p is not None:
                 ax.set_title(f"non-IID ratio p = {p}")
             integer_rounds(ax)
@@ -496,8 +541,40 @@ class Setting:
         for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
         legend_of_every_panel(axes.flat[0], axes.flat)
-        fig.suptitle(f"{self.title}, cut {self.cut}: test accuracy, mean ± std over seeds{self._view()}")
+        seeds = {len(g.histories) for g in self.groups}
+        over = "one seed (n = 1)" if seeds == {1} else "mean ± std over seeds"
+        fig.suptitle(f"{self.title}, cut {self.cut}: test accuracy, {over}{self._view()}")
         return [self.save(fig, "accuracy_vs_round"), ""]
+
+    def accuracy_vs_cost(self, plt: Any) -> list[str]:
+        """Test accuracy (mean over seeds) against what the clients spent to reach it, cumulative: bytes
+        per client and client-side GFLOP, a row of panels per non-IID ratio; log cost axes, as the run's."""
+        panels = self.ratios or [None]
+        fig, axes = plt.subplots(len(panels), len(COSTS), figsize=(13, 4.2 * len(panels)), squeeze=False)
+        for row, p in zip(axes, panels, strict=True):
+            for ax, (cost, xlabel, what) in zip(row, COSTS.values(), strict=True):
+                spent_nothing = []
+                for a in self.algorithms:
+                    g = self.group(a, p)
+                    if g is None:
+                        continue
+                    rounds, acc, _ = g.curve("test_accuracy")
+                    spent = dict(zip(*_cumulative(g, cost), strict=True))
+                    xs = [spent[r] for r in rounds]
+                    if xs and max(xs) > 0:
+                        ax.plot(xs, [100 * m for m in acc], **line_kwargs(a, len(xs)))
+                    elif xs:
+                        spent_nothing.append(label(a))
+                ax.set(xlabel=xlabel, ylabel="test accuracy (%)", xscale="log")
+                accuracy_axis(ax)
+                title = "" if p is None else f"non-IID ratio p = {p}"
+                if spent_nothing:
+                    title += f"{'; ' if title else ''}not drawn ({what}): {', '.join(spent_nothing)}"
+                ax.set_title(title, fontsize=9)
+                ax.grid(alpha=0.3)
+        legend_of_every_panel(axes.flat[0], axes.flat)
+        fig.suptitle(f"{self.title}, cut {self.cut}: test accuracy against client cost{self._view()}")
+        return [self.save(fig, "accuracy_vs_cost"), ""]
 
     def accuracy_vs_ratio(self, plt: Any) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -521,6 +598,7 @@ class Setting:
                 label=label("centralized"),
             )
         ax.set(xlabel="non-IID ratio p", ylabel=f"test accuracy (%), mean of the last {self.k} rounds")
+        accuracy_axis(ax)
         ax.set_title(f"{self.title}, cut {self.cut}{self._view()}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -622,6 +700,8 @@ class Setting:
                     label=f"p = {p}",
                 )
                 ax.set(xlabel="cut layer", ylabel=ylabel, xticks=cuts)
+                if key == "last_k":
+                    accuracy_axis(ax)
             for g in series:
                 divs = [
                     _fmt(g.mean_over_rounds(f"divergence_{side}{s}"), 1.0, 4)
@@ -702,7 +782,7 @@ class Setting:
 
     def sections(self, plt: Any) -> tuple[list[str], list[dict[str, Any]]]:
         """This view's part of report.md, and its rows of margins.csv."""
-        md = self.accuracy_vs_round(plt)
+        md = self.accuracy_vs_round(plt) + self.accuracy_vs_cost(plt)
         if self.ratios:
             md += self.accuracy_vs_ratio(plt)
         margin_lines, margin_rows = self.margins()
@@ -962,6 +1042,7 @@ def _clients_sections(groups: list[Group], out: Path, claims: Claims, plt: Any) 
                 ):
                     ax.plot(xs, ys, **look)
                     ax.set(xlabel=xlabel, ylabel="test accuracy (%)", title=f"p = {p}")
+                    accuracy_axis(ax)
                     if xlabel != "round":
                         ax.set_xscale("log")
                 table.append(
@@ -973,21 +1054,38 @@ def _clients_sections(groups: list[Group], out: Path, claims: Claims, plt: Any) 
         for ax in axes.flat:
             ax.grid(alpha=0.3)
         legend_of_every_panel(axes[0, 0], axes.flat)
-        fig.suptitle(f"{dataset} {model}: accuracy against rounds, client compute and bytes, N = {ns}")
+        fig.suptitle(f"{_names(dataset, model)}: accuracy against rounds, client compute and bytes, N = {ns}")
         fig.tight_layout()
         stem = _safe(f"clients_{dataset}_{model}")
         save_figure(fig, out / stem, dpi=110)
-        md += ["", f"## {dataset} {model}: against the number of clients", "", *table, ""]
+        md += ["", f"## {_names(dataset, model)}: against the number of clients", "", *table, ""]
         md += [f"![accuracy against the number of clients]({stem}.png) ([SVG]({stem}.svg))", ""]
     return md
+
+
+def _run_lines(run_dir: Path, out: Path) -> list[str]:
+    """One run's table and figures, as ``splitfed run`` wrote them (drawn again into ``out``)."""
+    config = _read_config(run_dir / "config.toml")
+    history = _read_history(run_dir)
+    present = dict.fromkeys(r["algorithm"] for r in history)
+    algorithms = [a for a in config.get("algorithm") or () if a in present]
+    algorithms += [a for a in present if a not in algorithms]
+    loss = None  # a run older than the loss's record: its axis names no loss
+    if (run_dir / "data.json").is_file():
+        loss = json.loads((run_dir / "data.json").read_text()).get("loss")
+    paths = plot_run(history, algorithms, out, run_title(config), loss)
+    stems = list(dict.fromkeys(p.stem for p in paths))
+    md = ["", f"## {run_title(config)}", "", "```", format_table(summarize(history, algorithms)), "```", ""]
+    return md + [f"![{stem.replace('_', ' ')}]({stem}.png) ([SVG]({stem}.svg))" for stem in stems] + [""]
 
 
 def report(
     sweep_dir: str | Path, out: str | Path | None = None, claims: "str | Path | Claims | None" = None
 ) -> Path:
     """Write report.md, aggregate.csv, margins.csv and the figures to ``out`` (default SWEEP_DIR/report/);
-    returns the path of report.md. ``claims``: a claims file or Claims; None reads
-    experiments/paper/claims.toml when the current directory has it, else reports without claims."""
+    returns the path of report.md. ``sweep_dir`` may be one run's directory. ``claims``: a claims file or
+    Claims; None reads experiments/paper/claims.toml when the current directory has it, else reports
+    without claims."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1002,8 +1100,9 @@ def report(
     out = Path(out) if out is not None else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     varying = sorted({name for g in groups for name, _ in g.others})
+    single = is_run(sweep_dir)
     md = [
-        f"# Sweep report: {sweep_dir.name}",
+        f"# {'Run' if single else 'Sweep'} report: {sweep_dir.name}",
         "",
         f"Per cell (runs that differ only in their seed), over seeds: **final** = test accuracy at the last "
         f"round, **last-{k}** = mean test accuracy of the last {k} rounds (all of a shorter run), "
@@ -1014,9 +1113,10 @@ def report(
             if claims.targets
             else ""
         )
-        + ". Every number is the mean ± std over seeds; accuracies in %, divergences averaged over the "
-        "rounds where they were measured. Algorithms are compared at one cut layer per setting (the one "
-        "most of them ran at); curves are shaded ± 1 std over seeds.",
+        + ". Every number is the mean ± std over seeds (one seed's is marked n = 1); accuracies in %, "
+        "divergences averaged over the rounds where they were measured. Algorithms are compared at one cut "
+        "layer per setting (the one most of them ran at); curves are shaded ± 1 std over seeds. Accuracy "
+        "axes span 0–100 %; cost axes (bytes, client GFLOP) are cumulative and logarithmic.",
         "",
         *_claims_lines(claims),
     ]
@@ -1027,6 +1127,8 @@ def report(
             + ", ".join(varying)
             + ".",
         ]
+    if single:
+        md += _run_lines(sweep_dir, out)
     aggregate: list[dict[str, Any]] = []
     margin_rows: list[dict[str, Any]] = []
     for key in sorted({(g.setting, g.others) for g in groups}, key=str):

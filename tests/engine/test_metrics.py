@@ -132,3 +132,18 @@ def test_counting_flops_leaves_training_in_another_thread_alone():
         counter.join()
     assert torch.equal(at_input, layer.weight.sum(0).expand(3, 4))
     assert flops[0][0] == 2 * (2 * 4 * 3)  # per sample: the forward and the weights' gradient, 2·in·out each
+
+
+def test_an_embedding_only_client_side_counts_its_backward_accumulation():
+    # A transformer cut after its token embedding: the forward gathers rows (no arithmetic), the backward
+    # adds each of the tokens × dim gradient elements into the weight gradient. It used to count 0.
+    tokens, dim, classes = 5, 8, 3
+    client = nn.Sequential(nn.Embedding(100, dim))
+    server = nn.Sequential(nn.Flatten(), nn.Linear(tokens * dim, classes))
+    c, s = train_flops_per_sample(client, server, (tokens,), torch.int64)
+    assert c == tokens * dim
+    assert s == 3 * (2 * tokens * dim * classes)  # forward, weights' and input's gradient: 2·in·out each
+    # a matrix product after the embedding also passes its input's gradient back to it: three products
+    client = nn.Sequential(nn.Embedding(100, dim), nn.Linear(dim, dim))
+    c, _ = train_flops_per_sample(client, server, (tokens,), torch.int64)
+    assert c == tokens * dim + 3 * (2 * tokens * dim * dim)

@@ -149,7 +149,8 @@ def _divergences(
 def train_flops_per_sample(
     client: nn.Module, server: nn.Module, in_shape: tuple[int, ...], dtype: torch.dtype = torch.float32
 ) -> tuple[float, float]:
-    """Training FLOPs per sample (forward + backward; convolutions and matrix products) of each side.
+    """Training FLOPs per sample (forward + backward; convolutions and matrix products, and an embedding's
+    backward accumulation: see ``_embedding_backward_flops``) of each side.
 
     ``in_shape`` is one sample's shape, any rank ((C, H, W) images, (d,) rows); ``dtype`` the inputs'
     (integer for token ids). The client side back-propagates to its weights only; the server side also to
@@ -160,6 +161,18 @@ def train_flops_per_sample(
     client_flops, z = module_flops(client, x, input_grad=False)
     server_flops, _ = module_flops(server, z, input_grad=True)
     return client_flops, server_flops
+
+
+def _embedding_backward_flops(grad_output: torch.Tensor, *args, out_val=None, **kwargs) -> int:
+    """An embedding's training cost. Its forward is a gather (no arithmetic: 0 FLOPs); its backward adds
+    each looked-up row's gradient into the weight gradient, one addition per element of ``grad_output``
+    (tokens × dim; padding rows included, an upper bound by at most their share)."""
+    return grad_output.numel()
+
+
+# Ops torch's registry leaves out but a client side trains on: without this an embedding-only client side
+# (a transformer cut after its token embedding) reported 0 FLOPs.
+_EXTRA_FLOPS = {torch.ops.aten.embedding_dense_backward: _embedding_backward_flops}
 
 
 def module_flops(module: nn.Module, x: torch.Tensor, input_grad: bool) -> tuple[float, torch.Tensor]:
@@ -188,7 +201,8 @@ class _FlopCount(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        formula = flop_registry.get(func._overloadpacket)
+        packet = func._overloadpacket
+        formula = flop_registry.get(packet) or _EXTRA_FLOPS.get(packet)
         if formula is None:  # a composite op: count the ops it decomposes into
             with self:
                 out = func.decompose(*args, **kwargs)
