@@ -90,19 +90,30 @@ def test_an_untouched_checkpoint_resumes(run_dir, capsys):
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == 3
 
 
-def test_a_checkpoint_from_before_checksums_resumes_checked_and_is_rewritten_with_one(run_dir, capsys):
+def test_a_checkpoint_without_its_checksum_line_is_refused_even_when_its_content_is_valid(run_dir, capsys):
     checkpoint = run_dir / "checkpoints" / f"{ALGO}.pt"
     saved = read_checkpoint(checkpoint, "")
-    # as splitfed wrote it before: no digest, no config, the model as its two halves
-    old = {k: v for k, v in saved.items() if k in ("algorithm", "round", "streams", "history")}
-    old |= {"version": 1, "w_c": saved["model"]["client"], "w_s": saved["model"]["server"]}
-    torch.save(old, checkpoint)
-    code, err = resume(run_dir, capsys)
-    assert code == 0, err
-    assert read_checkpoint(checkpoint, "")["version"] == 2
-    old["w_c"]["params"][0] = float("nan")  # its content is still checked
-    torch.save(old, checkpoint)
-    assert_refused(run_dir, capsys, "non-finite")
+    saved["model"]["client"]["params"][0] += 1.0  # an edited weight...
+    torch.save(saved, checkpoint)  # ...in a file without the digest line, as v1 files were
+    assert_refused(run_dir, capsys, "no checksum line", "cannot be verified")
+
+
+def test_a_checkpoint_marked_as_the_old_format_is_refused(run_dir, capsys):
+    # v1 carried no config: a file marked v1 would skip the comparison with the run's config
+    checkpoint = run_dir / "checkpoints" / f"{ALGO}.pt"
+    saved = read_checkpoint(checkpoint, "")
+    saved["version"] = 1
+    write_checkpoint(checkpoint, saved)
+    assert_refused(run_dir, capsys, "not a splitfed v2 checkpoint (version 1)")
+
+
+@pytest.mark.parametrize("record", [{"algorithm": ["x"]}, {"note": torch.zeros(2)}, {"by": {1: 2.0}}])
+def test_history_records_that_are_not_json_rounds_are_refused(run_dir, capsys, record):
+    checkpoint = run_dir / "checkpoints" / f"{ALGO}.pt"
+    saved = read_checkpoint(checkpoint, "")
+    saved["history"][0] |= record
+    write_checkpoint(checkpoint, saved)
+    assert_refused(run_dir, capsys, "is not a round record")
 
 
 @pytest.mark.parametrize("where", [0.5, 0.9])

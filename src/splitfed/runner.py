@@ -353,8 +353,7 @@ def _run(
     setup = prepare(config, model, data, loss, transform)
     if launched():
         group = join(setup.device)
-        if model is not None or data is not None:
-            same_on_every_rank(setup.cfg)
+        same_on_every_rank(setup.cfg)  # the job's first collective: nothing has depended on it yet
     cfg = setup.cfg
     leader = group is None or group.leader
     histogram = class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu()
@@ -491,19 +490,30 @@ def finish(
 
 
 def same_on_every_rank(cfg: Config) -> None:
-    """In a torch.distributed job every rank calls run() with its own objects: they must be the same
-    model and data on all (a module built unseeded would start each rank's clients from other weights).
-    Their labels in the config (fingerprints) are compared; every rank refuses alike."""
+    """In a torch.distributed job every rank is started with its own command line (torchrun) and calls
+    run() with its own objects: a rank with another learning rate or seed would train its clients with it
+    and the job would end well with mixed numbers; another client count or rounds, abort or hang deep
+    inside gloo. Every rank's resolved config (model and data by their fingerprints) is compared with rank
+    0's before any work; every rank refuses alike, naming what differs."""
     import torch.distributed as dist
 
-    labels: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(labels, (cfg.model, cfg.dataset))
-    for rank, label in enumerate(labels):
-        if label != labels[0]:
+    configs: list[Any] = [None] * dist.get_world_size()
+    # threads may differ (machines with other core counts): it changes the last bits, not the run
+    dist.all_gather_object(configs, {k: v for k, v in cfg.to_dict().items() if k != "threads"})
+    first = configs[0]
+    for rank, other in enumerate(configs):
+        differ = [k for k in dict.fromkeys([*first, *other]) if other.get(k) != first.get(k)]
+        if {"model", "dataset"} & set(differ):
             raise SplitfedError(
-                f"rank {rank} was given another model or data than rank 0 ({label[0]}, {label[1]} against "
-                f"{labels[0][0]}, {labels[0][1]}): build them the same way on every rank (seed a module's "
-                "construction, or pass a builder)"
+                f"rank {rank} was given another model or data than rank 0 ({other.get('model')}, "
+                f"{other.get('dataset')} against {first.get('model')}, {first.get('dataset')}): build them "
+                "the same way on every rank (seed a module's construction, or pass a builder)"
+            )
+        if differ:
+            shown = ", ".join(f"{k} = {other.get(k)!r} against {first.get(k)!r}" for k in differ[:3])
+            raise SplitfedError(
+                f"rank {rank} was started with another config than rank 0 ({shown}"
+                f"{', ...' if len(differ) > 3 else ''}): start every rank with the same settings"
             )
 
 

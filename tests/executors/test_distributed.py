@@ -229,3 +229,15 @@ def test_processes_with_a_mixed_list_print_one_table(tmp_path):
     table = [line.split()[0] for line in p.stdout.splitlines() if line.startswith(("sfl_v2 ", "fedavg "))]
     assert table == ["sfl_v2", "fedavg"], p.stdout
     assert "2 processes" in p.stdout
+
+
+def _rank_with(rank: int, world: int, port: int, changes: list[dict]) -> None:
+    _rank(rank, world, port, changes[rank])
+
+
+@pytest.mark.parametrize("other", [{"lr": 0.2}, {"seed": 1}, {"rounds": 4}, {"clients": 8}])
+def test_a_rank_started_with_another_config_is_refused_by_every_rank(other):
+    case = CASE | {"algorithm": ("minibatch_sfl",), "divergence_every": 0}
+    with pytest.raises(mp.ProcessRaisedException, match="started with another config than rank 0") as e:
+        mp.spawn(_rank_with, args=(2, _free_port(), [case, case | other]), nprocs=2, join=True)
+    assert f"{next(iter(other))} = " in str(e.value)

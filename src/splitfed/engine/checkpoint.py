@@ -103,8 +103,11 @@ def read_checkpoint(path: Path, remedy: str) -> Any:
         head, newline, body = data.partition(b"\n")
         if not newline or hashlib.sha256(body).hexdigest().encode() != head[len(MAGIC) :]:
             raise refuse("fails its checksum (damaged since it was written)")
-    elif data.startswith(ZIP):
-        body = data  # v1 (no digest): its version and content are checked by load_checkpoint
+    elif data.startswith(ZIP):  # a torch.save without the header: v1, or a header cut off to edit it
+        raise refuse(
+            "has no checksum line (a checkpoint of splitfed before checksums, or one whose first line was "
+            "removed): it cannot be verified"
+        )
     else:
         raise refuse("is unreadable (not a splitfed checkpoint)")
     try:
@@ -142,6 +145,14 @@ class Records:
 
 class Tensors:
     """A template's dict of named float tensors of any shapes, each finite (an algorithm's own state)."""
+
+
+def _json_like(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, dict):
+        return depth < 8 and all(isinstance(k, str) and _json_like(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return depth < 8 and all(_json_like(v, depth + 1) for v in value)
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def mismatch(expected: Any, value: Any, where: str = "") -> str | None:
@@ -184,6 +195,9 @@ def mismatch(expected: Any, value: Any, where: str = "") -> str | None:
                 return f"{name}[{n - 1}] is not the record of round {n}"
             if mismatch(float, record.get("wall_time_s")) is not None:
                 return f"{name}[{n - 1}] has no wall_time_s"
+            # metrics.jsonl is rebuilt from these records: JSON's types only, nothing else unpickled
+            if not (isinstance(record.get("algorithm"), str) and _json_like(record)):
+                return f"{name}[{n - 1}] is not a round record (JSON numbers, strings, lists and objects)"
         return None
     if isinstance(expected, Each):
         if not isinstance(value, dict if expected.keyed else list):
@@ -301,11 +315,10 @@ def load_checkpoint(
             str(path),
             "change them back to continue from it, or start afresh in another directory",
         )
-    elif version == 1:  # before digests and configs: its structure and values are all there is to check
-        log.warning(f"checkpoint {path} predates checksums (v1): its structure and values are checked only")
-    else:
+    else:  # v1 had no config to check the run against: a file marked so would skip that check
         raise SplitfedError(
-            f"checkpoint {path} is not a splitfed v1 or v2 checkpoint (version {version!r}); {remedy}"
+            f"checkpoint {path} is not a splitfed v{CHECKPOINT_VERSION} checkpoint (version {version!r}); "
+            f"{remedy}"
         )
     if upgrade is not None:
         saved = upgrade(saved)
