@@ -659,3 +659,17 @@ def test_a_run_of_a_user_model_titles_its_figures_by_name_and_labels_its_own_los
         == "cross-entropy, label_smoothing=0.1"
     )
     plt.close("all")
+
+
+def test_a_sweep_over_cuts_named_by_module_and_by_number_is_reported(tmp_path):
+    # a graph model is cut by a module's name (cut_layer = "layer1"): cells mix names and numbers
+    cuts = {"minibatch_sfl": ["layer1", "layer2"], "fedavg": ["layer1"], "sfl_v2": [2]}
+    groups = [
+        Group(("synthetic", "resnet", 2), a, cut, 0.5, [_history([a])], [0])
+        for a, at in cuts.items()
+        for cut in at
+    ]
+    setting = Setting(groups, tmp_path)
+    assert setting.cut == "layer1"  # where the most algorithms ran
+    rows = setting.cut_layers(plt)  # minibatch_sfl ran at two named cuts: its figure and table
+    assert any("layer2" in line for line in rows)

@@ -150,7 +150,7 @@ class Group:
 
     setting: tuple[str, str, int]  # (dataset, model, clients)
     algorithm: str
-    cut_layer: int
+    cut_layer: int | str
     ratio: float | None
     histories: list[list[dict[str, Any]]] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)  # each history's seed: pairs runs across cells
@@ -432,13 +432,18 @@ def paired_margin(a: Group, b: Group, stat: Callable[[Group], list[float]]) -> M
 # one setting, one learning-rate view
 
 
-def _main_cut(groups: list[Group]) -> int:
-    """The cut at which the most algorithms ran: algorithms are compared there."""
-    algorithms_at: dict[int, set[str]] = defaultdict(set)
+def cut_order(cut: int | str) -> tuple[int, int, str]:
+    """Numbered cuts in order, then cuts named by module (a graph model's), by name."""
+    return (0, cut, "") if isinstance(cut, int) else (1, 0, str(cut))
+
+
+def _main_cut(groups: list[Group]) -> int | str:
+    """The cut at which the most algorithms ran (the earliest of a tie): algorithms are compared there."""
+    algorithms_at: dict[int | str, set[str]] = defaultdict(set)
     for g in groups:
         algorithms_at[g.cut_layer].add(g.algorithm)
     count = [g.cut_layer for g in groups]
-    return max(algorithms_at, key=lambda c: (len(algorithms_at[c]), count.count(c), -c))
+    return min(algorithms_at, key=lambda c: (-len(algorithms_at[c]), -count.count(c), cut_order(c)))
 
 
 def _rank(algorithm: str) -> tuple[int, str]:
@@ -664,7 +669,7 @@ class Setting:
         return out
 
     def _cut_layers(self, plt: Any, algorithm: str, name: str) -> list[str]:
-        cuts = sorted({g.cut_layer for g in self.groups if g.algorithm == algorithm})
+        cuts = sorted({g.cut_layer for g in self.groups if g.algorithm == algorithm}, key=cut_order)
         fig, axes = plt.subplots(2, 4, figsize=(19, 8.0))
         # (metric, scale, axis label): the first row is the client side, the second the server side and
         # what a cut costs the client in bytes
@@ -685,7 +690,7 @@ class Setting:
         for p in self.ratios or [None]:
             series = sorted(
                 (g for g in self.groups if g.algorithm == algorithm and g.ratio == p),
-                key=lambda g: g.cut_layer,
+                key=lambda g: cut_order(g.cut_layer),
             )
             if len(series) < 2:
                 continue
@@ -858,7 +863,12 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def _order(g: Group) -> tuple:
     """Cells in table order: by ratio, cut, algorithm, learning rate."""
-    return (-1.0 if g.ratio is None else g.ratio, g.cut_layer, _rank(g.algorithm), g.lr or (0.0, 0.0))
+    return (
+        -1.0 if g.ratio is None else g.ratio,
+        cut_order(g.cut_layer),
+        _rank(g.algorithm),
+        g.lr or (0.0, 0.0),
+    )
 
 
 def _claims_lines(claims: Claims) -> list[str]:
