@@ -148,18 +148,23 @@ class RunDir:
         write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
     def finish(
-        self, history: list[dict[str, Any]], algorithms: list[str], title: str, loss: str
+        self,
+        history: list[dict[str, Any]],
+        algorithms: list[str],
+        title: str,
+        loss: str,
+        complete: bool = True,
     ) -> list[dict[str, Any]]:
-        """The finished run's files: metrics.jsonl in its final order, summary.csv, plots; the table."""
+        """The run's files: metrics.jsonl in its final order, plots, and summary.csv once it is
+        ``complete`` (its absence marks a run to resume); the table."""
         self.write_metrics(history)
         summary = summarize(history, algorithms)
         plots = plot_run(history, algorithms, self.path, title, loss)
-        write_summary_csv(summary, self.path / "summary.csv")
+        files = ["metrics.jsonl", *(["summary.csv"] if complete else []), *(p.name for p in plots)]
+        if complete:
+            write_summary_csv(summary, self.path / "summary.csv")
         log.info("\n" + format_table(summary))
-        log.info(
-            f"results in {self.path}: "
-            + ", ".join(["metrics.jsonl", "summary.csv", *(p.name for p in plots)])
-        )
+        log.info(f"results in {self.path}: " + ", ".join(files))
         return summary
 
 
@@ -478,10 +483,8 @@ def finish(
             f"interrupted: kept {len(history)} rounds of {', '.join(trained) or 'no algorithm'} in "
             f"{run_dir.path}; continue with --out {run_dir.path} --resume"
         )
-        summary = summarize(history, trained)
-        if history:
-            plot_run(history, trained, run_dir.path, run_title(cfg.to_dict()), loss)
-            log.info("\n" + format_table(summary))
+        title = run_title(cfg.to_dict())
+        summary = run_dir.finish(history, trained, title, loss, complete=False) if history else []
         return RunResult(cfg, run_dir.path, history, models, summary, interrupted=True)
     # Canonical order (algorithm, round): a resumed run that extends its rounds appended out of order.
     history = [r for name in cfg.algorithm for r in histories[name]]
