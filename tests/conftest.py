@@ -20,6 +20,7 @@ def small_config(**changes) -> Config:
         divergence_samples=40,
         divergence_every=1,
         device="cpu",
+        figures=False,  # drawing 8 files costs more than the tiny run; the report tests draw them
     )
     return Config(**(base | changes))
 

@@ -52,7 +52,7 @@ def test_an_interrupted_run_writes_and_returns_what_it_trained_and_a_resume_fini
     config = small_config(algorithm=("minibatch_sfl", "fedavg"), rounds=3)
     whole = run(config.replace(out=str(tmp_path / "whole")))
     out = tmp_path / "cut"
-    part = run(config.replace(out=str(out)), on_round=_stop_at("fedavg", 2, KeyboardInterrupt))
+    part = run(config.replace(out=str(out), figures=True), on_round=_stop_at("fedavg", 2, KeyboardInterrupt))
     assert part.interrupted
     rounds = {name: [r["round"] for r in records] for name, records in part.by_algorithm.items()}
     assert rounds == {"minibatch_sfl": [1, 2, 3], "fedavg": [1, 2]}

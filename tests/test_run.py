@@ -27,7 +27,7 @@ def metrics(path):
 
 
 def test_a_run_writes_its_directory_and_returns_history_and_models(tmp_path):
-    cfg = small_config(algorithm=ALL_ALGORITHMS, out=str(tmp_path / "run"))
+    cfg = small_config(algorithm=ALL_ALGORITHMS, out=str(tmp_path / "run"), figures=True)
     result = run(cfg)
     out = tmp_path / "run"
     for name in ("config.toml", "metrics.jsonl", "summary.csv", "partition.csv", "partition.txt"):
@@ -308,3 +308,12 @@ def load_test_labels(cfg):
     from splitfed.setup import load_data
 
     return load_data(cfg).test_y
+
+
+def test_figures_off_writes_no_figure_and_a_resume_may_turn_them_on(tmp_path):
+    out = tmp_path / "run"
+    run(small_config(algorithm=("fedavg",), out=str(out), figures=False))
+    assert not list(out.glob("*.png")) and not list(out.glob("*.svg"))
+    assert (out / "summary.csv").is_file()
+    run(small_config(algorithm=("fedavg",), out=str(out), rounds=3, figures=True, resume=True))
+    assert (out / "accuracy.png").is_file() and (out / "accuracy.svg").is_file()

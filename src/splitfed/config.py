@@ -55,6 +55,12 @@ OBJECT_HINT = {
 }
 # Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
 # help lists the registry's names.
+# Fields that say where and how a party runs and what it writes, not what it computes (a device or a
+# thread count moves only the last bits): the parties of one deployment may differ in them.
+MACHINE_FIELDS = frozenset(
+    {"data_dir", "device", "threads", "processes", "execution", "cuda_graphs", "deterministic"}
+    | {"out", "resume", "model_every", "figures"}
+)
 REGISTRY_FIELDS = ("algorithm", "dataset", "model", "partition")
 
 # Knobs that belong to one partition: (partition, field, default).
@@ -234,6 +240,11 @@ class Config:
         "also save each algorithm's model every K rounds, as models/<algorithm>/round-<R>.pt (0: only the "
         "final models/<algorithm>.pt); each file is the model's size",
     )
+    figures: bool = _f(
+        True,
+        "draw the run's figures (png and svg) into its directory at the end; off, `splitfed report RUN` "
+        "draws them later from metrics.jsonl",
+    )
     resume: bool = _f(False, "continue the run in --out from its last checkpoint")
 
     def __post_init__(self) -> None:
@@ -277,6 +288,11 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def run_identity(self) -> dict[str, Any]:
+        """The fields that decide the run's numbers (all but MACHINE_FIELDS): every party of a deployment
+        must agree on them, and checks that it does before any work."""
+        return {k: v for k, v in self.to_dict().items() if k not in MACHINE_FIELDS}
 
     def to_toml(self) -> str:
         return dump_toml({k: v for k, v in self.to_dict().items() if v is not None})

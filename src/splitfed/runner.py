@@ -155,11 +155,11 @@ class RunDir:
         loss: str,
         complete: bool = True,
     ) -> list[dict[str, Any]]:
-        """The run's files: metrics.jsonl in its final order, plots, and summary.csv once it is
-        ``complete`` (its absence marks a run to resume); the table."""
+        """The run's files: metrics.jsonl in its final order, figures (unless ``figures`` is off), and
+        summary.csv once it is ``complete`` (its absence marks a run to resume); the table."""
         self.write_metrics(history)
         summary = summarize(history, algorithms)
-        plots = plot_run(history, algorithms, self.path, title, loss)
+        plots = plot_run(history, algorithms, self.path, title, loss) if self.cfg.figures else []
         files = ["metrics.jsonl", *(["summary.csv"] if complete else []), *(p.name for p in plots)]
         if complete:
             write_summary_csv(summary, self.path / "summary.csv")

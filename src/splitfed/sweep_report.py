@@ -54,7 +54,7 @@ COMPARED = ["fedavg", "sfl_v1", "sfl_v2", "sl", "minibatch_sfl"]  # plotted agai
 SEED_FIELDS = ("seed", "partition_seed", "init_seed", "sampling_seed")
 LR_FIELDS = ("lr", "client_lr", "server_lr")
 # fields that say where or how a run executes, not what it computes: never a grouping key
-NOT_GROUPED = {*SEED_FIELDS, "algorithm", "out", "resume", "threads", "device", "data_dir"}
+NOT_GROUPED = {*SEED_FIELDS, "algorithm", "out", "resume", "threads", "device", "data_dir", "figures"}
 # fields with a place of their own in a cell (the setting, the cut and ratio axes, the learning rate)
 OWN_PLACE = {"dataset", "model", "clients", "cut_layer", "non_iid_ratio", *LR_FIELDS}
 # a varying field a run leaves unset names nothing in its setting: cnn4's empty model_args beside a

@@ -12,7 +12,7 @@ import torch
 
 from splitfed.services import splitfed_pb2 as pb
 from splitfed.services import splitfed_pb2_grpc as pb_grpc
-from splitfed.services._common import dial, serve
+from splitfed.services._common import dial, run_identity, serve
 from splitfed.services.fed_server import FedServer
 from splitfed.services.main_server import MainServer
 from splitfed.services.security import call_metadata, read_token
@@ -37,7 +37,8 @@ def servers(tmp_path_factory):
     )
     grpc_fed = serve(deploy, deploy.fed_server, 16, lambda s: pb_grpc.add_FedServerServicer_to_server(fed, s))
     tokens = {name: read_token(deploy.token_file(name)) for name in ("client:0", "client:1", "fed_server")}
-    yield {"main": main, "fed": fed, "deploy": deploy, "setup": setup, "tokens": tokens}
+    run = run_identity(setup.cfg)  # what every call of this deployment's parties carries
+    yield {"main": main, "fed": fed, "deploy": deploy, "setup": setup, "tokens": tokens, "run": run}
     grpc_main.stop(None)
     grpc_fed.stop(None)
 
@@ -104,29 +105,29 @@ def test_callers_are_authenticated_and_may_speak_only_for_themselves(servers):
         ),
         (
             lambda md: list(fed.GlobalClientWeights(header(client=0, round=1), metadata=md, timeout=5)),
-            call_metadata("client:0", "not-the-token"),
+            call_metadata("client:0", "not-the-token", servers["run"]),
             C.UNAUTHENTICATED,
         ),
         (
             lambda md: list(fed.GlobalClientWeights(header(client=0, round=1), metadata=md, timeout=5)),
-            call_metadata("client:7", tokens["client:0"]),
+            call_metadata("client:7", tokens["client:0"], servers["run"]),
             C.UNAUTHENTICATED,
         ),
         (
             lambda md: list(fed.GlobalClientWeights(header(client=1, round=1), metadata=md, timeout=5)),
-            call_metadata("client:0", tokens["client:0"]),
+            call_metadata("client:0", tokens["client:0"], servers["run"]),
             C.PERMISSION_DENIED,
         ),
         (
             lambda md: list(
                 main.Step(iter(step_frames(good_step(servers, client=1))), metadata=md, timeout=5)
             ),
-            call_metadata("client:0", tokens["client:0"]),
+            call_metadata("client:0", tokens["client:0"], servers["run"]),
             C.PERMISSION_DENIED,
         ),
         (
             lambda md: list(main.ServerWeights(header(round=1), metadata=md, timeout=5)),
-            call_metadata("client:0", tokens["client:0"]),
+            call_metadata("client:0", tokens["client:0"], servers["run"]),
             C.PERMISSION_DENIED,
         ),
     ]
@@ -137,10 +138,48 @@ def test_callers_are_authenticated_and_may_speak_only_for_themselves(servers):
     # the legitimate call works
     frames = list(
         fed.GlobalClientWeights(
-            header(client=0, round=1), metadata=call_metadata("client:0", tokens["client:0"]), timeout=5
+            header(client=0, round=1),
+            metadata=call_metadata("client:0", tokens["client:0"], servers["run"]),
+            timeout=5,
         )
     )
     assert frames[0].header.round == 1 and frames[0].header.status == "ok"
+
+
+def test_a_party_started_with_another_config_is_refused_naming_what_differs(servers, caplog):
+    """A client (or server) whose config file says another lr or seed would train on and mix its numbers
+    into the run: both servers refuse its calls before reading them, naming the fields, and log it."""
+    deploy, tokens, setup = servers["deploy"], servers["tokens"], servers["setup"]
+    main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
+    fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
+    before = snapshot(servers)
+    others = {
+        "lr": run_identity(setup.cfg.replace(lr=setup.cfg.lr * 2)),
+        "seed": run_identity(setup.cfg.replace(seed=setup.cfg.seed + 1)),
+        "did not say": "",
+        "did not say ": "{not json",
+    }
+    for field, run in others.items():
+        md = call_metadata("client:0", tokens["client:0"], run)
+        calls = [
+            lambda md=md: list(fed.GlobalClientWeights(header(client=0, round=1), metadata=md, timeout=5)),
+            lambda md=md: list(main.Step(iter(step_frames(good_step(servers))), metadata=md, timeout=5)),
+        ]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as e:
+                call()
+            assert e.value.code() == C.PERMISSION_DENIED, e.value.details()
+            assert field.strip() in e.value.details() and "same config" in e.value.details()
+    assert "refused client:0 was started with another config than the main server (lr = " in caplog.text
+    assert_unchanged(before, snapshot(servers))
+    # a machine-only difference (device, threads, output) is the same run
+    same = run_identity(setup.cfg.replace(threads=2, out="elsewhere", figures=False, model_every=3))
+    frames = list(
+        fed.GlobalClientWeights(
+            header(client=0, round=1), metadata=call_metadata("client:0", tokens["client:0"], same), timeout=5
+        )
+    )
+    assert frames[0].header.status == "ok"
 
 
 def hostile_messages(s, rng: random.Random):
@@ -249,7 +288,7 @@ def test_a_thousand_hostile_messages_leave_the_servers_up_and_unchanged(servers)
     deploy, tokens = servers["deploy"], servers["tokens"]
     main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
     fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
-    client0 = call_metadata("client:0", tokens["client:0"])
+    client0 = call_metadata("client:0", tokens["client:0"], servers["run"])
     before = snapshot(servers)
     rng = random.Random(0)
     count = 0

@@ -36,7 +36,7 @@ ZIP = b"PK\x03\x04"  # how torch.save's files begin: a v1 checkpoint, written be
 
 # Config fields a resumed run (or a restarted server) may change: they do not alter what was computed so
 # far. ``rounds`` may only grow.
-RESUMABLE_CHANGES = frozenset({"rounds", "device", "out", "resume", "model_every"})
+RESUMABLE_CHANGES = frozenset({"rounds", "device", "out", "resume", "model_every", "figures"})
 
 KINDS = {
     "run": "run's checkpoint",

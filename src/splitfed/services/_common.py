@@ -1,5 +1,7 @@
 """What every role shares: the experiment's setup, message expectations, gRPC servers and callers."""
 
+import json
+import logging
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -9,14 +11,23 @@ from typing import Any, TypeVar
 import grpc
 import torch
 
+from ..config import Config
 from ..engine.side import State
 from ..errors import SplitfedError
 from ..executors.trace import Schema, state_schema, trace
 from ..setup import Setup
 from .deploy import Deployment
-from .security import call_metadata, channel_credentials, client_identity, server_credentials
+from .security import (
+    RUN_KEY,
+    Tokens,
+    call_metadata,
+    channel_credentials,
+    client_identity,
+    server_credentials,
+)
 from .wire import DTYPE_NAMES, DTYPES, Expect, WireError
 
+log = logging.getLogger("splitfed")
 T = TypeVar("T")
 FLOATS = ("float32", "float16", "bfloat16")
 
@@ -41,6 +52,39 @@ def abort(context: grpc.ServicerContext, error: Exception) -> None:
         context.abort(error.code, str(error))
     code = getattr(grpc.StatusCode, getattr(error, "code", "INVALID_ARGUMENT"))
     context.abort(code, str(error))
+
+
+def run_identity(cfg: Config) -> str:
+    """The run identity a party's calls carry: its config's fields that decide the numbers, as JSON
+    (ASCII, one line: a gRPC metadata value; HTTP/2 header compression sends it whole only once)."""
+    return json.dumps(cfg.run_identity(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def admit(tokens: Tokens, context: grpc.ServicerContext, cfg: Config, server: str) -> str:
+    """The caller's identity, once its token is checked and its run is this server's own: a party
+    started with another config (another lr, seed, clients, ...) would train on and mix its numbers into
+    this run's, so it is refused (PERMISSION_DENIED) before any of its message is read, with the fields
+    that differ; the server says so in its log too."""
+    identity = tokens.identify(context)
+    theirs = dict(context.invocation_metadata()).get(RUN_KEY, "")
+    ours = run_identity(cfg)
+    if theirs == ours:
+        return identity
+    try:
+        given = json.loads(theirs)
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        why = f"{identity} did not say which run it belongs to (a splitfed of another version?)"
+    else:
+        mine = json.loads(ours)  # as sent: tuples become lists
+        differ = [k for k in dict.fromkeys([*mine, *given]) if mine.get(k) != given.get(k)]
+        shown = ", ".join(f"{k} = {given.get(k)!r} against {mine.get(k)!r}" for k in differ[:4])
+        more = ", ..." if len(differ) > 4 else ""
+        why = f"{identity} was started with another config than the {server} ({shown}{more})"
+    log.warning(f"{server}: refused {why}")
+    context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{why}: start every party with the same config")
+    return identity  # not reached: abort raises
 
 
 def check_client(identity: str, claimed: int, clients: int) -> None:
@@ -198,8 +242,8 @@ class Caller:
 
     RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 
-    def __init__(self, identity: str, token: str, retry_s: float) -> None:
-        self.metadata = call_metadata(identity, token)
+    def __init__(self, identity: str, token: str, retry_s: float, run: str = "") -> None:
+        self.metadata = call_metadata(identity, token, run)
         self.retry_s = retry_s
 
     def __call__(self, fn: Callable[..., T], *args: Any, timeout: float = 60.0) -> T:

@@ -42,6 +42,7 @@ from ._common import (
     off_wire,
     on_wire,
     restart_round,
+    run_identity,
 )
 from .deploy import Deployment
 from .security import client_identity, read_token
@@ -78,7 +79,8 @@ class Client:
         self.messages = Messages(setup, name)
         self.device = setup.init_c.params.device
         identity = client_identity(k)
-        self.call = Caller(identity, read_token(deploy.token_file(identity)), deploy.retry_s)
+        token = read_token(deploy.token_file(identity))
+        self.call = Caller(identity, token, deploy.retry_s, run_identity(self.cfg))
         self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
         self.fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
         self.last_upload: tuple[int, dict[str, torch.Tensor], dict[str, float]] | None = None

@@ -40,12 +40,14 @@ from ._common import (
     Messages,
     ProtocolError,
     abort,
+    admit,
     check_client,
     dial,
     extras_from,
     extras_tensors,
     model_from,
     model_tensors,
+    run_identity,
     serve,
 )
 from .deploy import Deployment
@@ -97,7 +99,7 @@ class FedServer(pb_grpc.FedServerServicer):
         if self.algo.talks_to_main_server:
             token = read_token(deploy.token_file("fed_server"))
             self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
-            self.call = Caller("fed_server", token, deploy.retry_s)
+            self.call = Caller("fed_server", token, deploy.retry_s, run_identity(self.cfg))
         self._new_round()
 
     def _new_round(self) -> None:
@@ -284,7 +286,7 @@ class FedServer(pb_grpc.FedServerServicer):
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def GlobalClientWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
-        identity = self.tokens.identify(context)
+        identity = admit(self.tokens, context, self.cfg, "fed server")
         try:
             n = request.client
             check_client(identity, n, self.cfg.clients)
@@ -336,7 +338,8 @@ class FedServer(pb_grpc.FedServerServicer):
             self._check_deadlines()
 
     def UploadClientWeights(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.Header:
-        identity = self.tokens.identify(context)  # before anything of the message is read
+        # before anything of the message is read
+        identity = admit(self.tokens, context, self.cfg, "fed server")
         frames = Counting(request_iterator)
         try:
             head, tensors = decode(frames, self.messages.upload_message())

@@ -47,6 +47,7 @@ from ._common import (
     Messages,
     ProtocolError,
     abort,
+    admit,
     check_client,
     model_tensors,
     off_wire,
@@ -322,7 +323,8 @@ class MainServer(pb_grpc.MainServerServicer):
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def Step(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
-        identity = self.tokens.identify(context)  # before anything of the message is read
+        # before anything of the message is read
+        identity = admit(self.tokens, context, self.cfg, "main server")
         frames = Counting(request_iterator)
         try:
             head, tensors = decode(frames, lambda head: self.messages.step_message(head.phase))
@@ -349,7 +351,7 @@ class MainServer(pb_grpc.MainServerServicer):
         return iter(reply_frames)
 
     def ServerWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
-        identity = self.tokens.identify(context)
+        identity = admit(self.tokens, context, self.cfg, "main server")
         if identity != "fed_server":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not read the server-side model")
         r = request.round

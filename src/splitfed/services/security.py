@@ -3,7 +3,8 @@
 Each party (``client:K``, ``fed_server``, ``main_server``) holds its own token; the servers hold only the
 tokens' SHA-256 digests (tokens.toml), so a copied server file lets nobody in. Every call carries the
 caller's identity and token in its metadata; a server refuses unknown or mismatched callers
-(UNAUTHENTICATED) and a client that speaks for another client (PERMISSION_DENIED).
+(UNAUTHENTICATED) and a client that speaks for another client (PERMISSION_DENIED). Every call also
+carries its party's run identity, which the servers check next (_common.admit).
 """
 
 import datetime
@@ -19,6 +20,7 @@ import grpc
 from ..errors import SplitfedError
 
 ID_KEY, TOKEN_KEY = "x-splitfed-id", "authorization"
+RUN_KEY = "x-splitfed-run"  # the caller's run identity (Config.run_identity as JSON): see _common.admit
 
 
 def _digest(token: str) -> str:
@@ -60,8 +62,9 @@ class Tokens:
         return identity
 
 
-def call_metadata(identity: str, token: str) -> tuple[tuple[str, str], ...]:
-    return ((ID_KEY, identity), (TOKEN_KEY, f"Bearer {token}"))
+def call_metadata(identity: str, token: str, run: str = "") -> tuple[tuple[str, str], ...]:
+    """What every call carries: who calls, its token, and (``run``) the run it belongs to."""
+    return ((ID_KEY, identity), (TOKEN_KEY, f"Bearer {token}"), (RUN_KEY, run))
 
 
 def read_token(path: str | Path) -> str:
