@@ -43,7 +43,7 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
             if record["dropped_clients"]:
                 log.info(f"  round {record['round']} went on without clients {record['dropped_clients']}")
 
-        service = FedServer(setup, deploy, on_round)
+        service = FedServer(setup, deploy, on_round, restarted=resume)
         run_dir.write_metrics(service.history)  # what its state file holds, whatever was appended after
         history = run_fed_server(service)
         title = run_title(setup.cfg.to_dict()) + ", deployed"

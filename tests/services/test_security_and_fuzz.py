@@ -5,14 +5,19 @@ after the onslaught: every bad message must get an error status and leave that s
 """
 
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import grpc
 import pytest
 import torch
 
+from splitfed.errors import SplitfedError
 from splitfed.services import splitfed_pb2 as pb
 from splitfed.services import splitfed_pb2_grpc as pb_grpc
 from splitfed.services._common import dial, run_identity, serve
+from splitfed.services.client import Client
 from splitfed.services.fed_server import FedServer
 from splitfed.services.main_server import MainServer
 from splitfed.services.security import call_metadata, read_token
@@ -36,7 +41,10 @@ def servers(tmp_path_factory):
         deploy, deploy.main_server, 16, lambda s: pb_grpc.add_MainServerServicer_to_server(main, s)
     )
     grpc_fed = serve(deploy, deploy.fed_server, 16, lambda s: pb_grpc.add_FedServerServicer_to_server(fed, s))
-    tokens = {name: read_token(deploy.token_file(name)) for name in ("client:0", "client:1", "fed_server")}
+    tokens = {
+        name: read_token(deploy.token_file(name))
+        for name in ("client:0", "client:1", "client:2", "fed_server")
+    }
     run = run_identity(setup.cfg)  # what every call of this deployment's parties carries
     yield {"main": main, "fed": fed, "deploy": deploy, "setup": setup, "tokens": tokens, "run": run}
     grpc_main.stop(None)
@@ -180,6 +188,60 @@ def test_a_party_started_with_another_config_is_refused_naming_what_differs(serv
         )
     )
     assert frames[0].header.status == "ok"
+
+
+def test_an_upload_is_taken_only_from_a_client_handed_that_rounds_model(servers):
+    """A round-1 upload with client 2's valid token, before client 2 fetched round 1's model (a copied
+    token, a stray process), would take the real client's place: it is refused, and the real client, asking
+    for round 2 as if it had uploaded, is handed round 1's model instead of being told to resend."""
+    deploy, tokens, setup = servers["deploy"], servers["tokens"], servers["setup"]
+    fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
+    client2 = call_metadata("client:2", tokens["client:2"], servers["run"])
+    good = {f"client.{k}": v.cpu() for k, v in setup.init_c.to_dict().items()}
+    before = snapshot(servers)
+    with pytest.raises(grpc.RpcError) as e:
+        fed.UploadClientWeights(
+            encode(header(client=2, round=1, info={"samples": 16.0}), good), metadata=client2, timeout=10
+        )
+    assert e.value.code() == C.FAILED_PRECONDITION
+    assert e.value.details() == "client 2 was not handed round 1's model: no upload of that round"
+    assert_unchanged(before, snapshot(servers))
+    frames = list(fed.GlobalClientWeights(header(client=2, round=2), metadata=client2, timeout=5))
+    assert (frames[0].header.status, frames[0].header.round) == ("ok", 1)
+
+
+def test_a_second_process_with_one_client_id_is_refused_and_a_restart_after_a_crash_is_not(servers):
+    """Two live ``splitfed client --id 1`` would each be taken for the other's restart (client 1 dropped,
+    the numbers changed): the second is refused at once; a restart after a SIGKILL is not."""
+    setup, deploy = servers["setup"], servers["deploy"]
+    lock = Path(deploy.state_dir) / "client_1.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SplitfedError) as e:
+            Client(setup, deploy, 1)
+        assert str(e.value) == (
+            f"client 1 is running already (process {holder.pid} holds {lock}): one process per id; stop "
+            "that one first, or give this one another id"
+        )
+    finally:
+        holder.kill()  # SIGKILL: the kernel lets go of the lock
+        holder.wait()
+    first = Client(setup, deploy, 1)
+    with pytest.raises(SplitfedError, match="client 1 is running already"):
+        Client(setup, deploy, 1)
+    first.lock.close()  # the process ended
+    Client(setup, deploy, 1).lock.close()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from splitfed.services._common import hold_lock
+f = hold_lock(Path(sys.argv[1]), "client 1")
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 def hostile_messages(s, rng: random.Random):

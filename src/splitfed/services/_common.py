@@ -1,12 +1,15 @@
 """What every role shares: the experiment's setup, message expectations, gRPC servers and callers."""
 
+import fcntl
 import json
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import IO, Any, TypeVar
 
 import grpc
 import torch
@@ -85,6 +88,29 @@ def admit(tokens: Tokens, context: grpc.ServicerContext, cfg: Config, server: st
     log.warning(f"{server}: refused {why}")
     context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{why}: start every party with the same config")
     return identity  # not reached: abort raises
+
+
+def hold_lock(path: Path, who: str) -> IO[str]:
+    """An exclusive lock on ``path``, held while the returned file stays open (so for the process's life):
+    a second process of ``who`` with the same state directory is refused at once, while a restart after a
+    crash is not (the kernel lets go of a dead process's lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise SplitfedError(
+            f"{who} is running already (process {holder} holds {path}): one process per id; stop that "
+            "one first, or give this one another id"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def check_client(identity: str, claimed: int, clients: int) -> None:

@@ -37,6 +37,7 @@ from ._common import (
     dial,
     extras_from,
     extras_tensors,
+    hold_lock,
     model_from,
     model_tensors,
     off_wire,
@@ -85,6 +86,9 @@ class Client:
         self.fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
         self.last_upload: tuple[int, dict[str, torch.Tensor], dict[str, float]] | None = None
         self.state_file = Path(deploy.state_dir) / f"client_{k}.pt"
+        # Two live processes with one id would each be taken for the other's restart (the main server
+        # drops the client from the round, the numbers differ): the second is refused here.
+        self.lock = hold_lock(Path(deploy.state_dir) / f"client_{k}.lock", f"client {k}")
         # its own state: after the last round it ended (``round``), and before it (to redo that round)
         self.own: dict[str, Any] = {"round": 0, "after": {}, "before": {}}
         if self.state_file.exists():

@@ -59,7 +59,11 @@ log = logging.getLogger("splitfed")
 
 class FedServer(pb_grpc.FedServerServicer):
     def __init__(
-        self, setup: Setup, deploy: Deployment, on_round: Callable[[dict[str, Any]], None] | None = None
+        self,
+        setup: Setup,
+        deploy: Deployment,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        restarted: bool = False,
     ) -> None:
         self.setup, self.deploy, self.cfg, self.on_round = setup, deploy, setup.cfg, on_round
         name = self.cfg.algorithm[0]
@@ -93,6 +97,11 @@ class FedServer(pb_grpc.FedServerServicer):
             self.rule.load_state_dict({k: v.to(self.device) for k, v in saved["fed_server"].items()})
             self.history = saved["history"]
             log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
+        # Who was handed the current round's model died with a previous run of this server: in the round
+        # it restarts in, an upload is taken on trust (its token); from the next on, only from a client
+        # this server handed that round's model (a round-keyed upload from anyone else is refused).
+        restarted = restarted or self.state_file.exists()
+        self.trust_round = self.round if restarted else 0
         self.finished = threading.Event()
         self.failure: str | None = None
         self.started = time.perf_counter() - (self.history[-1]["wall_time_s"] if self.history else 0.0)
@@ -113,6 +122,7 @@ class FedServer(pb_grpc.FedServerServicer):
                 self.round, {p: self.model[p] for p in self.client_parts}, plan.turns, plan.weights
             )
         self.uploads: dict[int, tuple[Payload, dict[str, float]]] = {}
+        self.handed: set[int] = set()  # clients this server gave the round's start to
         self.left_out: set[int] = set()  # clients out of this round: dropped by the main server, or skipped
         self.waiting: set[int] = set()  # clients asking for a start the rule cannot give yet
         self.clock: float | None = None
@@ -299,6 +309,7 @@ class FedServer(pb_grpc.FedServerServicer):
                     self.waiting.discard(n)
                 if not isinstance(start, Payload):
                     return iter([pb.Frame(header=header(client=n, round=self.round, status=start))])
+                self.handed.add(n)
                 tensors = model_tensors(start.model) | extras_tensors(start.extras)
                 frames = list(encode(header(client=n, round=self.round, status="ok"), tensors))
                 self.wire["out"][n] += sum(f.ByteSize() for f in frames)
@@ -319,13 +330,17 @@ class FedServer(pb_grpc.FedServerServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"round {request.round} is ahead of round {self.round}",
                 )
-            if request.round == self.round + 1:  # the client finished round r and waits for r+1
-                if request.status == "dropped":  # the main server left it out: do not wait for it
-                    self._leave_out(n)
-                    self._maybe_aggregate()
-                elif n not in self.uploads and n not in self.left_out:  # e.g. a restart lost it
-                    return "resend_upload"
-            else:
+            next_round = request.round == self.round + 1  # it finished round r and waits for r+1
+            if next_round and request.status == "dropped":  # the main server left it out: do not wait
+                self._leave_out(n)
+                self._maybe_aggregate()
+            elif next_round and (n in self.uploads or n in self.left_out):
+                pass  # done with round r: wait for r+1
+            elif next_round and self._handed(n):
+                return (
+                    "resend_upload"  # it trained round r, and its upload is lost (a restart of this server)
+                )
+            else:  # it joins the current round (also one that asks for r+1 but was not handed r's model)
                 if n in self.left_out or n in self.uploads:  # out of, or done with, this round
                     return "sit_out"
                 start = self.rule.download(n)
@@ -363,6 +378,11 @@ class FedServer(pb_grpc.FedServerServicer):
                     raise ProtocolError(
                         grpc.StatusCode.FAILED_PRECONDITION, f"client {n} is out of round {head.round}"
                     )
+                if not self._handed(n):  # e.g. a copied token: it would take the real client's place
+                    raise ProtocolError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"client {n} was not handed round {head.round}'s model: no upload of that round",
+                    )
                 self.uploads[n] = (payload, dict(head.info))
                 self._feed()
                 self.wire["in"][n] += frames.bytes
@@ -375,6 +395,10 @@ class FedServer(pb_grpc.FedServerServicer):
                 return header(client=n, round=head.round, status="ok")
         except (WireError, ProtocolError) as e:
             abort(context, e)
+
+    def _handed(self, n: int) -> bool:
+        """Whether client n may have trained the current round from this server's model."""
+        return n in self.handed or self.round == self.trust_round
 
     def tick(self) -> None:
         """Let a round's deadlines pass even when no call comes in."""
