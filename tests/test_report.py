@@ -11,6 +11,8 @@ from pathlib import Path
 import matplotlib
 import pytest
 
+from splitfed.errors import SplitfedError
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
@@ -673,3 +675,13 @@ def test_a_sweep_over_cuts_named_by_module_and_by_number_is_reported(tmp_path):
     assert setting.cut == "layer1"  # where the most algorithms ran
     rows = setting.cut_layers(plt)  # minibatch_sfl ran at two named cuts: its figure and table
     assert any("layer2" in line for line in rows)
+
+
+def test_a_sweep_whose_metrics_line_is_cut_short_is_one_line_naming_the_file_and_line(tmp_path):
+    sweep = _fake_sweep(tmp_path)
+    metrics = sweep / "lr=0.1__seed=1" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([*lines[:4], lines[4][:20], *lines[5:]]) + "\n")  # a disk filled mid-line
+    with pytest.raises(SplitfedError) as e:
+        sweep_report.report(sweep, tmp_path / "out", claims=None)
+    assert str(e.value).startswith(f"{metrics} line 5 is not a round record of this run")

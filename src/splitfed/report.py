@@ -6,14 +6,16 @@ colour, a line style and a marker, ``label`` its readable name, ``save_figure`` 
 
 import csv
 import functools
+import json
 import math
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .config import PARTITION_OPTIONS
+from .errors import SplitfedError
 
 SUMMARY_COLUMNS = [
     ("algorithm", "algorithm", "{}"),
@@ -48,6 +50,28 @@ ALGORITHM_LABELS = {
     "fedavg": "FedAvg (FL)",
     "centralized": "Centralized",
 }
+
+
+def read_metrics(path: Path, algorithms: Sequence[str]) -> list[dict[str, Any]]:
+    """metrics.jsonl's records of ``algorithms``, in the run's order (algorithm by algorithm, in order of
+    rounds: a resumed run that extended its rounds appended them out of order)."""
+    order = {name: i for i, name in enumerate(algorithms)}
+    records = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            known = record["algorithm"] in order and isinstance(record["round"], int)
+        except (ValueError, KeyError, TypeError):
+            known = False
+        if not known:
+            raise SplitfedError(
+                f"{path} line {n} is not a round record of this run (a JSON object with one of its "
+                f"algorithms, {', '.join(algorithms)}, and an integer round)"
+            )
+        records.append(record)
+    return sorted(records, key=lambda r: (order[r["algorithm"]], r["round"]))
 
 
 @dataclass(frozen=True)

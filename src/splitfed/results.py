@@ -1,7 +1,6 @@
 """A run's result as an object: what ``run()`` returns, and ``load_run(path)`` that reads the same object
 back from a run directory (for analysis in a notebook, days later, without training again)."""
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from .config import Config
 from .errors import SplitfedError
 from .export import load_model
 from .models import ModelLike
-from .report import summarize
+from .report import read_metrics, summarize
 
 
 @dataclass
@@ -54,28 +53,6 @@ class RunResult:
     def stopped(self) -> list[str]:
         """The algorithms that ``on_round`` stopped early (``StopAlgorithm``)."""
         return [name for name, records in self.by_algorithm.items() if records[-1].get("stopped")]
-
-
-def read_metrics(path: Path, algorithms: Sequence[str]) -> list[dict[str, Any]]:
-    """metrics.jsonl's records of ``algorithms``, in the run's order (algorithm by algorithm, in order of
-    rounds: a resumed run that extended its rounds appended them out of order)."""
-    order = {name: i for i, name in enumerate(algorithms)}
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            known = record["algorithm"] in order and isinstance(record["round"], int)
-        except (ValueError, KeyError, TypeError):
-            known = False
-        if not known:
-            raise SplitfedError(
-                f"{path} line {n} is not a round record of this run (a JSON object with one of its "
-                f"algorithms, {', '.join(algorithms)}, and an integer round)"
-            )
-        records.append(record)
-    return sorted(records, key=lambda r: (order[r["algorithm"]], r["round"]))
 
 
 class RunModels(Mapping[str, nn.Module]):

@@ -41,6 +41,7 @@ from .report import (
     line_kwargs,
     model_name,
     plot_run,
+    read_metrics,
     run_title,
     save_figure,
     split_variant,
@@ -293,9 +294,12 @@ def is_run(path: Path) -> bool:
     return (Path(path) / "config.toml").is_file()
 
 
-def _read_history(run_dir: Path) -> list[dict[str, Any]]:
-    text = (run_dir / "metrics.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def _read_history(run_dir: Path, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's round records (a line cut short, or not a record of its algorithms, is one line)."""
+    algorithms = config.get("algorithm") or ()
+    return read_metrics(
+        run_dir / "metrics.jsonl", [algorithms] if isinstance(algorithms, str) else algorithms
+    )
 
 
 def load_groups(sweep_dir: Path) -> list[Group]:
@@ -310,10 +314,11 @@ def load_groups(sweep_dir: Path) -> list[Group]:
     for run_dir in runs:
         if not (run_dir / "summary.csv").is_file():
             continue  # unfinished: reported once the sweep completes it
+        config = _read_config(run_dir / "config.toml")
         histories: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for rec in _read_history(run_dir):
+        for rec in _read_history(run_dir, config):
             histories[rec["algorithm"]].append(rec)
-        finished.append((_read_config(run_dir / "config.toml"), histories))
+        finished.append((config, histories))
     if not finished:
         raise SplitfedError(
             f"{sweep_dir} is unfinished (no summary.csv): continue it with --resume"
@@ -1076,7 +1081,7 @@ def _clients_sections(groups: list[Group], out: Path, claims: Claims, plt: Any) 
 def _run_lines(run_dir: Path, out: Path) -> list[str]:
     """One run's table and figures, as ``splitfed run`` wrote them (drawn again into ``out``)."""
     config = _read_config(run_dir / "config.toml")
-    history = _read_history(run_dir)
+    history = _read_history(run_dir, config)
     present = dict.fromkeys(r["algorithm"] for r in history)
     algorithms = [a for a in config.get("algorithm") or () if a in present]
     algorithms += [a for a in present if a not in algorithms]
