@@ -296,3 +296,38 @@ def test_a_link_planted_in_a_run_directory_is_replaced_not_written_through(tmp_p
     assert not (out / "partition.csv").is_symlink() and (out / "partition.csv").read_text().startswith(
         "client"
     )
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """A write that fails for the disk's sake (here EFBIG: a file-size limit, which hits like ENOSPC) is
+    one line, not a traceback; files are replaced whole, so --resume finishes the run as if nothing
+    happened."""
+    import json
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    from splitfed import Config, run
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, the process lives
+        resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))  # a checkpoint is ~600 kB
+
+    flags = [*SMALL, "--clients", "2", "--rounds", "2", "--local-iters", "1", "--device", "cpu"]
+    flags += ["--algorithm", "fedavg,minibatch_sfl", "--divergence-every", "0", "--no-figures"]
+    cmd = [sys.executable, "-m", "splitfed", "run", *flags, "--out", str(tmp_path / "r")]
+    cut = subprocess.run(cmd, preexec_fn=small_disk, capture_output=True, text=True, timeout=300)
+    assert cut.returncode == 1 and cut.stderr.count("\n") == 1, cut.stderr
+    assert cut.stderr.startswith("splitfed: error: cannot write a file: File too large; what was written")
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = run(
+        Config.from_toml(tmp_path / "r" / "config.toml").replace(out=str(tmp_path / "w"), resume=False)
+    )
+
+    def numbers(lines):
+        return [{k: v for k, v in r.items() if not k.endswith("time_s")} for r in lines]
+
+    got = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert numbers(got) == numbers(whole.history)

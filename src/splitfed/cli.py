@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -292,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The disk, not splitfed: full, over a size or quota limit, read-only, failing.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -322,6 +327,20 @@ def main(argv: list[str] | None = None) -> int:
             held.release()
             print("splitfed: interrupted; continue the run with --out DIR --resume", file=sys.stderr)
             return 130
+        except OSError as e:
+            if e.errno not in STORAGE_ERRORS:
+                held.release()
+                raise
+            held.discard()
+            if not quiet:
+                where = f" {e.filename}" if e.filename else " a file"
+                print(
+                    f"splitfed: error: cannot write{where}: {e.strerror}; what was written before is kept "
+                    "(files are replaced whole, checkpoints each round): make room and continue with "
+                    "--out DIR --resume",
+                    file=sys.stderr,
+                )
+            return 1
         except BaseException:
             held.release()  # a bug: everything that led to it helps
             raise
