@@ -36,6 +36,7 @@ def test_a_diverging_round_stops_the_run_in_one_line_and_keeps_the_rounds_before
         run(config)
     message = _one_line(e)
     assert f"minibatch_sfl diverged in round {round_}:" in message and "NaN" in message, message
+    assert (tmp_path / "diverged.txt").read_text() == message + "\n"  # a sweep does not run it again
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == list(range(1, round_))
     assert all(r["train_loss"] == r["train_loss"] for r in records)  # no NaN was written
@@ -115,3 +116,22 @@ def test_a_model_whose_output_is_not_finite_scores_is_refused(fault, message):
     with pytest.raises(SplitfedError, match=message) as e:
         run(_config(cut_layer=1), model=model, data=_xy())
     _one_line(e)
+
+
+def test_a_sweep_tries_a_diverging_run_once_and_lists_it_among_its_failures(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'dataset = "synthetic"\nsynthetic_shape = [1, 8, 8]\nsynthetic_samples = 100\nclients = 2\n'
+        'rounds = 2\nlocal_iters = 1\ndivergence_every = 0\nalgorithm = ["fedavg"]\nfigures = false\n'
+        "[[grid]]\nlr = [0.01, 1e10]\n"
+    )
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "splitfed", "sweep", str(grid), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 2 and "1 of 2 runs failed" in first.stderr, first.stderr
+    diverged = (out / "lr=10000000000.0" / "diverged.txt").read_text().strip()
+    assert diverged.startswith("fedavg diverged in round ")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert "0 already done, 1 diverged (not run again)" not in again.stdout
+    assert "1 already done, 1 diverged (not run again)" in again.stdout, again.stdout
+    assert json.loads((out / "failures.json").read_text()) == {"lr=10000000000.0": diverged}

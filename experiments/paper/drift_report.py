@@ -85,8 +85,14 @@ def load() -> dict:
             if method is None or p not in RATIOS or not metrics.is_file():
                 continue
             history = [json.loads(line) for line in metrics.read_text().splitlines()]
-            # an unfinished run counts only where it diverged (its NaN checkpoint cannot be resumed):
-            # it is a rate that was tried, and lost
+            # an unfinished run counts only where it diverged: it is a rate that was tried, and lost. A
+            # run stops at its first non-finite round and says so in diverged.txt (one of splitfed before
+            # that check trained on, and wrote NaN records): that round is appended as NaN.
+            if (config.parent / "diverged.txt").is_file():
+                nan = float("nan")
+                history.append(
+                    {"round": len(history) + 1, "train_loss": nan, "val_accuracy": nan, "test_accuracy": nan}
+                )
             diverged = any(not math.isfinite(r.get("train_loss") or 0.0) for r in history)
             if not (config.parent / "summary.csv").is_file() and not diverged:
                 continue

@@ -11,6 +11,11 @@ class SplitfedError(Exception):
     exit_code = 2
 
 
+class Diverged(SplitfedError):
+    """Training turned non-finite (NaN or inf). Run again with the same settings, it would again: the run
+    directory keeps the message in ``diverged.txt``, and a sweep counts the run as tried, not to redo."""
+
+
 class StopAlgorithm(Exception):  # a signal, like StopIteration, not an error
     """Raised from ``run(on_round=...)`` to stop the algorithm whose round was just reported (early
     stopping, a budget): its rounds so far are kept, its record carries ``"stopped": true`` and a resumed

@@ -37,7 +37,7 @@ from .data.datasets import Augment
 from .engine.checkpoint import RESUMABLE_CHANGES, check_regular_file, check_resumable, load_run_checkpoint
 from .engine.metrics import LossFn
 from .engine.side import State
-from .errors import SplitfedError, StopAlgorithm
+from .errors import Diverged, SplitfedError, StopAlgorithm
 from .executors import train
 from .executors.distributed import check_distributable, join, launched, leave, share
 from .executors.parts import build_parts
@@ -147,6 +147,10 @@ class RunDir:
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
+    def mark_diverged(self, message: str) -> None:
+        """Say in the directory that the run diverged (a sweep then does not run it again)."""
+        write_atomic(self.path / "diverged.txt", message + "\n")
+
     def finish(
         self,
         history: list[dict[str, Any]],
@@ -168,7 +172,15 @@ class RunDir:
         return summary
 
 
-RUN_FILES = ("config.toml", "data.json", "metrics.jsonl", "partition.csv", "partition.txt", "summary.csv")
+RUN_FILES = (
+    "config.toml",
+    "data.json",
+    "metrics.jsonl",
+    "partition.csv",
+    "partition.txt",
+    "summary.csv",
+    "diverged.txt",
+)
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -426,6 +438,10 @@ def _run(
         if group is not None:  # the other ranks cannot be told consistently: stop as before
             raise
         interrupted = True
+    except Diverged as e:
+        if run_dir is not None:
+            run_dir.mark_diverged(str(e))
+        raise
     finally:
         if tensorboard is not None:
             tensorboard.close()

@@ -25,7 +25,8 @@ A run is finished when its files say so completely: summary.csv has one row per 
 config, each of ``rounds`` rounds, and metrics.jsonl holds rounds x algorithms whole JSON lines, one
 per (algorithm, round). Finished runs are skipped; any other run with a config.toml (interrupted, or
 with an empty or torn file) resumes from its checkpoints, so rerunning the same command continues a
-sweep. ``--workers K`` runs K points side by side.
+sweep. A run that diverged (its ``diverged.txt``) was tried: it is not run again, and stays among the
+failures. ``--workers K`` runs K points side by side.
 """
 
 import concurrent.futures as futures
@@ -151,13 +152,15 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
 
 
 def _status(point: Point) -> tuple[str, int]:
-    """("done" | "partial" | "pending", rounds it has written, over all its algorithms)."""
+    """("done" | "diverged" | "partial" | "pending", rounds it has written, over all its algorithms)."""
     run_dir = Path(point.config.out or "")
     total = point.config.rounds * len(point.config.algorithm)
     if _finished(run_dir, point.config):
         return "done", total
     metrics = run_dir / "metrics.jsonl"
     done = metrics.read_bytes().count(b"\n") if metrics.is_file() else 0
+    if (run_dir / "diverged.txt").is_file():  # tried: it would diverge again
+        return "diverged", total
     return ("partial" if (run_dir / "config.toml").is_file() else "pending"), min(done, total)
 
 
@@ -321,13 +324,20 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     def rounds_done() -> int:
         return sum(_status(p)[1] for p in points)
 
-    todo = [p for p in points if _status(p)[0] != "done"]
+    status = {p.name: _status(p)[0] for p in points}
+    todo = [p for p in points if status[p.name] not in ("done", "diverged")]
+    # a run that diverged is tried: its line stays among the failures, it is not run again
+    failures = {
+        p.name: (Path(p.config.out or "") / "diverged.txt").read_text().strip()
+        for p in points
+        if status[p.name] == "diverged"
+    }
     log.info(
-        f"sweep {grid_file}: {len(points)} runs in {out}, {len(points) - len(todo)} already done; "
-        f"{workers} worker(s)"
+        f"sweep {grid_file}: {len(points)} runs in {out}, {len(points) - len(todo) - len(failures)} already "
+        f"done{f', {len(failures)} diverged (not run again)' if failures else ''}; {workers} worker(s)"
     )
     threads = max(1, (os.cpu_count() or 1) // workers)
-    start_rounds, started, failures = rounds_done(), time.perf_counter(), {}
+    start_rounds, started = rounds_done(), time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch state
     with (
         _interruptible(),

@@ -16,7 +16,7 @@ from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
 from ..engine.side import State
-from ..errors import SplitfedError, StopAlgorithm
+from ..errors import Diverged, StopAlgorithm
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
 from .local import LocalExecutor, make_executor
@@ -95,7 +95,7 @@ def train(
         if not leader:  # rank 0 decides whether the round diverged and whether on_round stopped it
             diverged, stop = share(group, None)
             if diverged is not None:
-                raise SplitfedError(diverged)
+                raise Diverged(diverged)
             if stop:
                 break
             continue
@@ -108,7 +108,7 @@ def train(
             )
             if group is not None:
                 share(group, (diverged, False))
-            raise SplitfedError(diverged)
+            raise Diverged(diverged)
         if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
             w, batch = (executor.w_c, executor.w_s), cfg.eval_batch_size
             acc, loss, per_class = split.evaluate(*w, setup.data.test_x, setup.data.test_y, batch)
