@@ -167,16 +167,16 @@ def _cmd_role(args: argparse.Namespace) -> int:
 
 def _cmd_launch(args: argparse.Namespace) -> int:
     from ._limits import preflight
+    from .roles import launch_run
     from .services import check_generated
-    from .services.launch import launch
 
     check_generated()
     given = {k for k in vars(args) if k in FIELDS}
     config = config_from_args(args)
     if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
-        config = config.replace(algorithm=("minibatch_sfl",))  # a deployment runs one algorithm
+        config = config.replace(algorithm=("minibatch_sfl",))  # centralized has nothing to deploy
     preflight(config, check_out=False)  # the deployment places its run directory in its workdir
-    launch(config, args.workdir)
+    launch_run(config, args.workdir)
     return 0
 
 

@@ -22,6 +22,7 @@ from .engine.checkpoint import read_run_checkpoint
 from .engine.side import State
 from .errors import SplitfedError
 from .models import PYTHON_MODEL, ModelLike, resolve_model, split
+from .report import read_metrics
 
 log = logging.getLogger("splitfed")
 
@@ -88,13 +89,20 @@ def _load(
     built, example = _rebuild(run, cfg, model)
     checkpoint = run / "checkpoints" / f"{algorithm}.pt"
     saved = read_run_checkpoint(checkpoint) if checkpoint.is_file() else None
-    if rnd is None or (saved is not None and saved["round"] == rnd):
-        if saved is None:
-            raise SplitfedError(f"{run} has no checkpoint of {algorithm}: it has not finished a round")
+    final = run / "models" / f"{algorithm}.pt"
+    if saved is not None and rnd in (None, saved["round"]):
         w_c, w_s = State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
         _load_states(built, cfg, w_c, w_s, checkpoint, example)
         return built, algorithm, saved["round"]
-    path = run / "models" / algorithm / f"round-{rnd}.pt"
+    if rnd is None:  # no checkpoint: a deployment's run (its fed server keeps state elsewhere) has the model
+        if not final.is_file():
+            raise SplitfedError(f"{run} has no checkpoint of {algorithm}: it has not finished a round")
+        path = final
+        metrics = run / "metrics.jsonl"
+        records = read_metrics(metrics, cfg.algorithm) if metrics.is_file() else []
+        rnd = max((r["round"] for r in records if r["algorithm"] == algorithm), default=0)
+    else:
+        path = run / "models" / algorithm / f"round-{rnd}.pt"
     if not path.is_file():
         rounds = sorted(int(p.stem.removeprefix("round-")) for p in path.parent.glob("round-*.pt"))
         saved_text = (

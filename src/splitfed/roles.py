@@ -7,9 +7,11 @@ deployment's run directory is fixed by its file, so "restart with the same comma
 """
 
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from .config import Config
 from .data import class_histogram
 from .report import loss_name, run_title
 from .runner import Progress, RunDir
@@ -29,6 +31,7 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
 
     cfg, deploy = load(config_file, {"threads": threads} if threads is not None else None)
     if role == "fed_server":
+        from .executors.parts import halves
         from .services.fed_server import FedServer, run_fed_server
 
         resume = (Path(cfg.out or "") / "config.toml").is_file()  # a restart, whatever round it died in
@@ -46,6 +49,8 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
         service = FedServer(setup, deploy, on_round, restarted=resume)
         run_dir.write_metrics(service.history)  # what its state file holds, whatever was appended after
         history = run_fed_server(service)
+        # the trained model, as `splitfed run` leaves it (`splitfed export` reads it)
+        run_dir.save_model(service.algo.name, setup.assemble(*halves(service.algo, service.model)))
         title = run_title(setup.cfg.to_dict()) + ", deployed"
         run_dir.finish(history, [service.algo.name], title, loss_name(setup.loss))
     elif role == "main_server":
@@ -60,3 +65,40 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
         from .services.client import Client
 
         Client(prepare(cfg), deploy, client_id).run()
+
+
+def launch_run(config: Config, workdir: str | None = None) -> Path:
+    """``splitfed launch``: ``config`` deployed on this machine, its run directory as ``splitfed run``
+    writes it. Several algorithms run one deployment after another (each in its own folder of the
+    workdir, with its fed server's run directory there), and the run directory then holds all of them:
+    config, metrics, table, figures and models."""
+    import datetime
+    import shutil
+
+    from .report import read_metrics
+    from .services.deploy import check_deployable
+    from .services.launch import launch
+
+    for name in config.algorithm:  # every algorithm checked before the first deploys
+        check_deployable(config.replace(algorithm=(name,)))
+    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="splitfed-launch-"))
+    if config.out is None:
+        config = config.replace(out=f"runs/launch-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    RunDir(config)  # a used --out is refused now (a new deployment would take it for its own restart)
+    if len(config.algorithm) == 1:
+        return launch(config, work)
+    out = Path(config.out or "")
+    for name in config.algorithm:
+        launch(config.replace(algorithm=(name,), out=str(work / name / "run")), work / name)
+    setup = prepare(config)
+    run_dir = RunDir(setup.cfg)
+    run_dir.start(setup, class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu())
+    history = []
+    for name in config.algorithm:
+        deployed = work / name / "run"
+        history += read_metrics(deployed / "metrics.jsonl", [name])
+        run_dir.model_file(name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(deployed / "models" / f"{name}.pt", run_dir.model_file(name))
+    title = run_title(setup.cfg.to_dict()) + ", deployed"
+    run_dir.finish(history, list(config.algorithm), title, loss_name(setup.loss))
+    return out

@@ -203,3 +203,37 @@ def test_a_role_with_bad_flags_is_one_line_and_exit_2(tmp_path, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, (argv, err)
+
+
+def test_a_launch_of_several_algorithms_is_a_run_like_splitfed_run(tmp_path, capsys, monkeypatch):
+    """`splitfed launch` with two algorithms and a workdir relative to the current directory: one
+    deployment after the other, then one run directory as `splitfed run` writes it (config, metrics,
+    summary, figures, models) whose table holds the simulation's numbers, and `splitfed export` works."""
+    import csv
+
+    import torch
+
+    from splitfed import Config, run
+
+    monkeypatch.chdir(tmp_path)
+    flags = ["--algorithm", "minibatch_sfl,fedavg", "--clients", "2", "--dataset", "synthetic"]
+    flags += ["--synthetic-shape", "1,8,8", "--synthetic-samples", "160", "--model", "digits_cnn"]
+    flags += ["--rounds", "2", "--local-iters", "2", "--batch-size", "8", "--divergence-every", "0"]
+    flags += ["--device", "cpu", "--threads", "1"]
+    assert main(["launch", *flags, "--workdir", "demo", "--out", "run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("final acc") >= 1 and "results in run:" in out
+    config = Config.from_toml(tmp_path / "run" / "config.toml")
+    assert config.algorithm == ("minibatch_sfl", "fedavg")
+    simulated = run(config.replace(out=str(tmp_path / "sim")))
+    with (tmp_path / "run" / "summary.csv").open() as f:
+        deployed = {row["algorithm"]: row for row in csv.DictReader(f)}
+    for row in simulated.summary:
+        got = deployed[row["algorithm"]]
+        assert float(got["final_accuracy"]) == pytest.approx(row["final_accuracy"], abs=1e-6)
+        assert float(got["final_test_loss"]) == pytest.approx(row["final_test_loss"], rel=1e-4)
+    assert (tmp_path / "run" / "accuracy.png").is_file()
+    assert main(["export", "run", "--algorithm", "fedavg", "--out", "fedavg.pt"]) == 0
+    exported = torch.load(tmp_path / "fedavg.pt")
+    for name, value in simulated.models["fedavg"].state_dict().items():
+        assert torch.allclose(exported[name], value, atol=1e-5), name

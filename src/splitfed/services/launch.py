@@ -52,10 +52,11 @@ def prepare_deployment(config: Config, workdir: Path) -> Path:
     return write_config(workdir / "deploy.toml", config, deploy)
 
 
-def launch(config: Config, workdir: str | None = None) -> Path:
-    """Run ``config`` as a deployment on loopback; returns its run directory."""
+def launch(config: Config, workdir: str | Path | None = None) -> Path:
+    """Run ``config`` (one algorithm) as a deployment on loopback; returns its run directory."""
     check_deployable(config)
-    work = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="splitfed-launch-"))
+    # absolute: the deployment file's paths are read relative to the file, not to the current directory
+    work = (Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="splitfed-launch-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     if config.out is None:
         config = config.replace(out=f"runs/launch-{datetime.datetime.now():%Y%m%d-%H%M%S}")
