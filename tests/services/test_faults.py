@@ -76,3 +76,33 @@ def test_when_every_client_is_gone_both_servers_stop_with_a_message_and_a_restar
     assert_states_close(w_c, sim_c)
     assert_states_close(w_s, sim_s)
     assert [r["round"] for r in records(tmp_path / "run")] == [1, 2, 3]
+
+
+def test_a_main_server_state_put_back_from_an_earlier_round_stops_with_a_line_not_a_livelock(tmp_path):
+    """Round r's main_server.pt put back after round r + 1: the clients, a round further on, were told to
+    restart round r + 1 for ever (about 25 times a second, no round written); now the main server stops
+    with one line saying its state is older than the deployment, and the clients with it."""
+    from pathlib import Path
+
+    from splitfed.engine.checkpoint import read_checkpoint
+
+    config = tiny_config(tmp_path, rounds=8, local_iters=6)
+    config_file, config, deploy = deployment(tmp_path, config)
+    roles = Roles(config_file, config.clients)
+    state = Path(deploy.state_dir) / "main_server.pt"
+    wait_for(lambda: state.is_file())
+    old = state.read_bytes()
+    saved_round = read_checkpoint(state, "")["round"]
+    wait_for(lambda: metrics_lines(tmp_path / "run") >= saved_round + 1)  # the deployment moved on
+    roles.kill("main_server")
+    state.write_bytes(old)
+    roles.start("main_server")
+    codes = {name: roles.procs[name].wait(timeout=60) for name in roles.procs if name != "fed_server"}
+    roles.kill("fed_server")
+    assert set(codes.values()) == {2}, {k: roles.log(k)[-2000:] for k in codes}
+    errors = [line for line in roles.log("main_server").splitlines() if line.startswith("splitfed: error:")]
+    assert len(errors) == 1 and "is older than the rest of the deployment" in errors[0], errors
+    for k in range(config.clients):
+        last = roles.log(f"client_{k}").strip().splitlines()[-1]
+        assert last.startswith(f"splitfed: error: client {k}: the main server refused"), last
+        assert roles.log(f"client_{k}").count("restarting round") <= 2

@@ -103,6 +103,7 @@ class FedServer(pb_grpc.FedServerServicer):
         restarted = restarted or self.state_file.exists()
         self.trust_round = self.round if restarted else 0
         self.finished = threading.Event()
+        self.told_done: set[int] = set()  # clients that heard the training is over
         self.failure: str | None = None
         self.started = time.perf_counter() - (self.history[-1]["wall_time_s"] if self.history else 0.0)
         if self.algo.talks_to_main_server:
@@ -308,6 +309,9 @@ class FedServer(pb_grpc.FedServerServicer):
                 finally:
                     self.waiting.discard(n)
                 if not isinstance(start, Payload):
+                    if start == "done":
+                        self.told_done.add(n)
+                        self.cv.notify_all()
                     return iter([pb.Frame(header=header(client=n, round=self.round, status=start))])
                 self.handed.add(n)
                 tensors = model_tensors(start.model) | extras_tensors(start.extras)
@@ -427,7 +431,9 @@ def run_fed_server(service: FedServer) -> list[dict[str, Any]]:
             service.tick()
         if service.failure is not None:
             raise GaveUp(f"fed server: {service.failure}")
-        time.sleep(3.0)
+        # a moment for the clients to hear "done" (at most 3 s: one that died is not waited for)
+        with service.cv:
+            service.cv.wait_for(lambda: len(service.told_done) == service.cfg.clients, timeout=3.0)
     finally:
         server.stop(grace=2.0)
     return service.history

@@ -95,6 +95,7 @@ class MainServer(pb_grpc.MainServerServicer):
         self.wire_bytes: dict[int, dict[int, list[int]]] = {}
         self.finished = threading.Event()
         self.failure: str | None = None  # why this server gave up waiting, if it did
+        self.behind: str | None = None  # why its state cannot be the deployment's, if it cannot
         if self.state_file.exists():
             self._restore()
         self._start_round()
@@ -296,7 +297,21 @@ class MainServer(pb_grpc.MainServerServicer):
                 self.cv.notify_all()
             if passed or n in self.dropped:
                 raise ProtocolError(FAILED, f"client {n} is out of round {r}; rejoin round {r + 1}")
-            if r > self.round or t != self.done_iters[n] + 1:
+            if r > self.round:
+                # A client reaches round r once the fed server has averaged round r - 1 with this
+                # server's model of it, which this server saved first: a client further on means this
+                # state is older than the deployment's (a state file put back from an earlier round).
+                # Asking it to restart an older round would go round in circles: stop, say why.
+                self.behind = (
+                    f"client {n} is in round {r}, but this server's state ({self.state_file}) ends with "
+                    f"round {self.round - 1}: it is older than the rest of the deployment; put back the copy "
+                    "saved in the fed server's round, or start over with an empty state_dir and run directory"
+                )
+                self.finished.set()
+                self.cv.notify_all()
+            if self.behind is not None:
+                raise ProtocolError(grpc.StatusCode.DATA_LOSS, f"the main server stopped: {self.behind}")
+            if t != self.done_iters[n] + 1:
                 raise ProtocolError(AHEAD, f"restart round {self.round}")
             if (n, t) not in self.slot_of:
                 raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside this round")
@@ -397,6 +412,9 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
     try:
         while not service.finished.wait(timeout=1.0):
             service.tick()
+        if service.behind is not None:
+            time.sleep(1.0)  # the clients' calls hear why before the port closes
+            raise SplitfedError(f"main server: {service.behind}")
         if service.failure is not None:
             raise GaveUp(f"main server: {service.failure}")
         time.sleep(1.0)
