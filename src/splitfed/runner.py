@@ -544,6 +544,7 @@ def spawn_ranks(config: Config, argv: list[str]) -> int:
     the others are stopped and the exit status says so; ``--resume`` continues from the last checkpoint.
     """
     import contextlib
+    import signal
     import socket
     import subprocess
     import sys
@@ -608,6 +609,13 @@ def spawn_ranks(config: Config, argv: list[str]) -> int:
         if not failed:
             return 0
         rank, code = failed[0]
+        if code < 0:  # killed by a signal (the OOM killer, a kill -9): it could not say why itself
+            print(
+                f"splitfed: error: rank {rank} of {k} was killed by {signal.Signals(-code).name}; the "
+                f"other ranks were stopped; continue with --out {config.out or 'DIR'} --resume",
+                file=sys.stderr,
+            )
+            return 128 - code
         if rank != 0:
             logs[rank - 1].seek(0)
             tail = logs[rank - 1].read().decode(errors="replace").strip().splitlines()[-20:]

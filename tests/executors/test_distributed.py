@@ -168,6 +168,26 @@ def test_a_killed_rank_and_a_restart_with_resume_give_the_uninterrupted_metrics(
             assert a[key] == b[key], (key, a["round"])
 
 
+def test_rank_0_killed_by_a_signal_is_one_line_naming_it_not_a_bare_exit_status(tmp_path):
+    out = tmp_path / "killed"
+    parent = subprocess.Popen(
+        _cli(*BASE, "--rounds", "20", "--out", str(out)), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "metrics.jsonl").is_file():
+        assert time.monotonic() < deadline and parent.poll() is None
+        time.sleep(0.05)
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text()
+    ranks = [int(p) for p in children.split()]
+    os.kill(ranks[0], signal.SIGKILL)  # rank 0, the one that speaks for the job
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 128 + signal.SIGKILL
+    assert err.decode().strip() == (
+        f"splitfed: error: rank 0 of 2 was killed by SIGKILL; the other ranks were stopped; continue with "
+        f"--out {out} --resume"
+    )
+
+
 @pytest.mark.parametrize("name", ["sfl_v2", "sl", "centralized"])
 def test_an_algorithm_whose_clients_take_turns_is_refused_in_one_line(tmp_path, name):
     args = [
