@@ -300,7 +300,7 @@ def hostile_messages(s, rng: random.Random):
     }
     codes = {
         "old round": {C.FAILED_PRECONDITION},
-        "future round": {C.ABORTED},
+        "future round": {C.DATA_LOSS},  # a client cannot be a round ahead of the main server
         "future iteration": {C.ABORTED},
         "negative iteration": {C.ABORTED},
         "huge": {C.RESOURCE_EXHAUSTED},

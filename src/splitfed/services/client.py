@@ -92,13 +92,25 @@ class Client:
         # its own state: after the last round it ended (``round``), and before it (to redo that round)
         self.own: dict[str, Any] = {"round": 0, "after": {}, "before": {}}
         if self.state_file.exists():
-            expect = {"round": int, "after": Tensors(), "before": Tensors(), "clients": Each(int)}
+            expect = {
+                "round": int,
+                "after": Tensors(),
+                "before": Tensors(),
+                "clients": Each(int),
+                "upload": {"round": int, "tensors": Tensors(), "info": Each([str, float])},
+            }
             saved = load_checkpoint(self.state_file, "client", self.cfg, expect, STATE_REMEDY)
-            self.own = {k: v for k, v in saved.items() if k != "clients"}
+            self.own = {k: saved[k] for k in ("round", "after", "before")}
+            upload = saved["upload"]
+            if upload["round"] > 0:  # a restart: the last upload may be lost, and can be sent again
+                self.last_upload = (upload["round"], upload["tensors"], dict(upload["info"]))
 
     def run(self) -> None:
         """Train round after round until the fed server says the training is done."""
-        r, dropped = 1, False
+        # A restarted client asks for the round after its last upload: the fed server answers with that
+        # round, or asks for the upload again if it lost it (all clients and the fed server restarted
+        # after the main server finished the round: nobody would train that round again).
+        r, dropped = (self.last_upload[0] + 1 if self.last_upload else 1), False
         while True:
             head, tensors = self._global_weights(r, dropped)
             if head.status == "done":
@@ -108,6 +120,7 @@ class Client:
                 r, dropped = head.round + 1, False
                 continue
             r, dropped = head.round, False
+            log.info(f"client {self.n}: round {r} of {self.cfg.rounds}")
             start = Payload(model_from(self.sides, tensors, self.device), extras_from(tensors, self.device))
             for part, side in self.sides.items():
                 side.load(0, start.model[part])
@@ -139,8 +152,7 @@ class Client:
                 continue
             view.steps = self.iterations
             extras = self.algo.client_end(view)
-            self._save_state(r, view.state)
-            self._upload(r, extras)
+            self._end_round(r, view.state, extras)
             r += 1
 
     def _state_for(self, r: int) -> dict[str, torch.Tensor]:
@@ -149,12 +161,22 @@ class Client:
             return dict(self.own["before"])
         return dict(self.own["after"])
 
-    def _save_state(self, r: int, state: dict[str, torch.Tensor]) -> None:
+    def _end_round(self, r: int, state: dict[str, torch.Tensor], extras: dict[str, torch.Tensor]) -> None:
+        """Save the round's own state and its upload together (a restart can send the upload again),
+        then upload."""
         before = self.own["after"] if self.own["round"] < r else self.own["before"]
         self.own = {"round": r, "after": {k: v.detach().cpu() for k, v in state.items()}, "before": before}
-        if state or before:
-            self.state_file.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(self.state_file, "client", self.cfg, self.own | {"clients": [self.n]})
+        model = {part: side.state(0) for part, side in self.sides.items()}
+        tensors = model_tensors(model) | extras_tensors(extras)
+        info = {"samples": float(self.iterations * self.ctx.batch_sizes[self.n])}
+        if self.algo.chain[-1] in self.sides:  # the model's output, so its loss, is here
+            info["train_loss"] = self.ctx.meter.train_loss
+        self.last_upload = (r, tensors, info)
+        upload = {"round": r, "tensors": tensors, "info": [[k, v] for k, v in info.items()]}
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        payload = self.own | {"clients": [self.n], "upload": upload}
+        save_checkpoint(self.state_file, "client", self.cfg, payload)
+        self._send_upload(r, tensors, info)
 
     def _train_round(self, r: int) -> None:
         for t in range(1, self.iterations + 1):
@@ -217,15 +239,6 @@ class Client:
                 r, dropped = head.round, False
                 continue
             self._send_upload(*self.last_upload)
-
-    def _upload(self, r: int, extras: dict[str, torch.Tensor]) -> None:
-        model = {part: side.state(0) for part, side in self.sides.items()}
-        tensors = model_tensors(model) | extras_tensors(extras)
-        info = {"samples": float(self.iterations * self.ctx.batch_sizes[self.n])}
-        if self.algo.chain[-1] in self.sides:  # the model's output, so its loss, is here
-            info["train_loss"] = self.ctx.meter.train_loss
-        self.last_upload = (r, tensors, info)
-        self._send_upload(r, tensors, info)
 
     def _send_upload(self, r: int, tensors: dict[str, torch.Tensor], info: dict[str, float]) -> None:
         def send(**kw: Any) -> Any:

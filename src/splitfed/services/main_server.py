@@ -95,7 +95,7 @@ class MainServer(pb_grpc.MainServerServicer):
         self.wire_bytes: dict[int, dict[int, list[int]]] = {}
         self.finished = threading.Event()
         self.failure: str | None = None  # why this server gave up waiting, if it did
-        self.behind: str | None = None  # why its state cannot be the deployment's, if it cannot
+        self.told_behind: set[int] = set()  # clients found ahead of this state (logged once each)
         if self.state_file.exists():
             self._restore()
         self._start_round()
@@ -300,17 +300,18 @@ class MainServer(pb_grpc.MainServerServicer):
             if r > self.round:
                 # A client reaches round r once the fed server has averaged round r - 1 with this
                 # server's model of it, which this server saved first: a client further on means this
-                # state is older than the deployment's (a state file put back from an earlier round).
-                # Asking it to restart an older round would go round in circles: stop, say why.
-                self.behind = (
+                # state is older than the deployment's (a state file put back from an earlier round), or
+                # a hostile message. Asking it to restart an older round would go round in circles; the
+                # client is refused with a status it stops on, and this server stays up.
+                why = (
                     f"client {n} is in round {r}, but this server's state ({self.state_file}) ends with "
                     f"round {self.round - 1}: it is older than the rest of the deployment; put back the copy "
                     "saved in the fed server's round, or start over with an empty state_dir and run directory"
                 )
-                self.finished.set()
-                self.cv.notify_all()
-            if self.behind is not None:
-                raise ProtocolError(grpc.StatusCode.DATA_LOSS, f"the main server stopped: {self.behind}")
+                if n not in self.told_behind:  # once per client: a flood of such messages is one line
+                    self.told_behind.add(n)
+                    log.error(f"main server: {why}")
+                raise ProtocolError(grpc.StatusCode.DATA_LOSS, why)
             if t != self.done_iters[n] + 1:
                 raise ProtocolError(AHEAD, f"restart round {self.round}")
             if (n, t) not in self.slot_of:
@@ -412,9 +413,6 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
     try:
         while not service.finished.wait(timeout=1.0):
             service.tick()
-        if service.behind is not None:
-            time.sleep(1.0)  # the clients' calls hear why before the port closes
-            raise SplitfedError(f"main server: {service.behind}")
         if service.failure is not None:
             raise GaveUp(f"main server: {service.failure}")
         time.sleep(1.0)
