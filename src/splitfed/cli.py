@@ -176,7 +176,9 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     if "algorithm" not in given and not (args.config and "algorithm" in read_toml(args.config)):
         config = config.replace(algorithm=("minibatch_sfl",))  # centralized has nothing to deploy
     preflight(config, check_out=False)  # the deployment places its run directory in its workdir
-    launch_run(config, args.workdir)
+    if args.restarts < 0:
+        raise SplitfedError(f"--restarts must be 0 or more, got {args.restarts}")
+    launch_run(config, args.workdir, args.restarts)
     return 0
 
 
@@ -284,6 +286,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p_launch)
     p_launch.add_argument(
         "--workdir", help="where certificates, tokens, state and logs go (default: a temp dir)"
+    )
+    p_launch.add_argument(
+        "--restarts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start a role that dies again, at most N times per role (default 0: report it, let the "
+        "others go on)",
     )
     p_launch.set_defaults(func=_cmd_launch)
     # `splitfed bench ...` goes to the benchmark's own parser (see main); listed here for --help.

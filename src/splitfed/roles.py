@@ -67,7 +67,7 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
         Client(prepare(cfg), deploy, client_id).run()
 
 
-def launch_run(config: Config, workdir: str | None = None) -> Path:
+def launch_run(config: Config, workdir: str | None = None, restarts: int = 0) -> Path:
     """``splitfed launch``: ``config`` deployed on this machine, its run directory as ``splitfed run``
     writes it. Several algorithms run one deployment after another (each in its own folder of the
     workdir, with its fed server's run directory there), and the run directory then holds all of them:
@@ -86,10 +86,10 @@ def launch_run(config: Config, workdir: str | None = None) -> Path:
         config = config.replace(out=f"runs/launch-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     RunDir(config)  # a used --out is refused now (a new deployment would take it for its own restart)
     if len(config.algorithm) == 1:
-        return launch(config, work)
+        return launch(config, work, restarts)
     out = Path(config.out or "")
     for name in config.algorithm:
-        launch(config.replace(algorithm=(name,), out=str(work / name / "run")), work / name)
+        launch(config.replace(algorithm=(name,), out=str(work / name / "run")), work / name, restarts)
     setup = prepare(config)
     run_dir = RunDir(setup.cfg)
     run_dir.start(setup, class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu())

@@ -237,3 +237,38 @@ def test_a_launch_of_several_algorithms_is_a_run_like_splitfed_run(tmp_path, cap
     exported = torch.load(tmp_path / "fedavg.pt")
     for name, value in simulated.models["fedavg"].state_dict().items():
         assert torch.allclose(exported[name], value, atol=1e-5), name
+
+
+def test_launch_restarts_a_role_that_dies_and_ends_no_healthy_role(tmp_path):
+    """launch used to SIGTERM every healthy role 30 s after its fed server died; now a role that dies is
+    reported and, with --restarts, started again: the run ends whole, every other role ending by itself."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    argv = [sys.executable, "-m", "splitfed", "launch", "--clients", "2", "--dataset", "synthetic"]
+    argv += ["--synthetic-shape", "1,8,8", "--synthetic-samples", "160", "--model", "digits_cnn"]
+    argv += ["--rounds", "4", "--local-iters", "6", "--batch-size", "8", "--divergence-every", "0"]
+    argv += ["--device", "cpu", "--threads", "1", "--workdir", str(tmp_path / "work")]
+    argv += ["--out", str(tmp_path / "run"), "--restarts", "1"]
+    launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def role(name):
+        for pid in Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children").read_text().split():
+            if name in Path(f"/proc/{pid}/cmdline").read_bytes().decode():
+                return int(pid)
+        return None
+
+    wait_for(lambda: metrics_lines(tmp_path / "run") >= 1, timeout=120)
+    others = {name: role(name) for name in ("main-server", "--id 0", "--id 1")}
+    os.kill(role("fed-server"), signal.SIGKILL)
+    time.sleep(0.5)
+    assert all(role(name) == pid for name, pid in others.items())  # nobody else was touched
+    out, _ = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, out[-3000:]
+    assert "launch: fed_server exited with -9; starting it again (0 restarts left)" in out
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2, 3, 4]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from ..algorithms import create
@@ -52,8 +53,12 @@ def prepare_deployment(config: Config, workdir: Path) -> Path:
     return write_config(workdir / "deploy.toml", config, deploy)
 
 
-def launch(config: Config, workdir: str | Path | None = None) -> Path:
-    """Run ``config`` (one algorithm) as a deployment on loopback; returns its run directory."""
+def launch(config: Config, workdir: str | Path | None = None, restarts: int = 0) -> Path:
+    """Run ``config`` (one algorithm) as a deployment on loopback; returns its run directory.
+
+    A role that dies is reported and never takes the others with it; with ``restarts`` > 0 it is started
+    again with the same command (at most that many times per role), as the operator of a real
+    deployment would (docs/deploy.md). Launch returns once every role has ended."""
     check_deployable(config)
     # absolute: the deployment file's paths are read relative to the file, not to the current directory
     work = (Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="splitfed-launch-"))).resolve()
@@ -68,55 +73,64 @@ def launch(config: Config, workdir: str | Path | None = None) -> Path:
     log.info(
         f"launch: {config.algorithm[0]} with {config.clients} clients on loopback (TLS); files in {work}"
     )
-    fed = subprocess.Popen(
-        role_command("fed_server", config_file), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    others = (
-        [
-            subprocess.Popen(
-                role_command("main_server", config_file),
-                stdout=(work / "logs" / "main_server.log").open("w"),
-                stderr=subprocess.STDOUT,
-            )
-        ]
-        if create(config, config.algorithm[0]).talks_to_main_server
-        else []
-    )
-    clients = [
-        subprocess.Popen(
-            role_command("client", config_file, k, client_threads),
-            stdout=(work / "logs" / f"client_{k}.log").open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        for k in range(config.clients)
-    ]
-    fed_log = (work / "logs" / "fed_server.log").open("w")
-
-    def relay() -> None:  # the fed server's progress, to this terminal and to its log
-        assert fed.stdout is not None
-        for line in fed.stdout:
-            fed_log.write(line)
-            fed_log.flush()
-            print(line, end="", flush=True)
-
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
+    commands = {"fed_server": role_command("fed_server", config_file)}
+    if create(config, config.algorithm[0]).talks_to_main_server:
+        commands["main_server"] = role_command("main_server", config_file)
+    for k in range(config.clients):
+        commands[f"client_{k}"] = role_command("client", config_file, k, client_threads)
+    roles = {name: _start(name, command, work / "logs") for name, command in commands.items()}
+    left = dict.fromkeys(commands, restarts)
+    ended: dict[str, int] = {}
     try:
-        status = fed.wait()
-        reader.join(timeout=5)
-        for p in clients + others:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.terminate()
+        while len(ended) < len(roles):
+            for name, p in roles.items():
+                code = p.poll()
+                if name in ended or code is None:
+                    continue
+                if code != 0 and left[name] > 0:
+                    left[name] -= 1
+                    log.warning(
+                        f"launch: {name} exited with {code}; starting it again ({left[name]} restarts left)"
+                    )
+                    roles[name] = _start(name, commands[name], work / "logs")
+                    continue
+                ended[name] = code
+                if code != 0:
+                    log.warning(
+                        f"launch: {name} exited with {code} (its log: {work / 'logs' / f'{name}.log'}); the "
+                        "other roles go on (--restarts N starts a role that dies again)"
+                    )
+            time.sleep(0.2)
     except KeyboardInterrupt:
-        for p in [fed, *clients, *others]:
+        for p in roles.values():
             p.terminate()
         raise
-    failed = [i for i, p in enumerate(clients) if p.returncode != 0]
-    if status != 0 or failed:
-        raise SplitfedError(
-            f"the deployment failed (fed server exit {status}, clients {failed} failed); "
-            f"logs in {work / 'logs'}"
-        )
+    for p in roles.values():  # the fed server's last lines (its table) shown before launch returns
+        relay = getattr(p, "relay", None)
+        if relay is not None:
+            relay.join(timeout=5)
+    failed = ", ".join(f"{name} exit {code}" for name, code in sorted(ended.items()) if code != 0)
+    if failed:
+        raise SplitfedError(f"the deployment failed ({failed}); logs in {work / 'logs'}")
     return Path(config.out or "")
+
+
+def _start(name: str, command: list[str], logs: Path) -> subprocess.Popen:
+    """A role's process, its output appended to logs/<name>.log; the fed server's progress also shown
+    here (it is the deployment's)."""
+    if name != "fed_server":
+        with (logs / f"{name}.log").open("a") as out:
+            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def relay() -> None:  # the fed server's progress, to this terminal and to its log
+        assert p.stdout is not None
+        with (logs / f"{name}.log").open("a") as out:
+            for line in p.stdout:
+                out.write(line)
+                out.flush()
+                print(line, end="", flush=True)
+
+    p.relay = threading.Thread(target=relay, daemon=True)  # type: ignore[attr-defined]
+    p.relay.start()  # type: ignore[attr-defined]
+    return p
