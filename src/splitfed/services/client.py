@@ -82,8 +82,9 @@ class Client:
         identity = client_identity(k)
         token = read_token(deploy.token_file(identity))
         self.call = Caller(identity, token, deploy.retry_s, run_identity(self.cfg))
-        self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
-        self.fed = pb_grpc.FedServerStub(dial(deploy, deploy.fed_server))
+        self.channels = [dial(deploy, deploy.main_server), dial(deploy, deploy.fed_server)]
+        self.main = pb_grpc.MainServerStub(self.channels[0])
+        self.fed = pb_grpc.FedServerStub(self.channels[1])
         self.last_upload: tuple[int, dict[str, torch.Tensor], dict[str, float]] | None = None
         self.state_file = Path(deploy.state_dir) / f"client_{k}.pt"
         # Two live processes with one id would each be taken for the other's restart (the main server
@@ -115,6 +116,8 @@ class Client:
             head, tensors = self._global_weights(r, dropped)
             if head.status == "done":
                 log.info(f"client {self.n}: done after round {head.round - 1}")
+                for channel in self.channels:  # closed before the process exits (see run_fed_server)
+                    channel.close()
                 return
             if head.status == "sit_out":  # out of (or done with) the current round: wait for the next
                 r, dropped = head.round + 1, False

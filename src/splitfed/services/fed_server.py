@@ -435,5 +435,7 @@ def run_fed_server(service: FedServer) -> list[dict[str, Any]]:
         with service.cv:
             service.cv.wait_for(lambda: len(service.told_done) == service.cfg.clients, timeout=3.0)
     finally:
-        server.stop(grace=2.0)
+        # waited for: a process that exits while gRPC's threads still shut down can abort ("terminate
+        # called without an active exception") and lose its exit status
+        server.stop(grace=2.0).wait(timeout=10)
     return service.history

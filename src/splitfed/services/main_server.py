@@ -417,4 +417,6 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
             raise GaveUp(f"main server: {service.failure}")
         time.sleep(1.0)
     finally:
-        server.stop(grace=2.0)
+        # waited for: a process that exits while gRPC's threads still shut down can abort ("terminate
+        # called without an active exception") and lose its exit status
+        server.stop(grace=2.0).wait(timeout=10)

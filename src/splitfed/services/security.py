@@ -92,7 +92,8 @@ def channel_credentials(ca: str | Path) -> grpc.ChannelCredentials:
 
 
 def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...] = ("localhost",)) -> Path:
-    """A private CA, a server certificate for ``hosts`` (and 127.0.0.1), and a token per party.
+    """A private CA, a server certificate for ``hosts`` (names or IP addresses; and 127.0.0.1), and a
+    token per party.
 
     Writes ca.pem, server.pem, server.key, tokens.toml (digests, for the servers) and <identity>.token
     (one per party). For demos and tests: a deployment uses its own PKI.
@@ -119,7 +120,13 @@ def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName(h) for h in hosts] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    def name(host: str) -> x509.GeneralName:
+        try:
+            return x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            return x509.DNSName(host)
+
+    names = [name(h) for h in dict.fromkeys([*hosts, "127.0.0.1"])]
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
