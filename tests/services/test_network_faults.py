@@ -143,7 +143,7 @@ def _start_in(roles: Roles, ns: str, config_file: Path, k: int) -> None:
     )
 
 
-@pytest.mark.parametrize("fault", ["none", "bandwidth cap", "link outage"])
+@pytest.mark.parametrize("fault", ["bandwidth cap", "link outage"])
 def test_a_client_behind_a_faulty_link_ends_equal_to_the_simulation(tmp_path, link, fault):
     ns, host_dev, ns_dev = link
     config_file, config, deploy = _deployment(tmp_path, keepalive_s=2.0)
