@@ -415,8 +415,7 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
             service.tick()
         if service.failure is not None:
             raise GaveUp(f"main server: {service.failure}")
-        time.sleep(1.0)
-    finally:
+    finally:  # the stop's grace lets the fed server's last call (the final round's numbers) finish
         # waited for: a process that exits while gRPC's threads still shut down can abort ("terminate
         # called without an active exception") and lose its exit status
         server.stop(grace=2.0).wait(timeout=10)
