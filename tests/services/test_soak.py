@@ -1,7 +1,8 @@
 """A fault soak: a small deployment on loopback (real processes) while a seeded schedule kills (SIGKILL)
 and restarts every role — each client, the main server and the fed server, some while they write their
-state — and the run still ends where it should: every process exits 0, every client a round went on
-without is recorded in metrics.jsonl, and every round before the first such drop is the simulation's.
+state, some again while they restart — and the run still ends where it should: every process exits 0,
+every client a round went on without is recorded in metrics.jsonl, and every round before the first such
+drop is the simulation's.
 
 Kill points are observable events (a round's metrics line, a server's state file being written) plus
 seeded small delays; every wait has a timeout. Straggler policy "wait" (nothing is dropped for being slow
@@ -41,7 +42,8 @@ class Fault:
 
     ``at`` says when the first victim dies: "write", as soon as its state file's tmp file is written
     (during its checkpoint write); "delay", ``fraction`` of a round's time later (a round's time measured
-    from the last rounds, so that the point falls within a round on a slow machine and on a fast one).
+    from the last rounds, so that the point falls within a round on a slow machine and on a fast one);
+    "restart", as "delay", and the victims are killed once more half a second into their restart.
     Each further victim dies ``gap`` seconds after the one before, while it is down.
     """
 
@@ -68,6 +70,7 @@ def schedule(rng: random.Random) -> tuple[list[Fault], list[Fault]]:
         fault(3, ("main_server", clients[2]), "write"),
         fault(4, ("fed_server",)),
         fault(5, ("main_server", "fed_server")),
+        fault(6, ("main_server", "fed_server"), "restart"),  # and again while they start up
     ]
     phase_2 = [
         # A client alone, well within a round, has lost its place there: it sits out the rest of the
@@ -105,6 +108,12 @@ class Injector:
             self.mid_write += 1
         for name in fault.victims:
             self.roles.restart(name)
+        if fault.at == "restart":  # killed again during their restart (still starting, or recovering)
+            time.sleep(0.5 + fault.gap)
+            for name in fault.victims:
+                self.roles.kill(name)
+                self.kills += 1
+                self.roles.restart(name)
         self.recovered = metrics_lines(self.run_dir)
 
     def round_time(self) -> float:
