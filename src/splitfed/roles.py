@@ -14,7 +14,7 @@ from typing import Any
 from .config import Config
 from .data import class_histogram
 from .report import loss_name, run_title
-from .runner import Progress, RunDir
+from .runner import Progress, RunDir, TensorBoard
 from .services import check_generated
 from .setup import prepare
 
@@ -39,16 +39,21 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
         run_dir = RunDir(setup.cfg)
         run_dir.start(setup, class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu())
         progress = Progress(setup.cfg)
+        tensorboard = TensorBoard(run_dir.path / "tensorboard")
 
         def on_round(record: dict[str, Any]) -> None:
             run_dir.append_metrics(record)
+            tensorboard.add(record)
             progress(record)
             if record["dropped_clients"]:
                 log.info(f"  round {record['round']} went on without clients {record['dropped_clients']}")
 
         service = FedServer(setup, deploy, on_round, restarted=resume)
         run_dir.write_metrics(service.history)  # what its state file holds, whatever was appended after
-        history = run_fed_server(service)
+        try:
+            history = run_fed_server(service)
+        finally:
+            tensorboard.close()
         # the trained model, as `splitfed run` leaves it (`splitfed export` reads it)
         run_dir.save_model(service.algo.name, setup.assemble(*halves(service.algo, service.model)))
         title = run_title(setup.cfg.to_dict()) + ", deployed"
