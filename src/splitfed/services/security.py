@@ -120,6 +120,7 @@ def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
+
     def name(host: str) -> x509.GeneralName:
         try:
             return x509.IPAddress(ipaddress.ip_address(host))
