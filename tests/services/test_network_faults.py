@@ -148,37 +148,9 @@ def test_a_client_behind_a_faulty_link_ends_equal_to_the_simulation(tmp_path, li
     ns, host_dev, ns_dev = link
     config_file, config, deploy = _deployment(tmp_path, keepalive_s=2.0)
     if fault == "bandwidth cap":  # 2 Mbit/s each way on the client's link (its smashed data ~25 kB/step)
-        _ip(
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            host_dev,
-            "root",
-            "tbf",
-            "rate",
-            "2mbit",
-            "burst",
-            "32kb",
-            "latency",
-            "1s",
-        )
-        _ip(
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            ns_dev,
-            "root",
-            "tbf",
-            "rate",
-            "2mbit",
-            "burst",
-            "32kb",
-            "latency",
-            "1s",
-            ns=ns,
-        )
+        cap = ["root", "tbf", "rate", "2mbit", "burst", "32kb", "latency", "1s"]
+        _ip("tc", "qdisc", "add", "dev", host_dev, *cap)
+        _ip("tc", "qdisc", "add", "dev", ns_dev, *cap, ns=ns)
     roles = Roles(config_file, config.clients - 1, servers_first=True)
     _start_in(roles, ns, config_file, config.clients - 1)
     if fault == "link outage":  # mid-run, longer than keepalive: the connection is found dead, retried
