@@ -5,15 +5,8 @@ import os
 import pytest
 
 from splitfed import Config, SplitfedError, _limits
-from splitfed._limits import (
-    available_memory,
-    check_batches,
-    check_model,
-    check_output_dir,
-    check_threads,
-    max_threads,
-    preflight,
-)
+from splitfed._limits import available_memory, check_output_dir, check_threads, max_threads
+from splitfed.preflight import check_batches, check_model, preflight
 
 
 def test_available_memory_is_read_from_this_machine():

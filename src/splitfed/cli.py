@@ -135,7 +135,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ._limits import preflight
+    from .preflight import preflight
 
     config = config_from_args(args)
     preflight(config)  # what this machine can hold, checked before anything is loaded or written
@@ -166,7 +166,7 @@ def _cmd_role(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from ._limits import preflight
+    from .preflight import preflight
     from .roles import launch_run
     from .services import check_generated
 

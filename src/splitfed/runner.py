@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._limits import check_output_dir, preflight
+from ._limits import check_output_dir
 from .algorithms import create
 from .algorithms.base import check_knobs
 from .config import Config
@@ -43,6 +43,7 @@ from .executors.distributed import check_distributable, join, launched, leave, s
 from .executors.parts import build_parts
 from .export import save_state_dict
 from .models import ModelLike
+from .preflight import preflight
 from .report import format_table, loss_name, plot_run, run_title, summarize, write_summary_csv
 from .results import RunResult, read_metrics
 from .setup import Setup, prepare

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._limits import check_batches, check_model
 from ._rng import derive_seed, generator
 from .config import PARTITION_OPTIONS, Config
 from .data import DATASETS, PARTITIONS, ClientStreams, Dataset, make_partition
@@ -51,10 +50,9 @@ from .models import (
     resolve_model,
     split,
 )
+from .preflight import DEFAULT_MODEL, check_batches, check_model
 
 log = logging.getLogger("splitfed")
-
-DEFAULT_MODEL = {"digits": "digits_cnn", "fmnist": "cnn4", "cifar10": "resnet18", "synthetic": "cnn4"}
 
 
 @dataclass

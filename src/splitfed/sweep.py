@@ -48,10 +48,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._limits import check_output_dir, check_threads, preflight
+from ._limits import check_output_dir, check_threads
 from ._log import logging_only_to
 from .config import Config, coerce, read_toml
 from .errors import SplitfedError
+from .preflight import preflight
 
 log = logging.getLogger("splitfed")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

@@ -14,21 +14,13 @@ from torch import nn
 
 from .. import registry
 from ..errors import SplitfedError
-from ..registry import Registry
 from ._cut import CutModel, check_cut, cut_points, default_cut, split, split_at
+from ._registry import MODELS, register_model
 
-# A builder takes (num_classes, in_shape, **model_args) and returns a module (a CutModel, an nn.Sequential
-# or any module to cut by name); in_shape is one sample's shape: (C, H, W) for images, (d,) for rows.
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 Builder = Callable[..., nn.Module]
 Halves = tuple[nn.Module, nn.Module]  # (client side, server side), as the user split them
 ModelLike = nn.Module | Halves | Builder  # what run(model=...) takes
 PYTHON_MODEL = "python:"  # config.model of a model given to run() as an object: python:<name>@<fingerprint>
-
-
-def register_model(name: str) -> Callable:
-    """Register a user model builder; a plain ``nn.Sequential`` is cut between its top-level children."""
-    return MODELS.register(name)
 
 
 def resolve_model(name: str) -> ModelLike:

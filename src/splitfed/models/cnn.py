@@ -4,8 +4,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-from . import MODELS
 from ._cut import CutModel
+from ._registry import MODELS
 
 
 @MODELS.register("cnn4")

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from ..errors import SplitfedError
-from . import MODELS
 from ._cut import CutModel
+from ._registry import MODELS
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import SplitfedError
-from . import MODELS
 from ._cut import CutModel
+from ._registry import MODELS
 
 
 class PatchEmbed(nn.Module):
