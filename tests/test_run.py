@@ -317,3 +317,26 @@ def test_figures_off_writes_no_figure_and_a_resume_may_turn_them_on(tmp_path):
     assert (out / "summary.csv").is_file()
     run(small_config(algorithm=("fedavg",), out=str(out), rounds=3, figures=True, resume=True))
     assert (out / "accuracy.png").is_file() and (out / "accuracy.svg").is_file()
+
+
+def test_a_run_records_what_produced_it_once_per_session(tmp_path):
+    """provenance.json: the code (version, commit and a clean tree where the source is a git checkout),
+    torch and CUDA, the device; a resume adds its own entry (it may run elsewhere)."""
+    import subprocess
+
+    import torch
+
+    from splitfed.provenance import SOURCE
+
+    out = tmp_path / "run"
+    run(small_config(algorithm=("fedavg",), out=str(out), rounds=1))
+    run(small_config(algorithm=("fedavg",), out=str(out), rounds=2, resume=True))
+    sessions = json.loads((out / "provenance.json").read_text())
+    assert len(sessions) == 2
+    for entry in sessions:
+        assert entry["torch"] == torch.__version__ and entry["cuda"] == torch.version.cuda
+        assert entry["device"] == "cpu" and entry["deterministic"] is False
+        assert entry["splitfed"] and entry["python"] and entry["started"]
+    head = subprocess.run(["git", "-C", str(SOURCE), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (not an installed wheel): the commit is on record
+        assert sessions[0]["commit"] == head.stdout.strip() and isinstance(sessions[0]["clean"], bool)

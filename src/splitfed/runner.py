@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import provenance
 from ._limits import check_output_dir
 from .algorithms import create
 from .algorithms.base import check_knobs
@@ -129,6 +130,7 @@ class RunDir:
             "loss": loss_name(setup.loss),
         }
         write_atomic(self.path / "data.json", json.dumps(info) + "\n")
+        provenance.record(self.path / "provenance.json", setup.device, self.cfg.deterministic)
         table = io.StringIO(newline="")
         writer = csv.writer(table)
         writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])
@@ -181,6 +183,7 @@ RUN_FILES = (
     "partition.txt",
     "summary.csv",
     "diverged.txt",
+    "provenance.json",
 )
 
 

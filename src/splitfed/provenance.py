@@ -1,0 +1,93 @@
+"""What produced a run: the code (splitfed's version and, from a git checkout, its commit and whether the
+tree was clean), the software (Python, torch, CUDA) and the machine (device, CPU threads, determinism).
+
+A run directory's ``provenance.json`` holds one entry per session: the first start and every resume (a
+resumed run may continue on another machine, or with other code: both are on record)."""
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCE = Path(__file__).resolve().parent
+
+
+def git_state(folder: Path = SOURCE) -> dict[str, Any]:
+    """The commit of the checkout ``folder`` is in and whether its tree is clean; {} where it is not a
+    git checkout (an installed wheel) or git is missing."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"commit": commit, "clean": not dirty}
+
+
+def _version() -> str:
+    # from the installed metadata: importing the package's own __version__ would import the package,
+    # which imports the runner, which imports this module
+    try:
+        return importlib.metadata.version("splitfed")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def session(device: torch.device, deterministic: bool) -> dict[str, Any]:
+    """This session's entry: when, what code and software, on what machine."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "splitfed": _version(),
+        **git_state(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "deterministic": deterministic,
+        "platform": platform.platform(),
+        "argv": sys.argv,
+    }
+
+
+def record(path: Path, device: torch.device, deterministic: bool) -> list[dict[str, Any]]:
+    """Append this session to ``path`` (provenance.json); returns every session on record."""
+    sessions: list[dict[str, Any]] = []
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            sessions = old if isinstance(old, list) else []
+        except ValueError:  # torn or edited: start the record again rather than refuse the run
+            sessions = []
+    sessions.append(session(device, deterministic))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.write_text(json.dumps(sessions, indent=1) + "\n")
+    os.replace(tmp, path)
+    return sessions
