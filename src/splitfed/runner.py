@@ -1,12 +1,13 @@
 """``run(config, model=, data=, loss=, on_round=, progress=)``: check everything, then train each
 algorithm on the same setup and write the run directory.
 
-A run directory holds: config.toml (resolved), data.json (the inputs' shape and classes), partition.csv/
-.txt, checkpoints/<algorithm>.pt (every round), metrics.jsonl (one object per round per algorithm),
-models/<algorithm>.pt (each final model's state_dict; per round too with model_every), tensorboard/
-<algorithm>/ (when tensorboard is installed), and, once every algorithm has finished, summary.csv,
-accuracy, accuracy_vs_bytes, accuracy_vs_client_flops and divergence (.png, .svg). A run without
-summary.csv is unfinished: ``--resume`` it.
+A run directory holds: config.toml (resolved), data.json (the inputs' shape and classes), provenance.json
+(what produced it, per session), partition.csv/.txt, checkpoints/<algorithm>.pt (every round),
+metrics.jsonl (one object per round per algorithm), models/<algorithm>.pt (each final model's
+state_dict; per round too with model_every), tensorboard/<algorithm>/ (when tensorboard is installed),
+and, once every algorithm has finished, summary.csv, accuracy, accuracy_vs_bytes,
+accuracy_vs_client_flops and divergence (.png, .svg; unless figures is off). A run without summary.csv
+is unfinished: ``--resume`` it; one with diverged.txt turned NaN.
 """
 
 import contextlib
