@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from splitfed.services.deploy import load, write_config
-from splitfed.services.launch import free_port, role_command
+from splitfed.services.launch import free_ports, role_command
 from splitfed.services.security import make_credentials
 
 from .harness import (
@@ -113,7 +113,8 @@ class DelayingProxy:
 def _deployment(tmp_path: Path, host: str = HOST, **deploy_changes):
     """The tests' tiny deployment, its servers at ``host`` (the link's host end, or loopback)."""
     config = tiny_config(tmp_path, rounds=3, local_iters=8)
-    ports = {"main_server": f"{host}:{free_port()}", "fed_server": f"{host}:{free_port()}"}
+    main, fed = free_ports(2)
+    ports = {"main_server": f"{host}:{main}", "fed_server": f"{host}:{fed}"}
     config_file, config, deploy = deployment(tmp_path, config, **ports, **deploy_changes)
     make_credentials(tmp_path / "certs", config.clients, hosts=("localhost", host))  # its SAN: the link
     return config_file, config, deploy

@@ -412,3 +412,13 @@ def test_a_thousand_hostile_messages_leave_the_servers_up_and_unchanged(servers)
     # still up: a legitimate call is served
     frames = list(fed.GlobalClientWeights(header(client=0, round=1), metadata=client0, timeout=5))
     assert frames[0].header.status == "ok"
+
+
+def test_a_second_server_on_a_port_in_use_is_refused_not_given_half_the_calls(servers):
+    """gRPC binds with SO_REUSEPORT by default: a second server on the same port would take a share of
+    the first one's calls ("Method not found" for a fed server's call that reached the main server)."""
+    from splitfed.errors import SplitfedError as Refused
+
+    deploy = servers["deploy"]
+    with pytest.raises(Refused, match=r"cannot listen on .*port in use"):
+        serve(deploy, deploy.main_server, 2, lambda s: None)

@@ -245,13 +245,17 @@ def keepalive_options(deploy: Deployment, server: bool) -> list[tuple[str, int]]
 
 def serve(deploy: Deployment, address: str, workers: int, add: Callable[[grpc.Server], None]) -> grpc.Server:
     """A TLS-only gRPC server on ``address`` (host:port)."""
-    options = grpc_options(deploy) + keepalive_options(deploy, server=True)
+    # no SO_REUSEPORT: a second server on a port in use must fail, not silently share its calls
+    options = [*grpc_options(deploy), *keepalive_options(deploy, server=True), ("grpc.so_reuseport", 0)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     add(server)
     try:
         bound = server.add_secure_port(address, server_credentials(deploy.cert, deploy.key))
     except RuntimeError as e:
-        raise SplitfedError(f"cannot listen on {address}: {e}") from None
+        why = str(e).split(";")[0]
+        raise SplitfedError(
+            f"cannot listen on {address} (port in use, or an address not of this machine): {why}"
+        ) from None
     if not bound:
         raise SplitfedError(f"cannot listen on {address} (port in use?)")
     server.start()

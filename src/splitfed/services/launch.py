@@ -5,6 +5,7 @@ the fed server, the main server and N clients on loopback ports (TLS, tokens: th
 real multi-machine deployment), shows the fed server's progress, and ends with its comparison table.
 """
 
+import contextlib
 import datetime
 import logging
 import socket
@@ -24,10 +25,14 @@ from .security import make_credentials
 log = logging.getLogger("splitfed")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket is held until all are chosen (closed at once, the kernel
+    may hand the same port out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def role_command(
@@ -41,9 +46,10 @@ def role_command(
 def prepare_deployment(config: Config, workdir: Path) -> Path:
     """Certificates, tokens, ports and the deployment file for ``config`` in ``workdir``."""
     make_credentials(workdir / "certs", config.clients)
+    ports = free_ports(2)
     deploy = Deployment(
-        main_server=f"localhost:{free_port()}",
-        fed_server=f"localhost:{free_port()}",
+        main_server=f"localhost:{ports[0]}",
+        fed_server=f"localhost:{ports[1]}",
         ca=str(workdir / "certs" / "ca.pem"),
         cert=str(workdir / "certs" / "server.pem"),
         key=str(workdir / "certs" / "server.key"),
