@@ -87,7 +87,10 @@ class Roles:
         codes = {}
         try:
             for name, p in self.procs.items():
-                codes[name] = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                try:
+                    codes[name] = p.wait(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    codes[name] = None  # still running: ended below, and the caller sees None
         finally:
             for p in self.procs.values():
                 if p.poll() is None:

@@ -69,8 +69,7 @@ def schedule(rng: random.Random) -> tuple[list[Fault], list[Fault]]:
         fault(2, ("main_server", clients[0], clients[1])),
         fault(3, ("main_server", clients[2]), "write"),
         fault(4, ("fed_server",)),
-        fault(5, ("main_server", "fed_server")),
-        fault(6, ("main_server", "fed_server"), "restart"),  # and again while they start up
+        fault(5, ("main_server", "fed_server"), "restart"),  # and once more while they start up
     ]
     phase_2 = [
         # A client alone, well within a round, has lost its place there: it sits out the rest of the
