@@ -1,4 +1,5 @@
-"""Where the "splitfed" logger writes while a command or a sweep worker runs."""
+"""Where the "splitfed" logger writes while a command or a sweep worker runs, and how its progress lines
+write a duration."""
 
 import contextlib
 import logging
@@ -21,3 +22,9 @@ def logging_only_to(handler: logging.Handler, level: int) -> Iterator[None]:
         log.removeHandler(handler)
         log.setLevel(level_before)
         log.propagate = propagate_before
+
+
+def clock(seconds: float) -> str:
+    """A duration as a progress line shows it: MM:SS, or H:MM:SS from an hour on."""
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"

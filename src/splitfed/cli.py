@@ -12,10 +12,8 @@ from typing import Any
 
 from . import __version__
 from ._log import logging_only_to
-from .config import CHOICES, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
+from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
 from .errors import SplitfedError
-
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 class _Parser(argparse.ArgumentParser):

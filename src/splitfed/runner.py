@@ -31,6 +31,7 @@ from torch import nn
 
 from . import provenance
 from ._limits import check_output_dir
+from ._log import clock
 from .algorithms import create
 from .algorithms.base import check_knobs
 from .config import Config
@@ -302,13 +303,8 @@ class Progress:
         log.info(
             f"[{record['algorithm']:>13}] round {record['round']:>3}/{cfg.rounds}  {acc_text}"
             f"train_loss {record['train_loss']:.4f}{div_text}  "
-            f"{record['round_time_s']:.2f}s  ETA {_clock(eta)}{stopped}"
+            f"{record['round_time_s']:.2f}s  ETA {clock(eta)}{stopped}"
         )
-
-
-def _clock(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
 def run(

@@ -49,13 +49,12 @@ from pathlib import Path
 from typing import Any
 
 from ._limits import check_output_dir, check_threads
-from ._log import logging_only_to
-from .config import Config, coerce, read_toml
+from ._log import clock, logging_only_to
+from .config import FIELDS, Config, coerce, read_toml
 from .errors import SplitfedError
 from .preflight import preflight
 
 log = logging.getLogger("splitfed")
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 INDEX_FIELDS = ["run", "status", "rounds_done", "final_accuracy", "best_accuracy"]
 
 
@@ -302,11 +301,6 @@ def _cell(value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
-def _clock(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
-
-
 def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int = 1) -> list[dict[str, Any]]:
     """Run every point of ``grid_file`` not yet finished; returns the index rows."""
     if workers < 1:
@@ -372,7 +366,7 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
                 last_report = now
                 done = rounds_done()
                 rate = (done - start_rounds) / (now - started) if done > start_rounds else 0.0
-                eta = _clock((total_rounds - done) / rate) if rate else "?"
+                eta = clock((total_rounds - done) / rate) if rate else "?"
                 runs_done = len(points) - len(pending) - len(failures)
                 log.info(
                     f"sweep: {runs_done}/{len(points)} runs done, {done}/{total_rounds} rounds "

@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ..config import Config
+from ..engine.context import UNION  # noqa: F401  (the participant of centralized training)
 from ..engine.side import Layout, State, WeightedSum
 from ..errors import SplitfedError
 from ..registry import Registry, import_object
@@ -43,7 +44,6 @@ LOCKSTEP = "lockstep"  # every iteration, every participant sends one batch; one
 CLIENT_SEQUENTIAL = "client_sequential"  # participants in a random order, each doing all its iterations
 INTERLEAVED = "interleaved"  # every iteration, the participants in a random order, one batch each
 
-UNION = -1  # the participant of centralized training: the union of the round's clients' data
 
 Model = dict[str, State]  # a model's parts by name ("client", "server", ...)
 Message = dict[str, torch.Tensor]  # what travels in one exchange, by name: smashed, labels, smashed_grad, ...
