@@ -53,14 +53,14 @@ OBJECT_HINT = {
     "optimizer": "a torch.optim.Optimizer class or a factory (named parameters) -> Optimizer",
     "lr_schedule": "a factory Optimizer -> torch.optim.lr_scheduler.LRScheduler",
 }
-# Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
-# help lists the registry's names.
 # Fields that say where and how a party runs and what it writes, not what it computes (a device or a
 # thread count moves only the last bits): the parties of one deployment may differ in them.
 MACHINE_FIELDS = frozenset(
     {"data_dir", "device", "threads", "processes", "execution", "cuda_graphs", "deterministic"}
     | {"out", "resume", "model_every", "figures"}
 )
+# Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
+# help lists the registry's names.
 REGISTRY_FIELDS = ("algorithm", "dataset", "model", "partition")
 
 # Knobs that belong to one partition: (partition, field, default).

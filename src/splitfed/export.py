@@ -89,15 +89,14 @@ def _load(
     built, example = _rebuild(run, cfg, model)
     checkpoint = run / "checkpoints" / f"{algorithm}.pt"
     saved = read_run_checkpoint(checkpoint) if checkpoint.is_file() else None
-    final = run / "models" / f"{algorithm}.pt"
     if saved is not None and rnd in (None, saved["round"]):
         w_c, w_s = State.from_dict(saved["w_c"]), State.from_dict(saved["w_s"])
         _load_states(built, cfg, w_c, w_s, checkpoint, example)
         return built, algorithm, saved["round"]
     if rnd is None:  # no checkpoint: a deployment's run (its fed server keeps state elsewhere) has the model
-        if not final.is_file():
+        path = run / "models" / f"{algorithm}.pt"
+        if not path.is_file():
             raise SplitfedError(f"{run} has no checkpoint of {algorithm}: it has not finished a round")
-        path = final
         metrics = run / "metrics.jsonl"
         records = read_metrics(metrics, cfg.algorithm) if metrics.is_file() else []
         rnd = max((r["round"] for r in records if r["algorithm"] == algorithm), default=0)

@@ -76,8 +76,9 @@ def session(device: torch.device, deterministic: bool) -> dict[str, Any]:
     }
 
 
-def record(path: Path, device: torch.device, deterministic: bool) -> list[dict[str, Any]]:
-    """Append this session to ``path`` (provenance.json); returns every session on record."""
+def recorded(path: Path, device: torch.device, deterministic: bool) -> str:
+    """The sessions on record in ``path`` (provenance.json) and this one after them, as the file's new
+    text (the run directory writes it)."""
     sessions: list[dict[str, Any]] = []
     if path.is_file():
         try:
@@ -86,8 +87,4 @@ def record(path: Path, device: torch.device, deterministic: bool) -> list[dict[s
         except ValueError:  # torn or edited: start the record again rather than refuse the run
             sessions = []
     sessions.append(session(device, deterministic))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.write_text(json.dumps(sessions, indent=1) + "\n")
-    os.replace(tmp, path)
-    return sessions
+    return json.dumps(sessions, indent=1) + "\n"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .data import class_histogram
 from .report import loss_name, run_title
 from .runner import Progress, RunDir, TensorBoard
 from .services import check_generated
@@ -37,7 +36,7 @@ def start_role(role: str, config_file: str, client_id: int | None = None, thread
         resume = (Path(cfg.out or "") / "config.toml").is_file()  # a restart, whatever round it died in
         setup = prepare(cfg.replace(resume=resume))
         run_dir = RunDir(setup.cfg)
-        run_dir.start(setup, class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu())
+        run_dir.start(setup)
         progress = Progress(setup.cfg)
         tensorboard = TensorBoard(run_dir.path / "tensorboard")
 
@@ -97,7 +96,7 @@ def launch_run(config: Config, workdir: str | None = None, restarts: int = 0) ->
         launch(config.replace(algorithm=(name,), out=str(work / name / "run")), work / name, restarts)
     setup = prepare(config)
     run_dir = RunDir(setup.cfg)
-    run_dir.start(setup, class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu())
+    run_dir.start(setup)
     history = []
     for name in config.algorithm:
         deployed = work / name / "run"

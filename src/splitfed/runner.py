@@ -107,7 +107,11 @@ class RunDir:
         ``model.load_state_dict(torch.load(path))`` restores it into a model built the same way."""
         return save_state_dict(model, self.model_file(algorithm, rnd))
 
-    def start(self, setup: Setup, histogram: torch.Tensor) -> None:
+    def start(self, setup: Setup, histogram: torch.Tensor | None = None) -> None:
+        """Create the run's files, or check and continue them (``histogram``: the partition's class
+        counts, computed here unless the caller has them)."""
+        if histogram is None:
+            histogram = class_histogram(setup.data.train_y, setup.parts, setup.data.num_classes).cpu()
         # Every checkpoint is checked whole (digest, config, structure) before anything is written: a
         # refused resume leaves the run as it was. metrics.jsonl is rebuilt from their histories, which
         # are written before their line is appended: a kill between the two never loses or doubles a round.
@@ -132,7 +136,8 @@ class RunDir:
             "loss": loss_name(setup.loss),
         }
         write_atomic(self.path / "data.json", json.dumps(info) + "\n")
-        provenance.record(self.path / "provenance.json", setup.device, self.cfg.deterministic)
+        where = self.path / "provenance.json"
+        write_atomic(where, provenance.recorded(where, setup.device, self.cfg.deterministic))
         table = io.StringIO(newline="")
         writer = csv.writer(table)
         writer.writerow(["client", "samples", *[f"class_{c}" for c in range(histogram.shape[1])]])

@@ -44,7 +44,6 @@ LOCKSTEP = "lockstep"  # every iteration, every participant sends one batch; one
 CLIENT_SEQUENTIAL = "client_sequential"  # participants in a random order, each doing all its iterations
 INTERLEAVED = "interleaved"  # every iteration, the participants in a random order, one batch each
 
-
 Model = dict[str, State]  # a model's parts by name ("client", "server", ...)
 Message = dict[str, torch.Tensor]  # what travels in one exchange, by name: smashed, labels, smashed_grad, ...
 

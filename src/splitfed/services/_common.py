@@ -63,14 +63,14 @@ def run_identity(cfg: Config) -> str:
     return json.dumps(cfg.run_identity(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def admit(tokens: Tokens, context: grpc.ServicerContext, cfg: Config, server: str) -> str:
-    """The caller's identity, once its token is checked and its run is this server's own: a party
+def admit(tokens: Tokens, context: grpc.ServicerContext, ours: str, server: str) -> str:
+    """The caller's identity, once its token is checked and its run is this server's own (``ours``: its
+    ``run_identity``, computed once: this runs on every call, each iteration's included): a party
     started with another config (another lr, seed, clients, ...) would train on and mix its numbers into
     this run's, so it is refused (PERMISSION_DENIED) before any of its message is read, with the fields
     that differ; the server says so in its log too."""
     identity = tokens.identify(context)
     theirs = dict(context.invocation_metadata()).get(RUN_KEY, "")
-    ours = run_identity(cfg)
     if theirs == ours:
         return identity
     try:

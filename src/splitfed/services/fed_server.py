@@ -74,6 +74,7 @@ class FedServer(pb_grpc.FedServerServicer):
         self.output_at_client = self.algo.chain[-1] in self.client_parts  # where the training loss is
         self.messages = Messages(setup, name)
         self.tokens = Tokens.load(deploy.tokens)
+        self.run = run_identity(self.cfg)  # what every caller's run must be
         self.device = setup.device
         self.split_model = SplitModel(setup.client_module, setup.server_module, setup.loss)
         self.state_file = Path(deploy.state_dir) / "fed_server.pt"
@@ -109,7 +110,7 @@ class FedServer(pb_grpc.FedServerServicer):
         if self.algo.talks_to_main_server:
             token = read_token(deploy.token_file("fed_server"))
             self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
-            self.call = Caller("fed_server", token, deploy.retry_s, run_identity(self.cfg))
+            self.call = Caller("fed_server", token, deploy.retry_s, self.run)
         self._new_round()
 
     def _new_round(self) -> None:
@@ -297,7 +298,7 @@ class FedServer(pb_grpc.FedServerServicer):
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def GlobalClientWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
-        identity = admit(self.tokens, context, self.cfg, "fed server")
+        identity = admit(self.tokens, context, self.run, "fed server")
         try:
             n = request.client
             check_client(identity, n, self.cfg.clients)
@@ -340,10 +341,10 @@ class FedServer(pb_grpc.FedServerServicer):
                 self._maybe_aggregate()
             elif next_round and (n in self.uploads or n in self.left_out):
                 pass  # done with round r: wait for r+1
-            elif next_round and self._handed(n):
-                return (
-                    "resend_upload"  # it trained round r, and its upload is lost (a restart of this server)
-                )
+            elif next_round and self._handed(
+                n
+            ):  # it trained round r; its upload is lost (this server restarted)
+                return "resend_upload"
             else:  # it joins the current round (also one that asks for r+1 but was not handed r's model)
                 if n in self.left_out or n in self.uploads:  # out of, or done with, this round
                     return "sit_out"
@@ -358,7 +359,7 @@ class FedServer(pb_grpc.FedServerServicer):
 
     def UploadClientWeights(self, request_iterator: Any, context: grpc.ServicerContext) -> pb.Header:
         # before anything of the message is read
-        identity = admit(self.tokens, context, self.cfg, "fed server")
+        identity = admit(self.tokens, context, self.run, "fed server")
         frames = Counting(request_iterator)
         try:
             head, tensors = decode(frames, self.messages.upload_message())

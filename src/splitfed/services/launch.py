@@ -6,12 +6,10 @@ real multi-machine deployment), shows the fed server's progress, and ends with i
 """
 
 import contextlib
-import datetime
 import logging
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -59,18 +57,17 @@ def prepare_deployment(config: Config, workdir: Path) -> Path:
     return write_config(workdir / "deploy.toml", config, deploy)
 
 
-def launch(config: Config, workdir: str | Path | None = None, restarts: int = 0) -> Path:
-    """Run ``config`` (one algorithm) as a deployment on loopback; returns its run directory.
+def launch(config: Config, workdir: Path, restarts: int = 0) -> Path:
+    """Run ``config`` (one algorithm; its ``out`` set) as a deployment on loopback, its files in
+    ``workdir``; returns its run directory (``roles.launch_run`` picks both defaults).
 
     A role that dies is reported and never takes the others with it; with ``restarts`` > 0 it is started
     again with the same command (at most that many times per role), as the operator of a real
     deployment would (docs/deploy.md). Launch returns once every role has ended."""
     check_deployable(config)
     # absolute: the deployment file's paths are read relative to the file, not to the current directory
-    work = (Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="splitfed-launch-"))).resolve()
+    work = workdir.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    if config.out is None:
-        config = config.replace(out=f"runs/launch-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     config_file = prepare_deployment(config, work)
     # N clients share this machine's cores, one thread each; the servers compute while every client
     # waits on them, so they keep the config's threads (default: all cores).

@@ -52,6 +52,7 @@ from ._common import (
     model_tensors,
     off_wire,
     on_wire,
+    run_identity,
     serve,
 )
 from .deploy import Deployment
@@ -81,6 +82,7 @@ class MainServer(pb_grpc.MainServerServicer):
             self.sides[part.name] = side
         self.messages = Messages(setup, name)
         self.tokens = Tokens.load(deploy.tokens)
+        self.run = run_identity(self.cfg)  # what every caller's run must be
         self.state_file = Path(deploy.state_dir) / "main_server.pt"
         self.cv = threading.Condition()
         self.round = 1
@@ -340,7 +342,7 @@ class MainServer(pb_grpc.MainServerServicer):
     # --- RPCs -------------------------------------------------------------------------------------------
     def Step(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
         # before anything of the message is read
-        identity = admit(self.tokens, context, self.cfg, "main server")
+        identity = admit(self.tokens, context, self.run, "main server")
         frames = Counting(request_iterator)
         try:
             head, tensors = decode(frames, lambda head: self.messages.step_message(head.phase))
@@ -367,7 +369,7 @@ class MainServer(pb_grpc.MainServerServicer):
         return iter(reply_frames)
 
     def ServerWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
-        identity = admit(self.tokens, context, self.cfg, "main server")
+        identity = admit(self.tokens, context, self.run, "main server")
         if identity != "fed_server":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{identity} may not read the server-side model")
         r = request.round
