@@ -1,5 +1,6 @@
 """Real processes on loopback: the deployment trains what the simulation trains, and survives faults."""
 
+import importlib.util
 import json
 
 import pytest
@@ -154,6 +155,8 @@ def test_launch_prints_the_table_and_counts_the_bytes_on_the_wire(tmp_path, caps
     assert smashed + labels <= wire["main_server_in"] <= 1.01 * (smashed + labels)
     assert smashed <= wire["main_server_out"] <= 1.01 * smashed
     assert len(record["client_bytes_up"]) == 3
+    if importlib.util.find_spec("tensorboard") is not None:  # the deployment's run has its scalars too
+        assert any((tmp_path / "run" / "tensorboard" / algorithm).iterdir())
 
 
 @pytest.mark.parametrize("victim", ["main_server", "fed_server"])
@@ -195,10 +198,15 @@ def test_a_client_that_dies_is_dropped_and_rejoins_when_back(tmp_path):
 
 def test_a_role_with_bad_flags_is_one_line_and_exit_2(tmp_path, capsys):
     config_file, _, _ = deployment(tmp_path, tiny_config(tmp_path))
+    used = tmp_path / "used"  # a --out that holds a run already: refused before anything starts
+    used.mkdir()
+    (used / "config.toml").write_text("")
     for argv, message in [
         (["client", "--config", str(config_file), "--id", "7"], "--id must be in 0..2, got 7"),
         (["main-server", "--config", str(config_file), "--threads", "0"], "threads must be a positive"),
         (["fed-server", "--config", str(tmp_path / "nope.toml")], "cannot read config file"),
+        (["launch", "--restarts", "-1", "--workdir", str(tmp_path / "w")], "--restarts must be 0 or more"),
+        (["launch", "--out", str(used), "--workdir", str(tmp_path / "w")], "already holds a run"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
