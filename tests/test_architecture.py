@@ -1,4 +1,4 @@
-"""The layers of ``../shared/design/architecture.md`` as a contract over the import graph of src/splitfed.
+"""The layers of ``docs/architecture.md`` as a contract over the import graph of src/splitfed.
 
 Every import counts, lazy ones inside functions included; only ``if TYPE_CHECKING:`` blocks are left out
 (they never run). ``from package import name`` imports the submodule ``package.name`` where there is
