@@ -11,7 +11,8 @@ writing its result to DIR as soon as it ends (so a lease cut short still returns
 2. W1: cnn4 (FMNIST-shaped), 10 clients, one epoch of b = 32 per round (τ = 188), every variant;
 3. the SplitFed reference scripts (peer A, adapted to W1's model and data: --peer-a) on W1, if given;
 4. cnn4 at N = 100 and 1000, and ResNet-18 (width 64) at N = 100 and 10, 9,600 samples per round, every
-   variant against the floor (plain PyTorch, the whole model on the giant batch N·b).
+   variant against the floor (plain PyTorch, the whole model on the giant batch N·b, the faster of its
+   eager loop and its captured CUDA graph).
 ``--quick`` shrinks every stage to seconds, to try the script on a CPU before a lease.
 """
 

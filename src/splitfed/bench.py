@@ -6,6 +6,11 @@ A round of every variant processes the same samples, τ·N·b. ``floor`` is plai
 model on the giant batch N·b for τ steps: the arithmetic of one MiniBatch-SFL round without the split, the
 fastest any variant can be. ``torch`` is centralized training written the usual way (τ·N steps of b), to show
 what the engine's own centralized costs. Only the round's training is timed (no evaluation, no divergence).
+
+Both references are the fastest way plain PyTorch runs their arithmetic at the variants' precision: on
+CUDA each is timed eagerly and as one captured CUDA graph per step (the variants replay graphs too, so an
+eager floor would not be a floor), and the ratios are taken against whichever was faster in this run; each
+row says which (``floor_is``, ``torch_is``). On a CPU there are no graphs: the eager loop is the reference.
 """
 
 import argparse
@@ -50,8 +55,11 @@ VARIANTS = [
     ("ushaped_sl", "ushaped_sl", "sequential", True),
     ("sfl_local_loss", "sfl_local_loss", "sequential", True),
 ]
-# On CUDA, the sequential algorithms also without CUDA graphs (the eager reference path).
-EAGER_VARIANTS = [
+# On CUDA, the plain-PyTorch references also as captured graphs (the fastest plain PyTorch is the reference),
+# and the sequential algorithms also without CUDA graphs (the eager reference path).
+CUDA_VARIANTS = [
+    ("floor[graphs]", "floor", "", True),
+    ("torch[graphs]", "torch", "", True),
     ("centralized[eager]", "centralized", "sequential", False),
     ("sfl_v2[eager]", "sfl_v2", "sequential", False),
 ]
@@ -101,22 +109,55 @@ def _sync(device: torch.device) -> None:
 
 
 class PlainTorch:
-    """Training without the engine: the model's own modules and torch.optim.SGD. ``giant``: τ steps on the
-    union batch N·b (the floor); else τ·N steps of b (centralized written the usual way)."""
+    """Training without the engine: the model's own modules and torch.optim.SGD, at the config's precision.
+    ``giant``: τ steps on the union batch N·b (the floor); else τ·N steps of b (centralized written the usual
+    way). ``graphed`` (CUDA only): each step (forward, backward, SGD update) captured once as a CUDA graph
+    and replayed on new batches, the whole-network capture of the torch.cuda.graphs docs."""
 
-    def __init__(self, setup: Setup, ctx: Context, giant: bool) -> None:
+    def __init__(self, setup: Setup, ctx: Context, giant: bool, graphed: bool = False) -> None:
         self.model = copy.deepcopy(setup.model).to(setup.device).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=setup.cfg.lr)
         self.ctx, self.giant = ctx, giant
+        self.bf16 = setup.cfg.precision == "bf16"
+        self.graphed = graphed and setup.device.type == "cuda"
+        self.graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # set to None, also inside a capture: backward then allocates the gradients from the graph's pool
+        self.opt.zero_grad(set_to_none=True)
+        # as the engine does: the forward under bf16 autocast, the loss and the weights in float32
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            out = self.model(x)
+        F.cross_entropy(out.float(), y).backward()
+        self.opt.step()
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        static_x, static_y = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up steps on a side stream before capture (torch docs)
+            for _ in range(3):
+                self._step(static_x, static_y)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(static_x, static_y)
+        self.graph = (graph, static_x, static_y)
 
     def run_round(self, rnd: int, clients: list[int]) -> None:
         ctx, n = self.ctx, len(clients)
         steps, size = (ctx.tau, n * ctx.cfg.batch_size) if self.giant else (ctx.tau * n, ctx.cfg.batch_size)
         for _ in range(steps):
             x, y = ctx.streams.batch(ctx.num_clients, size)
-            self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(x), y).backward()
-            self.opt.step()
+            if not self.graphed:
+                self._step(x, y)
+                continue
+            if self.graph is None:
+                self._capture(x, y)
+            graph, static_x, static_y = self.graph
+            static_x.copy_(x)
+            static_y.copy_(y)
+            graph.replay()
 
 
 def bench_scenario(
@@ -129,7 +170,7 @@ def bench_scenario(
     for label, name, execution, graphs in variants:
         if name in ("floor", "torch"):
             ctx = contexts[label] = setup.context()
-            runners[label] = PlainTorch(setup, ctx, giant=name == "floor")
+            runners[label] = PlainTorch(setup, ctx, giant=name == "floor", graphed=graphs)
         else:
             algo = create(cfg, name)
             ctx = contexts[label] = prepare_context(algo, setup)
@@ -152,6 +193,10 @@ def bench_scenario(
             if device.type == "cuda":
                 peak[label] = torch.cuda.max_memory_allocated(device)
     samples = cfg.local_iters * len(clients) * cfg.batch_size
+    # each reference is the fastest of its ways (eager, graphs) in this very run
+    fastest = {
+        ref: _fastest(times, [label for label, name, *_ in variants if name == ref]) for ref in REFERENCES
+    }
     rows = []
     for label in labels:
         median = statistics.median(times[label])
@@ -171,14 +216,25 @@ def bench_scenario(
                 "round_s": median,
                 "round_s_all": times[label],
                 "samples_per_s": samples / median,
-                "ratio_to_floor": _ratio(times[label], times.get("floor")),
+                "ratio_to_floor": _ratio(times[label], times.get(fastest["floor"] or "")),
                 "ratio_to_centralized": _ratio(times[label], times.get("centralized")),
-                "ratio_to_torch": _ratio(times[label], times.get("torch")),
+                "ratio_to_torch": _ratio(times[label], times.get(fastest["torch"] or "")),
+                "floor_is": fastest["floor"],
+                "torch_is": fastest["torch"],
                 "state_mb": state_bytes / 1e6,
                 "peak_gpu_mb": peak[label] / 1e6 if label in peak else None,
             }
         )
     return rows
+
+
+REFERENCES = ("floor", "torch")
+
+
+def _fastest(times: dict[str, list[float]], labels: list[str]) -> str | None:
+    """The label of the fastest (lowest median round time) among the timed ``labels``."""
+    timed = [label for label in labels if times.get(label)]
+    return min(timed, key=lambda label: statistics.median(times[label])) if timed else None
 
 
 def _ratio(times: list[float], reference: list[float] | None) -> float | None:
@@ -242,12 +298,20 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         "| model | N | τ | variant | s/round | × floor | × centralized | × plain PyTorch |",
         "|---|---|---|---|---|---|---|---|",
     ]
+    references = {}
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['clients']} | {r['tau']} | {r['variant']} | {r['round_s']:.3f} | "
             f"{cell(r['ratio_to_floor'], '.2f')} | {cell(r['ratio_to_centralized'], '.2f')} | "
             f"{cell(r['ratio_to_torch'], '.2f')} |"
         )
+        references[(r["model"], r["clients"])] = (r.get("floor_is"), r.get("torch_is"))
+    if any(ref != ("floor", "torch") for ref in references.values()):  # say which way was the fastest
+        lines.append("")
+        lines += [
+            f"{m} N = {n}: × floor against {f}, × plain PyTorch against {p}"
+            for (m, n), (f, p) in references.items()
+        ]
     return "\n".join(lines)
 
 
@@ -298,10 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(args.markdown).read_text())["results"]))
         return 0
     torch.manual_seed(0)
-    variants = VARIANTS + (EAGER_VARIANTS if args.device.startswith("cuda") else [])
+    variants = VARIANTS + (CUDA_VARIANTS if args.device.startswith("cuda") else [])
     if args.variants:
         wanted = args.variants.split(",")
-        variants = [v for v in variants if v[0] in wanted or v[0] in ("floor", "centralized", "torch")]
+        variants = [v for v in variants if v[0] in wanted or v[1] in (*REFERENCES, "centralized")]
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     print(HEADER + "\n" + "-" * len(HEADER), flush=True)
