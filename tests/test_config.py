@@ -182,3 +182,38 @@ def test_config_toml_holds_any_text_exactly(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(c.to_toml())
     assert Config.from_toml(path) == c
+
+
+def test_one_loader_reads_any_settings_table_into_its_dataclass():
+    """typed.from_table: a dataclass of any module from a file's table, with the config's one-line errors
+    (string annotations resolved, as under ``from __future__ import annotations``)."""
+    from dataclasses import dataclass
+
+    from splitfed.typed import from_table
+
+    @dataclass(frozen=True)
+    class Site:
+        host: "str" = "localhost"
+        retry_s: "float" = 30.0
+        ids: "tuple[int, ...] | None" = None
+
+    assert from_table(Site, {"retry_s": 5, "ids": [1, 2]}, "s.toml") == Site("localhost", 5.0, (1, 2))
+    with pytest.raises(
+        SplitfedError, match=r"^unknown deploy key 'port' in s.toml; valid keys: host, retry_s, ids$"
+    ):
+        from_table(Site, {"port": 1}, "s.toml", kind="deploy")
+    with pytest.raises(
+        SplitfedError, match=r"^deploy.ids in s.toml must be a list of integers or none, got 'x'"
+    ):
+        from_table(Site, {"ids": "x"}, "s.toml", kind="deploy", prefix="deploy.")
+
+
+def test_each_list_of_values_is_defined_once():
+    from splitfed import choices
+    from splitfed.config import CHOICES
+    from splitfed.engine.link import WIRE_DTYPES
+    from splitfed.engine.optim import OPTIMIZERS
+
+    assert CHOICES["optimizer"] is choices.OPTIMIZERS is OPTIMIZERS
+    assert CHOICES["client_lr_schedule"] is CHOICES["lr_schedule"] is choices.LR_SCHEDULES
+    assert tuple(WIRE_DTYPES) == CHOICES["wire_dtype"]

@@ -12,8 +12,9 @@ from typing import Any
 
 from . import __version__
 from ._log import logging_only_to
-from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
+from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, coerce, read_toml
 from .errors import SplitfedError
+from .typed import base_type
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +30,7 @@ def _flag(name: str) -> str:
 
 def _metavar(f: dataclasses.Field) -> str:
     """How a flag's value is written: the field's own (P, DIR, C,H,W) or its type's."""
-    tp, _ = _base_type(f.type)
+    tp, _ = base_type(f.type)
     return f.metadata.get("metavar") or {int: "INT", float: "FLOAT", str: "NAME"}.get(tp, "LIST")
 
 
