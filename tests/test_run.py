@@ -13,7 +13,7 @@ import torch
 
 from splitfed import Config, SplitfedError, run
 from splitfed.config import ALL_ALGORITHMS
-from splitfed.runner import RunDir
+from splitfed.rundir import RunDir
 
 from .conftest import small_config
 

@@ -1,9 +1,20 @@
-"""Where the "splitfed" logger writes while a command or a sweep worker runs, and how its progress lines
-write a duration."""
+"""Where the "splitfed" logger writes: the one handler for stdout, set up for a command or a sweep worker
+(``logging_only_to``) or for a ``run()`` called from Python (``printing``); and how its progress lines write
+a duration."""
 
 import contextlib
 import logging
+import sys
 from collections.abc import Iterator
+
+log = logging.getLogger("splitfed")
+
+
+def stdout_handler() -> logging.Handler:
+    """The records' messages alone, one a line, on stdout: progress and tables are output, not diagnostics."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
 
 
 @contextlib.contextmanager
@@ -11,7 +22,6 @@ def logging_only_to(handler: logging.Handler, level: int) -> Iterator[None]:
     """While it lasts, the "splitfed" logger writes to ``handler`` alone, at ``level``; then it is left
     exactly as it was. ``cli.main()`` and sweep workers may run inside a Python process whose logging is
     the user's (a notebook, the tests): a logger left non-propagating would hide its records from them."""
-    log = logging.getLogger("splitfed")
     level_before, propagate_before = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(level)
@@ -22,6 +32,38 @@ def logging_only_to(handler: logging.Handler, level: int) -> Iterator[None]:
         log.removeHandler(handler)
         log.setLevel(level_before)
         log.propagate = propagate_before
+
+
+def interactive() -> bool:
+    """Whether a person is likely watching: stdout is a terminal, or this runs in a Jupyter kernel."""
+    if getattr(sys.stdout, "isatty", lambda: False)():  # some IDEs' replacements have no isatty
+        return True
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+@contextlib.contextmanager
+def printing(progress: bool | None) -> Iterator[None]:
+    """While a ``run`` lasts: with ``progress`` on (None: ``interactive()``), the "splitfed" logger's
+    INFO lines (setup, a line per round, the table) reach stdout, through the logging configuration if
+    there is one, else the ``stdout_handler``; off, logging is left as configured (by default: silent)."""
+    if not (interactive() if progress is None else progress):
+        yield
+        return
+    handler = None
+    if not log.hasHandlers():
+        handler = stdout_handler()
+        log.addHandler(handler)
+    level = log.level
+    if not log.isEnabledFor(logging.INFO):
+        log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+        if handler is not None:
+            log.removeHandler(handler)
 
 
 def clock(seconds: float) -> str:

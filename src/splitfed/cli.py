@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._log import logging_only_to
+from ._log import logging_only_to, stdout_handler
 from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, coerce, read_toml
 from .errors import SplitfedError
 from .typed import base_type
@@ -139,7 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     preflight(config)  # what this machine can hold, checked before anything is loaded or written
     if config.processes > 1 and "WORLD_SIZE" not in os.environ:
-        from .runner import spawn_ranks
+        from .spawn import spawn_ranks
 
         return spawn_ranks(config, sys.argv[1:] if args.argv is None else args.argv)
     from .runner import run
@@ -317,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
     # In a torch.distributed job rank 0 speaks for every rank: the others say nothing, errors included.
     quiet = os.environ.get("RANK", "0") != "0"
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = stdout_handler()
     held = _HeldWarnings()
     handler.addFilter(held.release_on_first_record)
     level = logging.WARNING if quiet else logging.INFO
