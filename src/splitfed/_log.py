@@ -1,11 +1,13 @@
 """Where the "splitfed" logger writes: the one handler for stdout, set up for a command or a sweep worker
-(``logging_only_to``) or for a ``run()`` called from Python (``printing``); and how its progress lines write
-a duration."""
+(``logging_only_to``) or for a ``run()`` called from Python (``printing``); the Python warnings a command
+holds until its first line (``HeldWarnings``); and how its progress lines write a duration."""
 
 import contextlib
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 log = logging.getLogger("splitfed")
 
@@ -64,6 +66,40 @@ def printing(progress: bool | None) -> Iterator[None]:
         log.setLevel(level)
         if handler is not None:
             log.removeHandler(handler)
+
+
+class HeldWarnings:
+    """Python warnings held back until the command has passed its checks, then shown as they come.
+
+    A user mistake is reported as one line saying what to change. Warnings raised on the way to it
+    are consequences of the same mistake (torch's "Initializing zero-element tensors" for an input too
+    small for the model, a checkpoint format's FutureWarning) and would bury that line, so they are
+    dropped with it. Once the command logs its first line (a run logs after all its checks and the
+    creation of its directory) or ends well, the held warnings are shown and later ones pass at once:
+    a warning during a long run is not delayed to its end.
+    """
+
+    def __init__(self) -> None:
+        self._show = warnings.showwarning
+        self._held: list[tuple[Any, ...]] | None = []  # None once released
+
+    def show(self, *warning: Any) -> None:
+        if self._held is None:
+            self._show(*warning)
+        else:
+            self._held.append(warning)
+
+    def release(self) -> None:
+        held, self._held = self._held or [], None
+        for warning in held:
+            self._show(*warning)
+
+    def release_on_first_record(self, record: logging.LogRecord) -> bool:
+        self.release()
+        return True
+
+    def discard(self) -> None:
+        self._held = []
 
 
 def clock(seconds: float) -> str:
