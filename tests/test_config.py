@@ -217,3 +217,35 @@ def test_each_list_of_values_is_defined_once():
     assert CHOICES["optimizer"] is choices.OPTIMIZERS is OPTIMIZERS
     assert CHOICES["client_lr_schedule"] is CHOICES["lr_schedule"] is choices.LR_SCHEDULES
     assert tuple(WIRE_DTYPES) == CHOICES["wire_dtype"]
+
+
+def test_the_loader_reads_lists_of_tables_and_names_what_is_missing():
+    from dataclasses import dataclass, field
+
+    from splitfed.typed import from_table
+
+    @dataclass(frozen=True)
+    class Figure:
+        baseline: str
+        margin: float
+        where: dict[str, float] = field(default_factory=dict)
+
+    @dataclass(frozen=True)
+    class Claims:
+        algorithm: str | None = None
+        paper: tuple[Figure, ...] = ()
+
+    table = {"algorithm": "sl", "paper": [{"baseline": "fedavg", "margin": 3, "where": {"p": 0.5}}]}
+    assert from_table(Claims, table, "c.toml") == Claims("sl", (Figure("fedavg", 3.0, {"p": 0.5}),))
+    cases = [
+        ({"paper": [{"margin": 1}]}, "^paper\\[0\\] in c.toml needs baseline$"),
+        (
+            {"paper": [{"baseline": "x", "margin": 1, "y": 2}]},
+            "^unknown paper\\[0\\] key 'y' in c.toml; valid",
+        ),
+        ({"paper": 3}, "^paper in c.toml must be a list of tables, got 3$"),
+        ({"paper": [3]}, "^paper\\[0\\] in c.toml must be a table, got 3$"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(SplitfedError, match=message):
+            from_table(Claims, bad, "c.toml")

@@ -48,10 +48,13 @@ def from_table(
     cls: type[T], table: Mapping[str, Any], source: str, *, kind: str = "config", prefix: str = ""
 ) -> T:
     """The dataclass ``cls`` from a table of typed values (a TOML file's): every key one of its fields,
-    every value of its field's type (checked by ``coerce``); the rest of the checks are the class's own
-    (``__post_init__``). ``source`` names where the table came from, ``kind`` what it holds, ``prefix``
-    how its keys are written there: an unknown key is "unknown config key 'x' in exp.toml; valid keys:
-    ...", a wrong value "deploy.retry_s in site.toml must be a number, got 'x'"."""
+    every value of its field's type (checked by ``convert``; a list of tables for a tuple of dataclasses),
+    every field without a default given; the rest of the checks are the class's own (``__post_init__``).
+    ``source`` names where the table came from, ``kind`` what it holds, ``prefix`` how its keys are written
+    there: an unknown key is "unknown config key 'x' in exp.toml; valid keys: ...", a wrong value
+    "deploy.retry_s in site.toml must be a number, got 'x'"."""
+    if not isinstance(table, Mapping):
+        raise SplitfedError(f"{prefix.rstrip('.') or kind} in {source} must be a table, got {table!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     hints = typing.get_type_hints(cls)  # real types, also under ``from __future__ import annotations``
     values = {}
@@ -59,7 +62,26 @@ def from_table(
         if key not in known:
             raise SplitfedError(f"unknown {kind} key {key!r} in {source}; valid keys: {', '.join(known)}")
         values[key] = convert(hints[key], value, f"{prefix}{key} in {source}")
+    missing = [k for k, f in known.items() if k not in values and _required(f)]
+    if missing:
+        raise SplitfedError(f"{kind} in {source} needs {', '.join(missing)}")
     return cls(**values)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _tables(tp: Any, value: Any, where: str) -> Any:
+    """A list of tables as a tuple of the dataclass ``tp`` holds (``[[paper]]`` entries), else _WRONG."""
+    item = typing.get_args(tp)[0] if typing.get_origin(tp) is tuple else None
+    if not (dataclasses.is_dataclass(item) and isinstance(value, list)):
+        return _WRONG
+    name = where.partition(" in ")[0]
+    return tuple(
+        from_table(item, v, where.partition(" in ")[2], kind=f"{name}[{i}]", prefix=f"{name}[{i}].")
+        for i, v in enumerate(value)
+    )
 
 
 def base_type(tp: Any) -> tuple[Any, bool]:
@@ -91,6 +113,8 @@ def convert(tp: Any, value: Any, where: str, *, from_cli: bool = False) -> Any:
         return None
     try:
         out = _parse(base, value) if from_cli else _check(base, value)
+        if out is _WRONG and not from_cli:
+            out = _tables(base, value, where)
     except ValueError:
         out = _WRONG
     if out is not _WRONG:
@@ -142,12 +166,8 @@ def _check(tp: Any, value: Any) -> Any:
         if isinstance(value, list | tuple) and all(_number(v, kinds) for v in value):
             return tuple(item(v) for v in value)
         return _WRONG
-    if (
-        tp is dict
-        and isinstance(value, dict)
-        and all(isinstance(v, int | float | str | bool) for v in value.values())
-    ):
-        return dict(value)
+    if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict):  # a table of scalars
+        return dict(value) if all(isinstance(v, int | float | str | bool) for v in value.values()) else _WRONG
     return _WRONG
 
 
@@ -155,9 +175,17 @@ def type_name(tp: Any) -> str:
     """What a type accepts, in words ("an integer or none")."""
     base, optional = base_type(tp)
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a table"}
+    if typing.get_origin(base) is dict:
+        base = dict
     names[CUT] = "an integer or a module's name"
     lists = {int: "a list of integers", float: "a list of numbers"}
-    name = names.get(base) or lists.get(typing.get_args(base)[0], "a list of names")
+    args = typing.get_args(base)
+    item = args[0] if args else None
+    name = (
+        names.get(base)
+        or lists.get(item)
+        or ("a list of tables" if dataclasses.is_dataclass(item) else "a list of names")
+    )
     return name + (" or none" if optional else "")
 
 
