@@ -1,20 +1,23 @@
-"""Where the "splitfed" logger writes: the one handler for stdout, set up for a command or a sweep worker
-(``logging_only_to``) or for a ``run()`` called from Python (``printing``); the Python warnings a command
-holds until its first line (``HeldWarnings``); and how its progress lines write a duration."""
+"""Where the "splitfed" logger writes: one handler of bare lines (stdout, or a sweep worker's log file),
+set up for a command or a sweep worker (``logging_only_to``) or for a ``run()`` called from Python
+(``printing``); the Python warnings a command holds until its first line (``HeldWarnings``); and how its
+progress lines write a duration."""
 
 import contextlib
 import logging
 import sys
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("splitfed")
 
 
-def stdout_handler() -> logging.Handler:
-    """The records' messages alone, one a line, on stdout: progress and tables are output, not diagnostics."""
-    handler = logging.StreamHandler(sys.stdout)
+def message_handler(path: str | Path | None = None) -> logging.Handler:
+    """The records' messages alone, one a line, on stdout (progress and tables are output, not
+    diagnostics), or appended to the file ``path`` (a sweep worker's run log)."""
+    handler = logging.StreamHandler(sys.stdout) if path is None else logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(message)s"))
     return handler
 
@@ -49,13 +52,13 @@ def interactive() -> bool:
 def printing(progress: bool | None) -> Iterator[None]:
     """While a ``run`` lasts: with ``progress`` on (None: ``interactive()``), the "splitfed" logger's
     INFO lines (setup, a line per round, the table) reach stdout, through the logging configuration if
-    there is one, else the ``stdout_handler``; off, logging is left as configured (by default: silent)."""
+    there is one, else the ``message_handler``; off, logging is left as configured (by default: silent)."""
     if not (interactive() if progress is None else progress):
         yield
         return
     handler = None
     if not log.hasHandlers():
-        handler = stdout_handler()
+        handler = message_handler()
         log.addHandler(handler)
     level = log.level
     if not log.isEnabledFor(logging.INFO):

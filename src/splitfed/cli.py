@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._log import HeldWarnings, logging_only_to, stdout_handler
+from ._log import HeldWarnings, logging_only_to, message_handler
 from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, coerce, read_toml
 from .errors import SplitfedError
 from .typed import base_type
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
     # In a torch.distributed job rank 0 speaks for every rank: the others say nothing, errors included.
     quiet = os.environ.get("RANK", "0") != "0"
-    handler = stdout_handler()
+    handler = message_handler()
     held = HeldWarnings()
     handler.addFilter(held.release_on_first_record)
     level = logging.WARNING if quiet else logging.INFO
