@@ -56,8 +56,8 @@ def run(
     progress: bool | None = None,
     transform: Augment | None = None,
 ) -> RunResult:
-    """Run every algorithm of ``config`` (default: ``Config()``) on one shared setup; see the module
-    docstring for the files it writes, and docs/api.md for each argument.
+    """Run every algorithm of ``config`` (default: ``Config()``) on one shared setup; see rundir.py
+    for the files it writes, and docs/api.md for each argument.
 
     ``model``: an ``nn.Sequential`` (cut at config.cut_layer between its top-level children; trained from
     its own weights), a ``CutModel``, or a builder ``(num_classes, in_shape) -> nn.Sequential`` (built
