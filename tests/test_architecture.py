@@ -16,6 +16,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "splitfed"
 # Each module's part (a module is in the part of its longest matching prefix).
 PARTS = {
     "splitfed.config": "base",
+    "splitfed.choices": "base",
+    "splitfed.typed": "base",
+    "splitfed.validate": "base",
     "splitfed.registry": "base",
     "splitfed.errors": "base",
     "splitfed._rng": "base",

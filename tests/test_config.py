@@ -182,3 +182,70 @@ def test_config_toml_holds_any_text_exactly(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(c.to_toml())
     assert Config.from_toml(path) == c
+
+
+def test_one_loader_reads_any_settings_table_into_its_dataclass():
+    """typed.from_table: a dataclass of any module from a file's table, with the config's one-line errors
+    (string annotations resolved, as under ``from __future__ import annotations``)."""
+    from dataclasses import dataclass
+
+    from splitfed.typed import from_table
+
+    @dataclass(frozen=True)
+    class Site:
+        host: "str" = "localhost"
+        retry_s: "float" = 30.0
+        ids: "tuple[int, ...] | None" = None
+
+    assert from_table(Site, {"retry_s": 5, "ids": [1, 2]}, "s.toml") == Site("localhost", 5.0, (1, 2))
+    with pytest.raises(
+        SplitfedError, match=r"^unknown deploy key 'port' in s.toml; valid keys: host, retry_s, ids$"
+    ):
+        from_table(Site, {"port": 1}, "s.toml", kind="deploy")
+    with pytest.raises(
+        SplitfedError, match=r"^deploy.ids in s.toml must be a list of integers or none, got 'x'"
+    ):
+        from_table(Site, {"ids": "x"}, "s.toml", kind="deploy", prefix="deploy.")
+
+
+def test_each_list_of_values_is_defined_once():
+    from splitfed import choices
+    from splitfed.config import CHOICES
+    from splitfed.engine.link import WIRE_DTYPES
+    from splitfed.engine.optim import OPTIMIZERS
+
+    assert CHOICES["optimizer"] is choices.OPTIMIZERS is OPTIMIZERS
+    assert CHOICES["client_lr_schedule"] is CHOICES["lr_schedule"] is choices.LR_SCHEDULES
+    assert tuple(WIRE_DTYPES) == CHOICES["wire_dtype"]
+
+
+def test_the_loader_reads_lists_of_tables_and_names_what_is_missing():
+    from dataclasses import dataclass, field
+
+    from splitfed.typed import from_table
+
+    @dataclass(frozen=True)
+    class Figure:
+        baseline: str
+        margin: float
+        where: dict[str, float] = field(default_factory=dict)
+
+    @dataclass(frozen=True)
+    class Claims:
+        algorithm: str | None = None
+        paper: tuple[Figure, ...] = ()
+
+    table = {"algorithm": "sl", "paper": [{"baseline": "fedavg", "margin": 3, "where": {"p": 0.5}}]}
+    assert from_table(Claims, table, "c.toml") == Claims("sl", (Figure("fedavg", 3.0, {"p": 0.5}),))
+    cases = [
+        ({"paper": [{"margin": 1}]}, "^paper\\[0\\] in c.toml needs baseline$"),
+        (
+            {"paper": [{"baseline": "x", "margin": 1, "y": 2}]},
+            "^unknown paper\\[0\\] key 'y' in c.toml; valid",
+        ),
+        ({"paper": 3}, "^paper in c.toml must be a list of tables, got 3$"),
+        ({"paper": [3]}, "^paper\\[0\\] in c.toml must be a table, got 3$"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(SplitfedError, match=message):
+            from_table(Claims, bad, "c.toml")

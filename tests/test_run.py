@@ -13,7 +13,7 @@ import torch
 
 from splitfed import Config, SplitfedError, run
 from splitfed.config import ALL_ALGORITHMS
-from splitfed.runner import RunDir
+from splitfed.rundir import RunDir
 
 from .conftest import small_config
 
@@ -340,3 +340,18 @@ def test_a_run_records_what_produced_it_once_per_session(tmp_path):
     head = subprocess.run(["git", "-C", str(SOURCE), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a checkout (not an installed wheel): the commit is on record
         assert sessions[0]["commit"] == head.stdout.strip() and isinstance(sessions[0]["clean"], bool)
+
+
+def test_the_one_message_handler_writes_bare_lines_to_stdout_or_appends_to_a_file(tmp_path, capsys):
+    import logging
+
+    from splitfed._log import logging_only_to, message_handler
+
+    log = logging.getLogger("splitfed")
+    (tmp_path / "run.log").write_text("before\n")
+    for handler in (message_handler(), message_handler(tmp_path / "run.log")):
+        with logging_only_to(handler, logging.INFO):
+            log.info("round 1")
+        handler.close()
+    assert capsys.readouterr().out == "round 1\n"
+    assert (tmp_path / "run.log").read_text() == "before\nround 1\n"

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._log import logging_only_to
-from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, _base_type, coerce, read_toml
+from ._log import HeldWarnings, logging_only_to, message_handler
+from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, coerce, read_toml
 from .errors import SplitfedError
+from .typed import base_type
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,7 +30,7 @@ def _flag(name: str) -> str:
 
 def _metavar(f: dataclasses.Field) -> str:
     """How a flag's value is written: the field's own (P, DIR, C,H,W) or its type's."""
-    tp, _ = _base_type(f.type)
+    tp, _ = base_type(f.type)
     return f.metadata.get("metavar") or {int: "INT", float: "FLOAT", str: "NAME"}.get(tp, "LIST")
 
 
@@ -138,7 +139,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     preflight(config)  # what this machine can hold, checked before anything is loaded or written
     if config.processes > 1 and "WORLD_SIZE" not in os.environ:
-        from .runner import spawn_ranks
+        from .spawn import spawn_ranks
 
         return spawn_ranks(config, sys.argv[1:] if args.argv is None else args.argv)
     from .runner import run
@@ -222,70 +223,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(p_run)
     p_run.set_defaults(func=_cmd_run)
-    p_sweep = sub.add_parser(
-        "sweep", help="run the cross product of config fields in a grid file (resumable)"
-    )
-    p_sweep.add_argument("grid", help="TOML: a base config plus [[grid]] tables of value lists")
-    p_sweep.add_argument("--out", help="sweep directory (default: runs/<grid file name>)")
-    p_sweep.add_argument(
-        "--workers", type=int, default=1, metavar="INT", help="runs side by side (processes)"
-    )
-    p_sweep.set_defaults(func=_cmd_sweep)
-    p_export = sub.add_parser(
+    _add_sweep(sub)
+    _add_export(sub)
+    _add_report(sub)
+    _add_roles(sub)
+    _add_launch(sub)
+    # `splitfed bench ...` goes to the benchmark's own parser (see main); listed here for --help.
+    sub.add_parser("bench", help="time every algorithm against centralized training (see bench --help)")
+    p_list = sub.add_parser("list", help="list algorithms, models, datasets and partitions")
+    p_list.set_defaults(func=_cmd_list)
+    return parser
+
+
+Commands = Any  # argparse's _SubParsersAction, private
+
+
+def _add_sweep(sub: Commands) -> None:
+    p = sub.add_parser("sweep", help="run the cross product of config fields in a grid file (resumable)")
+    p.add_argument("grid", help="TOML: a base config plus [[grid]] tables of value lists")
+    p.add_argument("--out", help="sweep directory (default: runs/<grid file name>)")
+    p.add_argument("--workers", type=int, default=1, metavar="INT", help="runs side by side (processes)")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _add_export(sub: Commands) -> None:
+    p = sub.add_parser(
         "export",
         help="save a run's model as a plain PyTorch state_dict (for a model built the same way)",
     )
-    p_export.add_argument("run_dir", metavar="RUN", help="the run directory")
-    p_export.add_argument(
-        "--algorithm", metavar="NAME", help="whose model (default: the run's only algorithm)"
-    )
-    p_export.add_argument("--out", required=True, metavar="FILE", help="where to write the state_dict")
-    p_export.add_argument(
+    p.add_argument("run_dir", metavar="RUN", help="the run directory")
+    p.add_argument("--algorithm", metavar="NAME", help="whose model (default: the run's only algorithm)")
+    p.add_argument("--out", required=True, metavar="FILE", help="where to write the state_dict")
+    p.add_argument(
         "--round",
         type=int,
         metavar="INT",
         help="the model after this round, saved by model_every (default: the last round checkpointed)",
     )
-    p_export.set_defaults(func=_cmd_export)
-    p_report = sub.add_parser(
-        "report", help="figures and tables of a run, or of a sweep against the paper's claims"
-    )
-    p_report.add_argument("sweep_dir", metavar="DIR", help="a run directory or a sweep directory")
-    p_report.add_argument("--out", help="where report.md, aggregate.csv and figures go (default: DIR/report)")
-    p_report.add_argument(
+    p.set_defaults(func=_cmd_export)
+
+
+def _add_report(sub: Commands) -> None:
+    p = sub.add_parser("report", help="figures and tables of a run, or of a sweep against the paper's claims")
+    p.add_argument("sweep_dir", metavar="DIR", help="a run directory or a sweep directory")
+    p.add_argument("--out", help="where report.md, aggregate.csv and figures go (default: DIR/report)")
+    p.add_argument(
         "--claims",
         metavar="FILE",
         help="claims file (default: experiments/paper/claims.toml if it exists here; none: generic tables)",
     )
-    p_report.set_defaults(func=_cmd_report)
+    p.set_defaults(func=_cmd_report)
+
+
+def _add_roles(sub: Commands) -> None:
     for role, text in (
         ("main-server", "the main server"),
         ("fed-server", "the fed server"),
         ("client", "one client"),
     ):
-        p_role = sub.add_parser(role, help=f"run {text} of a deployment (see docs/deploy.md)")
-        p_role.add_argument(
-            "--config", required=True, help="deployment file: config fields and a [deploy] table"
-        )
+        p = sub.add_parser(role, help=f"run {text} of a deployment (see docs/deploy.md)")
+        p.add_argument("--config", required=True, help="deployment file: config fields and a [deploy] table")
         if role == "client":
-            p_role.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
-        p_role.add_argument(
+            p.add_argument("--id", type=int, required=True, help="this client's id K (0..N-1)")
+        p.add_argument(
             "--threads",
             type=int,
             metavar="INT",
             help="CPU threads of this process (default: the config's threads)",
         )
-        p_role.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
-    p_launch = sub.add_parser(
+        p.set_defaults(func=_cmd_role, role=role.replace("-", "_"))
+
+
+def _add_launch(sub: Commands) -> None:
+    p = sub.add_parser(
         "launch",
         help="a whole deployment on loopback: servers and N clients, TLS",
         formatter_class=_HelpFormatter,
     )
-    _add_config_flags(p_launch)
-    p_launch.add_argument(
-        "--workdir", help="where certificates, tokens, state and logs go (default: a temp dir)"
-    )
-    p_launch.add_argument(
+    _add_config_flags(p)
+    p.add_argument("--workdir", help="where certificates, tokens, state and logs go (default: a temp dir)")
+    p.add_argument(
         "--restarts",
         type=int,
         default=0,
@@ -293,12 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a role that dies again, at most N times per role (default 0: report it, let the "
         "others go on)",
     )
-    p_launch.set_defaults(func=_cmd_launch)
-    # `splitfed bench ...` goes to the benchmark's own parser (see main); listed here for --help.
-    sub.add_parser("bench", help="time every algorithm against centralized training (see bench --help)")
-    p_list = sub.add_parser("list", help="list algorithms, models, datasets and partitions")
-    p_list.set_defaults(func=_cmd_list)
-    return parser
+    p.set_defaults(func=_cmd_launch)
 
 
 # The disk, not splitfed: full, over a size or quota limit, read-only, failing.
@@ -316,9 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     # Progress and tables go to stdout through the "splitfed" logger; a library user configures it.
     # In a torch.distributed job rank 0 speaks for every rank: the others say nothing, errors included.
     quiet = os.environ.get("RANK", "0") != "0"
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    held = _HeldWarnings()
+    handler = message_handler()
+    held = HeldWarnings()
     handler.addFilter(held.release_on_first_record)
     level = logging.WARNING if quiet else logging.INFO
     # warnings.catch_warnings restores showwarning however the command ends
@@ -354,40 +365,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         held.release()
         return result
-
-
-class _HeldWarnings:
-    """Python warnings held back until the command has passed its checks, then shown as they come.
-
-    A user mistake is reported as one line saying what to change. Warnings raised on the way to it
-    are consequences of the same mistake (torch's "Initializing zero-element tensors" for an input too
-    small for the model, a checkpoint format's FutureWarning) and would bury that line, so they are
-    dropped with it. Once the command logs its first line (a run logs after all its checks and the
-    creation of its directory) or ends well, the held warnings are shown and later ones pass at once:
-    a warning during a long run is not delayed to its end.
-    """
-
-    def __init__(self) -> None:
-        self._show = warnings.showwarning
-        self._held: list[tuple[Any, ...]] | None = []  # None once released
-
-    def show(self, *warning: Any) -> None:
-        if self._held is None:
-            self._show(*warning)
-        else:
-            self._held.append(warning)
-
-    def release(self) -> None:
-        held, self._held = self._held or [], None
-        for warning in held:
-            self._show(*warning)
-
-    def release_on_first_record(self, record: logging.LogRecord) -> bool:
-        self.release()
-        return True
-
-    def discard(self) -> None:
-        self._held = []
 
 
 if __name__ == "__main__":

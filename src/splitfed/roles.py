@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .progress import Progress, TensorBoard
 from .report import loss_name, run_title
-from .runner import Progress, RunDir, TensorBoard
+from .rundir import RunDir
 from .services import check_generated
 from .setup import prepare
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from splitfed import Config, SplitfedError, run
 from splitfed.engine.optim import LRSchedule, Optimizer, side_optimizer
-from splitfed.runner import scalars
+from splitfed.progress import scalars
 from splitfed.setup import prepare
 
 from ..algorithms.helpers import SMOOTH_MODEL, final_model, train_one
@@ -286,7 +286,7 @@ def test_the_config_records_an_importable_object_by_name_and_others_by_fingerpri
 def test_a_run_cut_short_and_resumed_with_object_optimizers_equals_the_uninterrupted_one(
     tmp_path, monkeypatch
 ):
-    from splitfed.runner import RunDir
+    from splitfed.rundir import RunDir
 
     cfg = small_config(
         algorithm=("minibatch_sfl", "sfl_v1"),

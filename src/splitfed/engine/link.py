@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from ..choices import WIRE_DTYPES as WIRE_DTYPE_NAMES
 from .side import State
 
 Payload = TypeVar("Payload", torch.Tensor, State)
-WIRE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WIRE_DTYPES = {name: getattr(torch, name) for name in WIRE_DTYPE_NAMES}  # the names are torch's
 
 
 def nbytes(payload: torch.Tensor | State) -> int:

@@ -61,12 +61,11 @@ from torch.optim.adam import adam
 from torch.optim.adamw import adamw
 from torch.optim.sgd import sgd
 
-from ..config import CHOICES, Config
+from ..choices import LR_SCHEDULES, OPTIMIZERS
+from ..config import Config
 from ..errors import SplitfedError
 from ..registry import import_object
 from .user_optim import TorchOptimizer, class_factory
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 @dataclass(frozen=True)
@@ -337,7 +336,7 @@ class LRSchedule:
 def _scheduler(
     cfg: Config, name: str, opt: torch.optim.Optimizer, half: str
 ) -> lr_scheduler.LRScheduler | None:
-    if name not in CHOICES["lr_schedule"]:
+    if name not in LR_SCHEDULES:
         field = f"{half}_lr_schedule" if name != cfg.lr_schedule else "lr_schedule"
         make = import_object(name, field, "a factory Optimizer -> LRScheduler as pkg.module:name")
         try:
