@@ -164,21 +164,39 @@ def bench_scenario(
     setup: Setup, repeats: int, variants: list[tuple[str, str, str, bool]]
 ) -> list[dict[str, Any]]:
     """Time one round of each variant ``repeats`` times (after one warm-up round), interleaved."""
-    cfg, device = setup.cfg, setup.device
     runners: dict[str, Any] = {}
     contexts: dict[str, Context] = {}
     for label, name, execution, graphs in variants:
-        if name in ("floor", "torch"):
+        if name in REFERENCES:
             ctx = contexts[label] = setup.context()
             runners[label] = PlainTorch(setup, ctx, giant=name == "floor", graphed=graphs)
         else:
-            algo = create(cfg, name)
+            algo = create(setup.cfg, name)
             ctx = contexts[label] = prepare_context(algo, setup)
             runners[label] = make_executor(algo, ctx, execution, cuda_graphs=graphs)
-    times: dict[str, list[float]] = {label: [] for label in runners}
-    peak: dict[str, int] = {}
-    labels = list(runners)
     clients = setup.participants(1)
+    times, peak = _time_rounds(runners, clients, repeats, setup.device)
+    # each reference is the fastest of its ways (eager, graphs) in this very run
+    fastest = {
+        ref: _fastest(times, [label for label, name, *_ in variants if name == ref]) for ref in REFERENCES
+    }
+    rows = []
+    for label, runner in runners.items():
+        state_bytes = sum(s.store.nbytes for s in contexts[label].sides)
+        if isinstance(runner, PlainTorch):
+            state_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+        row = _row(setup, len(clients), label, times, fastest)
+        rows.append(row | {"state_mb": state_bytes / 1e6, "peak_gpu_mb": peak.get(label)})
+    return rows
+
+
+def _time_rounds(
+    runners: dict[str, Any], clients: list[int], repeats: int, device: torch.device
+) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each runner's round times (the first round of each left out) and its peak GPU memory in MB."""
+    times: dict[str, list[float]] = {label: [] for label in runners}
+    peak: dict[str, float] = {}
+    labels = list(runners)
     for rep in range(repeats + 1):
         order = labels[rep % len(labels) :] + labels[: rep % len(labels)]  # rotate: no fixed neighbour
         for label in order:
@@ -191,41 +209,33 @@ def bench_scenario(
             if rep > 0:  # round 1 warms caches and allocators up (and captures CUDA graphs)
                 times[label].append(time.perf_counter() - t0)
             if device.type == "cuda":
-                peak[label] = torch.cuda.max_memory_allocated(device)
-    samples = cfg.local_iters * len(clients) * cfg.batch_size
-    # each reference is the fastest of its ways (eager, graphs) in this very run
-    fastest = {
-        ref: _fastest(times, [label for label, name, *_ in variants if name == ref]) for ref in REFERENCES
+                peak[label] = torch.cuda.max_memory_allocated(device) / 1e6
+    return times, peak
+
+
+def _row(
+    setup: Setup, participants: int, label: str, times: dict[str, list[float]], fastest: dict[str, str | None]
+) -> dict[str, Any]:
+    cfg = setup.cfg
+    samples = cfg.local_iters * participants * cfg.batch_size
+    median = statistics.median(times[label])
+    return {
+        "model": cfg.model,
+        "clients": cfg.clients,
+        "tau": cfg.local_iters,
+        "batch_size": cfg.batch_size,
+        "device": setup.device.type,
+        "variant": label,
+        "samples_per_round": samples,
+        "round_s": median,
+        "round_s_all": times[label],
+        "samples_per_s": samples / median,
+        "ratio_to_floor": _ratio(times[label], times.get(fastest["floor"] or "")),
+        "ratio_to_centralized": _ratio(times[label], times.get("centralized")),
+        "ratio_to_torch": _ratio(times[label], times.get(fastest["torch"] or "")),
+        "floor_is": fastest["floor"],
+        "torch_is": fastest["torch"],
     }
-    rows = []
-    for label in labels:
-        median = statistics.median(times[label])
-        ctx = contexts[label]
-        state_bytes = sum(s.store.nbytes for s in ctx.sides)
-        if isinstance(runners[label], PlainTorch):
-            state_bytes = sum(p.numel() * p.element_size() for p in runners[label].model.parameters())
-        rows.append(
-            {
-                "model": cfg.model,
-                "clients": cfg.clients,
-                "tau": cfg.local_iters,
-                "batch_size": cfg.batch_size,
-                "device": device.type,
-                "variant": label,
-                "samples_per_round": samples,
-                "round_s": median,
-                "round_s_all": times[label],
-                "samples_per_s": samples / median,
-                "ratio_to_floor": _ratio(times[label], times.get(fastest["floor"] or "")),
-                "ratio_to_centralized": _ratio(times[label], times.get("centralized")),
-                "ratio_to_torch": _ratio(times[label], times.get(fastest["torch"] or "")),
-                "floor_is": fastest["floor"],
-                "torch_is": fastest["torch"],
-                "state_mb": state_bytes / 1e6,
-                "peak_gpu_mb": peak[label] / 1e6 if label in peak else None,
-            }
-        )
-    return rows
 
 
 REFERENCES = ("floor", "torch")
