@@ -1,13 +1,16 @@
-"""A data set held whole as tensors: its train and test splits (a validation split held out of training
-on request), its classes, the augmentation of its training batches, and where the user's own data came
-from (a Dataset read per draw, the clients' rows when given split into clients)."""
+"""A data set held whole as tensors (``Dataset``): its train and test splits (a validation split held
+out of training on request), its classes, the augmentation of its training batches, and where the
+user's own data came from (a Dataset read per draw, the clients' rows when given split into clients);
+and the registry of the loaders that make one by name (``DATASETS``)."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .._rng import generator
 from ..errors import SplitfedError
+from ..registry import Registry
 from .augment import Augment
 from .items import ItemSource
 
@@ -98,3 +101,9 @@ class Dataset:
             None if self.items is None else self.items.subset(train),
             parts,
         )
+
+
+# A loader takes (data_dir, **options) and returns a Dataset. The built-in ones register themselves with
+# ``@DATASETS.register(name)`` in their modules (images.py, synthetic.py: `splitfed list` reads those
+# decorators from the source); data/datasets.py imports them, so the registry is full wherever it is used.
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")

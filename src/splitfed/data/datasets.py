@@ -1,17 +1,14 @@
-"""The data sets by name: the built-in ones registered here (their loaders take ``(data_dir, **options)``
-and return a ``Dataset``), and what is known of each before it is loaded.
+"""The data sets by name: the registry with the built-in loaders in it (each takes ``(data_dir,
+**options)`` and returns a ``Dataset``), and what is known of each before it is loaded.
 
 The names the rest of splitfed imported from here before the data sets' modules were split (the
 ``Dataset``, its augmentation, the readers of each family, the user's own data) are re-exported.
 """
 
-from collections.abc import Callable
-
-from ..registry import Registry
 from .augment import Augment, cifar_augment
-from .dataset import Dataset
-from .images import cifar10, digits, find_cifar10, find_fmnist, fmnist
-from .synthetic import SYNTHETIC_SAMPLES, SYNTHETIC_SHAPE, check_synthetic_fits, synthetic
+from .dataset import DATASETS, Dataset
+from .images import find_cifar10, find_fmnist  # registers digits, fmnist, cifar10
+from .synthetic import SYNTHETIC_SAMPLES, SYNTHETIC_SHAPE, check_synthetic_fits  # registers synthetic
 from .user import (
     DATA_FILE_SUFFIXES,
     DATA_KEYS,
@@ -45,12 +42,6 @@ __all__ = [
     "load_data_file",
     "user_data",
 ]
-
-# A loader takes (data_dir, **options) and returns a Dataset.
-DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
-_BUILT_IN = {"digits": digits, "fmnist": fmnist, "cifar10": cifar10, "synthetic": synthetic}
-for _name, _loader in _BUILT_IN.items():
-    DATASETS.register(_name)(_loader)
 
 # (C, H, W) and classes of the built-in data sets, known before loading them (their readers insist on them)
 _KNOWN_SHAPES = {"digits": ((1, 8, 8), 10), "fmnist": ((1, 28, 28), 10), "cifar10": ((3, 32, 32), 10)}

@@ -9,7 +9,7 @@ import torch
 from .._rng import generator
 from ..errors import SplitfedError
 from .augment import cifar_augment
-from .dataset import Dataset
+from .dataset import DATASETS, Dataset
 from .readers import read_cifar_batch, read_idx
 
 
@@ -22,6 +22,7 @@ def _normalise(
     return (x - m) / s
 
 
+@DATASETS.register("digits")
 def digits(data_dir: str | None = None) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 real images); a fixed stratified 80/20 split.
 
@@ -76,6 +77,7 @@ def find_fmnist(data_dir: str | None) -> dict[str, Path]:
     )
 
 
+@DATASETS.register("fmnist")
 def fmnist(data_dir: str | None = None) -> Dataset:
     """Fashion-MNIST from the original IDX files; normalised with mean 0.2860, std 0.3530 (spec §7)."""
     files = find_fmnist(data_dir)
@@ -130,6 +132,7 @@ def find_cifar10(data_dir: str | None) -> Path:
     )
 
 
+@DATASETS.register("cifar10")
 def cifar10(data_dir: str | None = None) -> Dataset:
     """CIFAR-10 from the standard python batches in ``data_dir`` (torchvision's layout is accepted)."""
     folder = find_cifar10(data_dir)

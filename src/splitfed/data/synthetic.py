@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from .._limits import check_fits
 from .._rng import generator
-from .dataset import Dataset
+from .dataset import DATASETS, Dataset
 
 SYNTHETIC_SHAPE = (1, 28, 28)  # synthetic data's default C, H, W
 SYNTHETIC_SAMPLES = 2000  # synthetic data's default number of training samples
@@ -30,6 +30,7 @@ def check_synthetic_fits(shape: tuple[int, ...], samples: int, classes: int = 10
     )
 
 
+@DATASETS.register("synthetic")
 def synthetic(
     data_dir: str | None = None,
     shape: tuple[int, ...] = SYNTHETIC_SHAPE,
