@@ -31,6 +31,8 @@ PARTS = {
     "splitfed.executors": "executors",
     "splitfed.services": "services",
     "splitfed.setup": "setup",
+    "splitfed.setup_data": "setup",
+    "splitfed.setup_model": "setup",
     "splitfed.preflight": "setup",
     "splitfed": "face",
 }

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from ..errors import SplitfedError
-from .datasets import (
+from .dataset import Dataset
+from .items import ItemSource
+from .user import (
     DATA_KEYS,
     PYTHON_DATA,
-    Dataset,
     _inputs,
     _labels,
     _num_classes,
@@ -27,7 +28,6 @@ from .datasets import (
     held_out_test,
     load_data_file,
 )
-from .items import ItemSource
 
 FORMS = (
     "a list of per-client data, a dict {client id: data}, {'clients': [...], 'test': (x, y)}, or an object "

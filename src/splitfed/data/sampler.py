@@ -9,7 +9,7 @@ state is two integers per stream, saved in checkpoints.
 import torch
 
 from .._rng import derive_seed, generator
-from .datasets import Dataset
+from .dataset import Dataset
 
 
 class ClientStreams:
