@@ -3,12 +3,14 @@ the main server handles together."""
 
 from collections.abc import Callable
 
+from ..choices import SFLV2_SCHEDULES
 from ..errors import SplitfedError
 
 # schedules
 LOCKSTEP = "lockstep"  # every iteration, every participant sends one batch; one slot holds them all
-CLIENT_SEQUENTIAL = "client_sequential"  # participants in a random order, each doing all its iterations
-INTERLEAVED = "interleaved"  # every iteration, the participants in a random order, one batch each
+# client_sequential: participants in a random order, each doing all its iterations;
+# interleaved: every iteration, the participants in a random order, one batch each (SFL-V2's choice list)
+CLIENT_SEQUENTIAL, INTERLEAVED = SFLV2_SCHEDULES
 
 Slot = list[tuple[int, int]]  # (participant, iteration t) pairs handled together by the main server
 

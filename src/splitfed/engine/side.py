@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from ..choices import PRECISIONS
 from .meter import Meter
 from .optim import LossFn, SideOptimizer, clip_grad_norm_
 from .state import Layout, State, WeightedSum, join_states, weighted_average
@@ -34,7 +35,6 @@ __all__ = [
 
 
 ALL = -1  # the copy index of a vectorised call over every copy at once
-PRECISIONS = ("fp32", "bf16")
 
 
 class Side:
