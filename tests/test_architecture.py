@@ -29,6 +29,7 @@ PARTS = {
     "splitfed.services": "services",
     "splitfed.setup": "setup",
     "splitfed.preflight": "setup",
+    "splitfed.analysis": "face",  # a study's tables and report, beside report.py and sweep.py
     "splitfed": "face",
 }
 ALLOWED = {

@@ -197,7 +197,8 @@ def test_the_report_leaves_out_divergence_never_measured(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from splitfed.sweep_report import Group, Setting
+    from splitfed.analysis import Group, Setting
+    from splitfed.analysis import figures as study_figures
 
     def history(algorithm: str, **extra: float) -> list[dict]:
         return [{"algorithm": algorithm, "round": r, "test_accuracy": 0.5, **extra} for r in (1, 2, 3)]
@@ -205,9 +206,9 @@ def test_the_report_leaves_out_divergence_never_measured(tmp_path):
     groups = [
         Group(("synthetic", "cnn4", 2), a, 2, p, [history(a)]) for a in ("fedavg", "sfl_v2") for p in (0, 1)
     ]
-    assert Setting(groups, tmp_path).divergence_vs_ratio(plt) == []
+    assert study_figures.divergence_vs_ratio(Setting(groups, tmp_path), plt) == []
     groups[0].histories = [history("fedavg", divergence_client_relative=1.0, divergence_server_relative=2.0)]
-    lines = Setting(groups, tmp_path).divergence_vs_ratio(plt)
+    lines = study_figures.divergence_vs_ratio(Setting(groups, tmp_path), plt)
     assert "| fedavg | 1.000 / 2.000 | – |" in lines
 
 
