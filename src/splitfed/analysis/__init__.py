@@ -23,7 +23,8 @@ rate chosen on validation, paired margins, costs), ``setting``, ``figures`` and 
 from .aggregate import Margin, Selection, paired_margin, select_lr
 from .cells import Group, cut_order
 from .claims import Claims, PaperFigure, load_claims
-from .load import is_run, load_groups
+from .load import StudyRun, load_groups, load_study
+from .rundir import is_run
 from .setting import Setting
 from .writer import report
 
@@ -34,10 +35,12 @@ __all__ = [
     "PaperFigure",
     "Selection",
     "Setting",
+    "StudyRun",
     "cut_order",
     "is_run",
     "load_claims",
     "load_groups",
+    "load_study",
     "paired_margin",
     "report",
     "select_lr",

@@ -14,7 +14,8 @@ from .cells import Group, cut_order, rank
 from .claims import Claims, resolve_claims
 from .clients import clients_sections
 from .figures import sections
-from .load import is_run, load_groups, read_config, read_history
+from .load import load_groups
+from .rundir import is_run, read_config, read_history
 from .setting import Setting
 from .text import fmt, fmt_lr, fmt_rounds, safe, same
 
