@@ -1,4 +1,4 @@
-"""``splitfed sweep GRID.toml``: the cross product of config fields, one run directory per point.
+"""``splitfed sweep GRID.toml``: the cross product of config fields, one run per point, kept as tables.
 
 A grid file is a base config (any Config field at top level) plus one or more ``[[grid]]`` tables whose
 values are lists; the sweep is the union over tables of each table's cross product, e.g.

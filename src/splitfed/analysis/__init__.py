@@ -1,6 +1,6 @@
-"""``splitfed report DIR``: the figures and tables of a study, and how they bear on a claims file.
+"""A study as data, and ``splitfed report DIR``: its figures and tables, and how they bear on a claims file.
 
-Reads every finished run of a sweep (config.toml + metrics.jsonl) and groups them into cells: runs whose
+Reads every finished run of a study (its tables, or run directories) and groups them into cells: runs whose
 config differs only in the seed. The grouping keys are whatever config fields vary across the sweep
 (besides the seeds and where/how a run executes). Per cell, over seeds: the final round's test accuracy,
 the mean of the last k rounds, the best round, rounds to each target accuracy; per setting (data set,
@@ -14,7 +14,9 @@ Writes into SWEEP_DIR/report/ (or ``out``): report.md, aggregate.csv (a row per 
 each figure as PNG and SVG. Given one run's directory (``splitfed report RUN``), the same tables for that
 run alone, with its own table and figures (as ``splitfed run`` writes them) at the top.
 
-The package, in the order the data flow: ``load`` (a study's runs, from its tables or its run directories,
+The package, in the order the data flow: ``ids`` (run and partition ids), ``codec`` (a value in a CSV cell,
+a round record as rows), ``rundir`` (one run directory), ``tables`` (runs.csv, metrics.csv, partitions.csv:
+packing runs into them, reading them), ``load`` (a study's runs, from its tables or its run directories,
 into one tidy list of configs and records), ``cells`` (grouped over seeds), ``aggregate`` (the learning
 rate chosen on validation, paired margins, costs), ``setting``, ``figures`` and ``clients`` (what is drawn),
 ``claims`` (the claims file), ``writer`` (report.md and its CSVs).
