@@ -1,4 +1,4 @@
-"""Pack a study's run directories into its tables (runs.csv, metrics.csv, partitions.csv), as ``splitfed
+"""Pack a study's run directories into its tables (runs.csv, metrics.csv.gz, partitions.csv), as ``splitfed
 sweep`` does after each run; the one-off migration of the committed studies from run directories, and the
 way to bring in a sweep written by a splitfed from before the tables:
 
@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+", type=Path, help="study folders holding run directories")
     for study in parser.parse_args().studies:
-        print(f"{study}: {len(pack_study(study))} runs packed into its runs.csv, metrics.csv, partitions.csv")
+        print(f"{study}: {len(pack_study(study))} runs packed into its tables")
 
 
 if __name__ == "__main__":

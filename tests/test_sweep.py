@@ -138,7 +138,7 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys, monkey
 
 
 def _forget(out: Path, runs: set[str]) -> None:
-    """The study's runs.csv without ``runs`` (metrics.csv keeps their rows: packing replaces them)."""
+    """The study's runs.csv without ``runs`` (metrics.csv.gz keeps their rows: packing replaces them)."""
     kept = [r for r in tables.read_runs(out) if r["run"] not in runs]
     with (out / "runs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(kept[0]), lineterminator="\n")

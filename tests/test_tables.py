@@ -1,8 +1,9 @@
-"""A study as tables: run ids, the exact round trip of a run directory through runs.csv, metrics.csv and
+"""A study as tables: run ids, the exact round trip of a run directory through runs.csv, metrics.csv.gz and
 partitions.csv, a sweep that resumes from tables alone, and one report from tables and from directories."""
 
 import csv
 import dataclasses
+import gzip
 import json
 import math
 import shutil
@@ -149,7 +150,7 @@ def test_a_diverged_run_and_a_second_run_share_one_partition_row(tmp_path):
     assert runs["diverged"]["note"] == "fedavg diverged in round 3" and "finished" in runs
     assert runs["diverged"]["partition_id"] == runs["finished"]["partition_id"]
     assert len(tables.read_partitions(tmp_path / "study")) == 1 + 2  # header + the partition's 2 clients
-    with (tmp_path / "study" / "metrics.csv").open() as f:
+    with gzip.open(tmp_path / "study" / "metrics.csv.gz", "rt", newline="") as f:
         ordered = [row[0] for row in csv.reader(f)][1:]
     assert ordered == sorted(ordered)  # by run id, each run's rows in its file's order
 

@@ -19,7 +19,7 @@ A point is named by its run id (``analysis.ids.run_id``: a digest of the setting
 numbers), so the same run reached from two tables is one point, and points that differ only in where or
 how they execute (``config.MACHINE_FIELDS``) are refused: they are one run.
 
-The sweep directory holds the study's tables (runs.csv, metrics.csv, partitions.csv: see
+The sweep directory holds the study's tables (runs.csv, metrics.csv.gz, partitions.csv: see
 ``analysis.tables``) and grid.toml, and, as working state, a directory per run named by its id. After each
 run that finished or diverged, its rows go into the tables (each file replaced whole). A point whose id the
 tables hold as finished or diverged is not run again, even without its directory: a grid committed as
@@ -246,7 +246,7 @@ def write_index(
     points: list[Point], out_dir: Path, tabled: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     """index.csv: one row per point with its status, varied fields and final accuracy (where its run's
-    directory is here: a run known from the tables alone has its numbers in metrics.csv)."""
+    directory is here: a run known from the tables alone has its numbers in metrics.csv.gz)."""
     rows = []
     varied_keys = list(dict.fromkeys(k for p in points for k in p.varied))
     for p in points:

@@ -15,7 +15,7 @@ each figure as PNG and SVG. Given one run's directory (``splitfed report RUN``),
 run alone, with its own table and figures (as ``splitfed run`` writes them) at the top.
 
 The package, in the order the data flow: ``ids`` (run and partition ids), ``codec`` (a value in a CSV cell,
-a round record as rows), ``rundir`` (one run directory), ``tables`` (runs.csv, metrics.csv, partitions.csv:
+a round record as rows), ``rundir`` (one run directory), ``tables`` (runs.csv, metrics.csv.gz, partitions.csv:
 packing runs into them, reading them), ``load`` (a study's runs, from its tables or its run directories,
 into one tidy list of configs and records), ``cells`` (grouped over seeds), ``aggregate`` (the learning
 rate chosen on validation, paired margins, costs), ``setting``, ``figures`` and ``clients`` (what is drawn),

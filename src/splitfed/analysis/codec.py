@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import SplitfedError
 
-KEYS = ("algorithm", "round")  # a record's own columns in metrics.csv, not metrics
+KEYS = ("algorithm", "round")  # a record's own columns in metrics.csv.gz, not metrics
 
 
 def encode(value: Any) -> str:

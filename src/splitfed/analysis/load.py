@@ -1,6 +1,6 @@
 """The one place that reads a study into the tidy table the analysis works on: a run per row, with its id,
 status, config (as written, over Config's defaults) and round records. A study is read from its tables
-(runs.csv, metrics.csv: see ``tables``), or, for a live sweep that has none yet, from its run directories,
+(runs.csv, metrics.csv.gz: see ``tables``), or, for a live sweep that has none yet, from its run directories,
 or it is one run directory."""
 
 from collections import defaultdict
