@@ -34,6 +34,7 @@ PARTS = {
     "splitfed.setup_data": "setup",
     "splitfed.setup_model": "setup",
     "splitfed.preflight": "setup",
+    "splitfed.analysis": "face",  # a study's tables and report, beside report.py and sweep.py
     "splitfed": "face",
 }
 ALLOWED = {

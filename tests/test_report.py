@@ -17,10 +17,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from splitfed import analysis, plotstyle
 from splitfed import report as run_report
-from splitfed import sweep_report
-from splitfed.report import STYLES, TABLE_LEGEND, format_table, plot_run, run_figures, summarize
-from splitfed.sweep_report import Claims, Group, Setting, load_claims, load_groups, select_lr
+from splitfed.analysis import Claims, Group, Setting, load_claims, load_groups, select_lr
+from splitfed.analysis import figures as study_figures
+from splitfed.plotstyle import STYLES
+from splitfed.report import TABLE_LEGEND, format_table, plot_run, run_figures, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,20 +84,21 @@ def test_every_algorithm_has_its_own_colour_line_style_and_marker():
     for attribute in ("color", "linestyle", "marker"):
         values = [getattr(s, attribute) for s in looks]
         assert len(set(map(str, values))) == len(values), attribute
-    assert run_report.label("fedavg") == "FedAvg (FL)" and run_report.label("my_algo") == "my_algo"
+    assert plotstyle.label("fedavg") == "FedAvg (FL)" and plotstyle.label("my_algo") == "my_algo"
 
 
 def test_the_run_and_sweep_figures_draw_each_algorithm_from_the_one_mapping(tmp_path):
-    assert sweep_report.style is run_report.style  # one definition, imported, not copied
+    # one definition, imported, not copied
+    assert study_figures.style is plotstyle.style and run_report.line_kwargs is plotstyle.line_kwargs
     algorithms = ["minibatch_sfl", "sfl_v1", "fedavg", "centralized"]
     figures = run_figures(
         _history(algorithms, divergence_client=1.0, divergence_client_relative=1.0), algorithms, "t"
     )
     ax = figures["accuracy"].axes[0]
     drawn = _lines(ax)
-    assert set(drawn) == {run_report.label(a) for a in algorithms}
+    assert set(drawn) == {plotstyle.label(a) for a in algorithms}
     for a in algorithms:
-        line, look = drawn[run_report.label(a)], STYLES[a]
+        line, look = drawn[plotstyle.label(a)], STYLES[a]
         assert line.get_color() == matplotlib.colors.to_hex(look.color) or line.get_color() == look.color
         assert line.get_marker() == look.marker
     # identical curves (SFL-V1 and FedAvg) stay apart: different dashes and markers
@@ -103,15 +106,15 @@ def test_the_run_and_sweep_figures_draw_each_algorithm_from_the_one_mapping(tmp_
     assert STYLES["sfl_v1"].linestyle != STYLES["fedavg"].linestyle and v1.get_marker() != fl.get_marker()
     for a in algorithms:  # drawn with its own line style
         expected = matplotlib.lines.Line2D([], [], linestyle=STYLES[a].linestyle).get_linestyle()
-        assert drawn[run_report.label(a)].get_linestyle() == expected, a
+        assert drawn[plotstyle.label(a)].get_linestyle() == expected, a
 
     groups = [Group(("synthetic", "cnn4", 2), a, 2, 0.5, [_history([a])], [0]) for a in algorithms]
     setting = Setting(groups, tmp_path)
-    setting.accuracy_vs_round(plt)
+    study_figures.accuracy_vs_round(setting, plt)
     swept = _lines(setting.figures["accuracy_vs_round"].axes[0])
     for a in algorithms:
-        assert swept[run_report.label(a)].get_color() == drawn[run_report.label(a)].get_color(), a
-        assert swept[run_report.label(a)].get_marker() == drawn[run_report.label(a)].get_marker(), a
+        assert swept[plotstyle.label(a)].get_color() == drawn[plotstyle.label(a)].get_color(), a
+        assert swept[plotstyle.label(a)].get_marker() == drawn[plotstyle.label(a)].get_marker(), a
     for fig in (*figures.values(), setting.figures["accuracy_vs_round"]):
         plt.close(fig)
 
@@ -120,7 +123,7 @@ def test_round_axes_tick_whole_rounds_only(tmp_path):
     figures = run_figures(_history(["fedavg"], rounds=3), ["fedavg"], "t")
     groups = [Group(("synthetic", "cnn4", 2), "fedavg", 2, 0.5, [_history(["fedavg"])], [0])]
     setting = Setting(groups, tmp_path)
-    setting.accuracy_vs_round(plt)
+    study_figures.accuracy_vs_round(setting, plt)
     for ax in (*figures["accuracy"].axes, setting.figures["accuracy_vs_round"].axes[0]):
         locator = ax.xaxis.get_major_locator()
         assert isinstance(locator, MaxNLocator)
@@ -249,7 +252,7 @@ def _cell(rows: list[dict[str, str]], algorithm: str, lr: float) -> dict[str, st
 def test_the_sweep_report_computes_last_k_targets_lr_choice_and_paired_margins(tmp_path):
     sweep = _fake_sweep(tmp_path)
     (tmp_path / "claims.toml").write_text(CLAIMS)
-    md = sweep_report.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
     agg = _rows(tmp_path / "out" / "aggregate.csv")
     assert len(agg) == 6  # 3 algorithms x 2 lrs; seeds, out and threads are not grouping keys
 
@@ -308,7 +311,7 @@ def test_the_cut_layer_table_gives_both_sides_divergence_and_the_bytes_per_clien
                 for r in range(1, 7)
             ]
             _write_run(sweep / f"cut={cut}__seed={seed}", 0.01, seed, records, cut=cut)
-    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     assert "| δ_s raw | δ_s rel | δ_s /param | MB up/cl/rd | client GFLOP/rd |" in md
     # cut 2, seeds 0 and 1: δ_c 20, 21; δ_s 120, 121; 2 MB up; 3 GFLOP per round
     row = "| 0.95 | 2 | 50.0 ± 0.0 | " + " | ".join(["20.5000 ± 0.7071"] * 3 + ["120.5000 ± 0.7071"] * 3)
@@ -326,7 +329,7 @@ def test_runs_that_differ_in_n_get_accuracy_against_rounds_compute_and_bytes(tmp
                 for r in range(1, 7)
             ]
             _write_run(sweep / f"n={n}__seed={seed}", 0.01, seed, records, clients=n)
-    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     assert "## synthetic digits_cnn: against the number of clients" in md
     # 6 rounds of 3 GFLOP; of 1e6·N + 1e3 bytes; 10 clients per round; round time 1 s; last 5 rounds
     costs = "| 10 ± 0 | 0.01 | 40.0 ± 0.0 | 1.00 ± 0.00 | 18 ± 0 |"
@@ -341,7 +344,7 @@ def test_a_field_unset_in_some_runs_names_only_the_runs_that_set_it(tmp_path):
     records = [_record("minibatch_sfl", r, 0.1 * r) for r in range(1, 7)]
     _write_run(sweep / "plain", 0.01, 0, records, extra="model_args = {}\n")
     _write_run(sweep / "wide", 0.01, 0, records, extra="model_args = { width = 2 }\n")
-    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     names = sorted(p.name for p in (tmp_path / "out").glob("accuracy_vs_round_*.png"))
     stem = "accuracy_vs_round_synthetic_digits_cnn_N2"
     assert names == [f"{stem}.png", f"{stem}_width=2.png"]
@@ -355,7 +358,7 @@ def test_a_field_one_algorithm_alone_varies_makes_a_row_of_that_algorithm_not_a_
     _write_run(sweep / "usual", 0.01, 0, both, extra='sflv2_schedule = "client_sequential"\n')
     inter = [_record("sfl_v2", r, 0.05 * r) for r in range(1, 7)]
     _write_run(sweep / "inter", 0.01, 0, inter, extra='sflv2_schedule = "interleaved"\n')
-    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     agg = _rows(tmp_path / "out" / "aggregate.csv")
     assert sorted(r["algorithm"] for r in agg) == [
         "centralized",
@@ -367,7 +370,7 @@ def test_a_field_one_algorithm_alone_varies_makes_a_row_of_that_algorithm_not_a_
     assert [p.name for p in (tmp_path / "out").glob("accuracy_vs_round_*.png")] == [
         "accuracy_vs_round_synthetic_digits_cnn_N2.png"
     ]
-    assert run_report.label("sfl_v2 (sflv2_schedule=interleaved)") == "SFL-V2 (sflv2_schedule=interleaved)"
+    assert plotstyle.label("sfl_v2 (sflv2_schedule=interleaved)") == "SFL-V2 (sflv2_schedule=interleaved)"
     # centralized trains on the union of the clients' data: no non-IID ratio of its own
     assert [r["non_iid_ratio"] for r in agg if r["algorithm"] == "centralized"] == [""]
     assert {r["non_iid_ratio"] for r in agg if r["algorithm"] != "centralized"} == {"0.95"}
@@ -379,21 +382,21 @@ def test_the_report_says_where_the_algorithms_searched_unequal_rates(tmp_path):
         algorithms = ("minibatch_sfl", "sfl_v2") if lr == 0.01 else ("minibatch_sfl",)
         records = [_record(a, r, 0.1 * r, val_accuracy=lr) for a in algorithms for r in range(1, 7)]
         _write_run(sweep / f"lr={lr}", lr, 0, records)
-    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     assert "searches of unequal reach: cut 2, p = 0.95: sfl_v2 0.01, minibatch_sfl 0.01/0.1." in md
-    md = sweep_report.report(_fake_sweep(tmp_path), tmp_path / "out2", claims=None).read_text()
+    md = analysis.report(_fake_sweep(tmp_path), tmp_path / "out2", claims=None).read_text()
     assert "unequal reach" not in md  # every algorithm at 0.01 and 0.1
 
 
 def test_a_sweep_at_one_n_has_no_section_against_n(tmp_path):
-    md = sweep_report.report(_fake_sweep(tmp_path), tmp_path / "out", claims=None).read_text()
+    md = analysis.report(_fake_sweep(tmp_path), tmp_path / "out", claims=None).read_text()
     assert "against the number of clients" not in md
 
 
 def test_without_validation_accuracy_no_lr_is_chosen_and_the_report_says_so(tmp_path):
     sweep = _fake_sweep(tmp_path, with_val=False)
     (tmp_path / "claims.toml").write_text(CLAIMS)
-    md = sweep_report.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
     assert "no run recorded `val_accuracy`" in md and "no learning rate is selected" in md
     assert "best lr" not in md and "### at lr 0.01" in md
     assert {r["chosen_on_val"] for r in _rows(tmp_path / "out" / "aggregate.csv")} == {"False"}
@@ -403,7 +406,7 @@ def test_without_validation_accuracy_no_lr_is_chosen_and_the_report_says_so(tmp_
 def test_a_report_without_claims_shows_the_generic_tables(tmp_path, monkeypatch):
     sweep = _fake_sweep(tmp_path)
     monkeypatch.chdir(tmp_path)  # no experiments/paper/claims.toml here
-    md = sweep_report.report(sweep).read_text()
+    md = analysis.report(sweep).read_text()
     assert "No claims file" in md and "last-5" in md
     assert not (sweep / "report" / "margins.csv").exists()
     # no reference lr: a view at each lr, and the best-lr view on validation accuracy
@@ -439,7 +442,7 @@ def test_the_legend_names_every_algorithm_even_one_missing_from_the_first_panel(
         for p in (0.0, 1.0)
     ] + [Group(("synthetic", "cnn4", 2), "fedavg", 2, 1.0, [_history(["fedavg"])], [0])]
     setting = Setting(groups, tmp_path)
-    setting.accuracy_vs_round(plt)
+    study_figures.accuracy_vs_round(setting, plt)
     fig = setting.figures["accuracy_vs_round"]
     names = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert sorted(names) == ["FedAvg (FL)", "MiniBatch-SFL"]
@@ -495,7 +498,7 @@ def test_a_sweep_draws_accuracy_against_cost_as_means_over_seeds(tmp_path):
         Group(("synthetic", "cnn4", 2), "centralized", 2, None, [central], [0]),
     ]
     setting = Setting(groups, tmp_path)
-    setting.accuracy_vs_cost(plt)
+    study_figures.accuracy_vs_cost(setting, plt)
     fig = setting.figures["accuracy_vs_cost"]
     # per round and client: seed 0 sends 1 + 2 MB, seed 1 2 + 2 MB; both compute 5 GFLOP
     for ax, per_round in zip(fig.axes, (3.5, 5.0), strict=True):
@@ -521,8 +524,8 @@ def test_accuracy_axes_span_0_to_100_percent_however_close_the_curves(tmp_path):
         for a in algorithms
     ]
     setting = Setting(groups, tmp_path)
-    setting.accuracy_vs_round(plt)
-    setting.accuracy_vs_ratio(plt)
+    study_figures.accuracy_vs_round(setting, plt)
+    study_figures.accuracy_vs_ratio(setting, plt)
     for name in ("accuracy_vs_round", "accuracy_vs_noniid"):
         assert setting.figures[name].axes[0].get_ylim() == (0.0, 100.0), name
     plt.close("all")
@@ -536,12 +539,12 @@ def test_titles_name_the_model_and_the_data_not_their_fingerprints(tmp_path):
         "clients": 10,
         "partition": "dirichlet",
     }
-    title = run_report.run_title(config)
+    title = plotstyle.run_title(config)
     assert title == "MLP on user data, cut 2, N = 10 clients, Dirichlet α = 0.5"
     for recorded, name in (("mypkg.models:build_mlp", "build_mlp"), ("resnet18", "resnet18")):
-        assert run_report.model_name(recorded) == name
-    assert run_report.dataset_name("/data/speech/train.pt") == "train.pt"
-    assert run_report.dataset_name("python:femnist@a51e9c3c8cd3") == "femnist"  # data given with a name
+        assert plotstyle.model_name(recorded) == name
+    assert plotstyle.dataset_name("/data/speech/train.pt") == "train.pt"
+    assert plotstyle.dataset_name("python:femnist@a51e9c3c8cd3") == "femnist"  # data given with a name
     # the sweep report's titles alike; its file names keep what config.toml records (two data sets stay apart)
     groups = [
         Group(
@@ -549,7 +552,7 @@ def test_titles_name_the_model_and_the_data_not_their_fingerprints(tmp_path):
         )
     ]
     setting = Setting(groups, tmp_path)
-    setting.accuracy_vs_round(plt)
+    study_figures.accuracy_vs_round(setting, plt)
     fig = setting.figures["accuracy_vs_round"]
     assert fig._suptitle.get_text().startswith("user data MLP, N=2, cut 2: test accuracy")
     assert fig.axes[0].get_ylim() == (0.0, 100.0)
@@ -565,7 +568,7 @@ def test_the_loss_axis_names_the_loss_the_run_trained_on():
     def smoothed(output, target):
         return F.cross_entropy(output, target, label_smoothing=0.1)
 
-    name = run_report.loss_name
+    name = plotstyle.loss_name
     assert name(F.cross_entropy) == name(None) == "cross-entropy"
     assert (
         name(functools.partial(F.cross_entropy, label_smoothing=0.1)) == "cross-entropy, label_smoothing=0.1"
@@ -586,7 +589,7 @@ def test_one_seed_is_written_n_equals_1_not_plus_minus_zero(tmp_path):
     sweep = tmp_path / "sweep"
     records = [_record(a, r, 0.1 * r) for a in ("minibatch_sfl", "fedavg") for r in range(1, 7)]
     _write_run(sweep / "seed=0", 0.01, 0, records)
-    md = sweep_report.report(sweep, tmp_path / "out", claims=None).read_text()
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     assert "| 60.0 (n = 1) | 40.0 (n = 1) | 60.0 (n = 1) |" in md  # final, last-5, best
     assert "± 0.0" not in md
 
@@ -673,7 +676,7 @@ def test_a_sweep_over_cuts_named_by_module_and_by_number_is_reported(tmp_path):
     ]
     setting = Setting(groups, tmp_path)
     assert setting.cut == "layer1"  # where the most algorithms ran
-    rows = setting.cut_layers(plt)  # minibatch_sfl ran at two named cuts: its figure and table
+    rows = study_figures.cut_layers(setting, plt)  # minibatch_sfl ran at two named cuts: its figure and table
     assert any("layer2" in line for line in rows)
 
 
@@ -683,5 +686,5 @@ def test_a_sweep_whose_metrics_line_is_cut_short_is_one_line_naming_the_file_and
     lines = metrics.read_text().splitlines()
     metrics.write_text("\n".join([*lines[:4], lines[4][:20], *lines[5:]]) + "\n")  # a disk filled mid-line
     with pytest.raises(SplitfedError) as e:
-        sweep_report.report(sweep, tmp_path / "out", claims=None)
+        analysis.report(sweep, tmp_path / "out", claims=None)
     assert str(e.value).startswith(f"{metrics} line 5 is not a round record of this run")

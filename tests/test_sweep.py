@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from splitfed import Config, SplitfedError, run
+from splitfed.analysis import load_study, tables
+from splitfed.analysis.ids import run_id
 from splitfed.cli import main
 from splitfed.sweep import expand
 
@@ -62,8 +64,10 @@ def test_grid_expansion_names_and_deduplicates_points(tmp_path):
     points = expand(grid, tmp_path / "s")
     # 3 algorithms x 2 ratios x 2 seeds, + MiniBatch-SFL's cut 1 (cut 2 is already there), + centralized
     assert len(points) == 12 + 4 + 2
-    names = {p.name for p in points}
-    assert "algorithm=minibatch_sfl__non_iid_ratio=1.0__seed=0__cut_layer=1" in names
+    cut1 = next(
+        p for p in points if p.config.cut_layer == 1 and p.config.non_iid_ratio == 1.0 and not p.config.seed
+    )
+    assert cut1.config.algorithm == ("minibatch_sfl",) and cut1.name == run_id(cut1.config)  # named by its id
     assert all(p.config.out == str(tmp_path / "s" / p.name) for p in points)
 
 
@@ -98,6 +102,7 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys, monkey
     victim_config = next(p.config for p in expand(grid, out) if p.name == victim)
     shutil.rmtree(out / victim)
     shutil.rmtree(out / fresh)
+    _forget(out, {victim, fresh})  # as a sweep stopped before it tabled them
     run(victim_config.replace(rounds=2, threads=max(1, (os.cpu_count() or 1) // 2)))  # as a worker of 2
     (out / victim / "summary.csv").unlink()  # as a kill before the end leaves it
     capsys.readouterr()
@@ -107,6 +112,8 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys, monkey
     assert "sweep: 18/18 runs done, 72/72 rounds (100%)" in log
     rows = list(csv.DictReader((out / "index.csv").open()))
     assert {r["status"] for r in rows} == {"done"} and {r["rounds_done"] for r in rows} == {"4"}
+    assert sorted(r["run"] for r in tables.read_runs(out)) == sorted(finished)  # both tabled again, once
+    assert {r.run: len(r.records) for r in load_study(out)} == dict.fromkeys(finished, 4)
     for name, text in finished.items():  # the re-run points match their first run exactly
         assert _without_times((out / name / "metrics.jsonl").read_text()) == _without_times(text), name
 
@@ -130,9 +137,22 @@ def test_sweep_resumes_and_the_report_checks_the_claims(tmp_path, capsys, monkey
     assert (tmp_path / "elsewhere" / "report.md").read_text() == report
 
 
+def _forget(out: Path, runs: set[str]) -> None:
+    """The study's runs.csv without ``runs`` (metrics.csv.gz keeps their rows: packing replaces them)."""
+    kept = [r for r in tables.read_runs(out) if r["run"] not in runs]
+    with (out / "runs.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(kept[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+
+
 def test_report_of_a_directory_without_runs_is_a_user_error(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no runs in" in capsys.readouterr().err
+
+
+def _id_of_seed(grid: Path, out: Path, seed: int) -> str:
+    return next(p.name for p in expand(grid, out) if p.config.seed == seed)
 
 
 def _training_sweep(tmp_path, seeds: int, sigint_ignored: bool = False) -> tuple[subprocess.Popen, Path]:
@@ -150,7 +170,7 @@ def _training_sweep(tmp_path, seeds: int, sigint_ignored: bool = False) -> tuple
         # the deployment tests that run in threads, can abort in the child)
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     sweep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    metrics = out / "seed=0" / "metrics.jsonl"
+    metrics = out / _id_of_seed(grid, out, 0) / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.is_file() and metrics.stat().st_size > 0):
         assert time.monotonic() < deadline and sweep.poll() is None, "the sweep never started its run"
@@ -188,7 +208,10 @@ def test_ctrl_c_stops_a_sweep_at_once_with_one_line_and_no_worker_left(tmp_path,
     size = metrics.stat().st_size
     time.sleep(3)
     assert metrics.stat().st_size == size, "a worker went on training after the sweep stopped"
-    assert not (tmp_path / "sweep" / "seed=1").exists()  # the queued runs were dropped, not started
+    out = tmp_path / "sweep"
+    assert not (
+        out / _id_of_seed(tmp_path / "long.toml", out, 1)
+    ).exists()  # queued runs dropped, not started
 
 
 def test_the_report_leaves_out_divergence_never_measured(tmp_path):
@@ -197,7 +220,8 @@ def test_the_report_leaves_out_divergence_never_measured(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from splitfed.sweep_report import Group, Setting
+    from splitfed.analysis import Group, Setting
+    from splitfed.analysis import figures as study_figures
 
     def history(algorithm: str, **extra: float) -> list[dict]:
         return [{"algorithm": algorithm, "round": r, "test_accuracy": 0.5, **extra} for r in (1, 2, 3)]
@@ -205,9 +229,9 @@ def test_the_report_leaves_out_divergence_never_measured(tmp_path):
     groups = [
         Group(("synthetic", "cnn4", 2), a, 2, p, [history(a)]) for a in ("fedavg", "sfl_v2") for p in (0, 1)
     ]
-    assert Setting(groups, tmp_path).divergence_vs_ratio(plt) == []
+    assert study_figures.divergence_vs_ratio(Setting(groups, tmp_path), plt) == []
     groups[0].histories = [history("fedavg", divergence_client_relative=1.0, divergence_server_relative=2.0)]
-    lines = Setting(groups, tmp_path).divergence_vs_ratio(plt)
+    lines = study_figures.divergence_vs_ratio(Setting(groups, tmp_path), plt)
     assert "| fedavg | 1.000 / 2.000 | – |" in lines
 
 
@@ -243,25 +267,19 @@ def _grid_points(tmp_path, text):
     return expand(grid, tmp_path / "s")
 
 
-def test_run_names_are_distinct_for_distinct_values(tmp_path):
-    """'a/b' and 'a_b' once both became the directory data_dir=a_b, and one run was dropped."""
-    points = _grid_points(tmp_path, '[[grid]]\ndata_dir = ["a/b", "a_b", "a b", "a%2Fb", "None", "ab"]\n')
+def test_points_are_named_by_run_id_distinct_for_distinct_values(tmp_path):
+    """model_args 1, "1" and 1.0 read alike as text, and are three runs."""
+    points = _grid_points(tmp_path, '[[grid]]\nmodel_args = [{width = 1}, {width = "1"}, {width = 1.0}]\n')
     names = [p.name for p in points]
-    assert len(names) == 6 and len(set(names)) == 6, names
-    assert {p.config.data_dir for p in points} == {"a/b", "a_b", "a b", "a%2Fb", "None", "ab"}
-    assert "data_dir=a_b" in names and "data_dir=ab" in names  # safe values stay readable, as before
-    assert all("/" not in n and len(n.encode()) <= 200 for n in names)
+    assert len(set(names)) == 3 and all(len(n) == 12 and int(n, 16) >= 0 for n in names), names
+    assert [p.config.model_args["width"] for p in points] == [1, "1", 1.0]
 
 
-def test_run_names_of_model_args_and_long_values_are_distinct_and_short(tmp_path):
-    points = _grid_points(
-        tmp_path,
-        '[[grid]]\nmodel_args = [{width = 1}, {width = "1"}, {width = 1.0}]\n'
-        f'[[grid]]\ndata_dir = ["{"x" * 300}", "{"x" * 299}y"]\n',
-    )
-    names = [p.name for p in points]
-    assert len(set(names)) == 5, names
-    assert all(len(n.encode()) <= 200 for n in names)
+def test_points_that_differ_only_where_they_run_are_one_run_and_refused(tmp_path):
+    with pytest.raises(
+        SplitfedError, match=r"differ only in data_dir \(where or how a run executes.*are one run"
+    ):
+        _grid_points(tmp_path, '[[grid]]\ndata_dir = ["a/b", "a_b"]\n')
 
 
 def _finished_run(tmp_path, algorithms=("fedavg", "sl"), rounds=2):

@@ -1,6 +1,6 @@
 """Issue 20's study: MiniBatch-SFL against FL that corrects its client drift, and MiniBatch-SFL with a drift
-correction of its own (docs/results.md §1c). Reads the runs of two sweeps, chooses each method's
-hyper-parameter on validation, and writes the tables and the figure:
+correction of its own (docs/results.md §1c). Reads the runs of two sweeps (their tables), chooses each
+method's hyper-parameter on validation, and writes the tables and the figure:
 
     python experiments/paper/drift_report.py [--out docs/results/fmnist-epoch-drift]
 
@@ -15,12 +15,13 @@ MiniBatch-SFL's (at its own chosen rate) minus each method's, paired by seed.
 
 import argparse
 import csv
-import json
 import math
 import statistics
-import tomllib
 from collections import defaultdict
 from pathlib import Path
+
+from splitfed.analysis import load_study
+from splitfed.plotstyle import save_figure
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = [
@@ -73,28 +74,26 @@ def knob_of(cfg: dict) -> str:
     return ", ".join(parts)
 
 
-def load() -> dict:
-    """method -> p -> knob -> seed -> history (finished runs only)."""
+def load(sweeps: list[Path]) -> dict:
+    """method -> p -> knob -> seed -> history (finished runs, and diverged ones: see below)."""
     runs: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
-    for sweep in SWEEPS:
-        for config in sorted(sweep.glob("*/config.toml")):
-            cfg = tomllib.loads(config.read_text())
+    for sweep in sweeps:
+        for run in load_study(sweep):  # the study's tables (or, while a sweep runs, its run folders)
+            cfg, history = run.config, list(run.records)
             method = method_of(cfg)
             p = cfg.get("non_iid_ratio")
-            metrics = config.parent / "metrics.jsonl"
-            if method is None or p not in RATIOS or not metrics.is_file():
+            if method is None or p not in RATIOS:
                 continue
-            history = [json.loads(line) for line in metrics.read_text().splitlines()]
             # an unfinished run counts only where it diverged: it is a rate that was tried, and lost. A
-            # run stops at its first non-finite round and says so in diverged.txt (one of splitfed before
+            # run stops at its first non-finite round and says so (status diverged; one of splitfed before
             # that check trained on, and wrote NaN records): that round is appended as NaN.
-            if (config.parent / "diverged.txt").is_file():
+            if run.status == "diverged":
                 nan = float("nan")
                 history.append(
                     {"round": len(history) + 1, "train_loss": nan, "val_accuracy": nan, "test_accuracy": nan}
                 )
             diverged = any(not math.isfinite(r.get("train_loss") or 0.0) for r in history)
-            if not (config.parent / "summary.csv").is_file() and not diverged:
+            if run.status != "finished" and not diverged:
                 continue
             runs[method][p][knob_of(cfg)][cfg["seed"]] = history
     # FedProx with μ = 0 is FedAvg (an exact test of the package): FedAvg's runs at a rate FedProx ran
@@ -155,9 +154,13 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "docs/results/fmnist-epoch-drift"))
-    out = Path(parser.parse_args().out)
+    parser.add_argument(
+        "--studies", nargs=2, type=Path, default=SWEEPS, help="the two studies (default: the repository's)"
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load()
+    runs = load(args.studies)
     chosen: dict = {}
     selection_rows, lines = [], []
     for method in METHODS:
@@ -265,8 +268,7 @@ def figure(chosen: dict, out: Path) -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"accuracy.{ext}", dpi=130)
+    save_figure(fig, out / "accuracy", dpi=130)  # the SVG without a date and with fixed ids: it diffs
 
 
 if __name__ == "__main__":

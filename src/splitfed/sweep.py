@@ -1,4 +1,4 @@
-"""``splitfed sweep GRID.toml``: the cross product of config fields, one run directory per point.
+"""``splitfed sweep GRID.toml``: the cross product of config fields, one run per point, kept as tables.
 
 A grid file is a base config (any Config field at top level) plus one or more ``[[grid]]`` tables whose
 values are lists; the sweep is the union over tables of each table's cross product, e.g.
@@ -15,11 +15,15 @@ values are lists; the sweep is the union over tables of each table's cross produ
     non_iid_ratio = [0.0, 0.8, 1.0]
     seed = [0, 1, 2]
 
-Points are named by every swept field, a table that leaves one out using the base value (so set the base
-value, e.g. ``cut_layer = 2``, for runs shared by two tables to coincide); equal points run once. A
-name is ``key=value`` joined by ``__``; distinct points always get distinct names: a value whose text
-is ambiguous (``a/b`` and ``a_b``, a model_args table) or too long adds ``~`` and a hash of the exact
-values.
+A point is named by its run id (``analysis.ids.run_id``: a digest of the settings that decide its
+numbers), so the same run reached from two tables is one point, and points that differ only in where or
+how they execute (``config.MACHINE_FIELDS``) are refused: they are one run.
+
+The sweep directory holds the study's tables (runs.csv, metrics.csv.gz, partitions.csv: see
+``analysis.tables``) and grid.toml, and, as working state, a directory per run named by its id. After each
+run that finished or diverged, its rows go into the tables (each file replaced whole). A point whose id the
+tables hold as finished or diverged is not run again, even without its directory: a grid committed as
+tables resumes on another machine.
 
 A run is finished when its files say so completely: summary.csv has one row per algorithm of its
 config, each of ``rounds`` rounds, and metrics.jsonl holds rounds x algorithms whole JSON lines, one
@@ -33,13 +37,11 @@ import concurrent.futures as futures
 import contextlib
 import csv
 import dataclasses
-import hashlib
 import itertools
 import json
 import logging
 import multiprocessing
 import os
-import re
 import signal
 import threading
 import time
@@ -50,7 +52,9 @@ from typing import Any
 
 from ._limits import check_output_dir, check_threads
 from ._log import clock, logging_only_to
-from .config import FIELDS, Config, coerce, read_toml
+from .analysis import tables
+from .analysis.ids import run_id
+from .config import FIELDS, MACHINE_FIELDS, Config, coerce, read_toml
 from .errors import SplitfedError
 from .preflight import preflight
 
@@ -60,78 +64,30 @@ INDEX_FIELDS = ["run", "status", "rounds_done", "final_accuracy", "best_accuracy
 
 @dataclasses.dataclass
 class Point:
-    """One run of the sweep: its directory name, the fields it varies, its whole config."""
+    """One run of the sweep: its run id (its directory's name), the fields it varies, its whole config."""
 
     name: str
     varied: dict[str, Any]
     config: Config
 
 
-# Characters a run name shows as they are. "=" (between key and value) and "," (between list items)
-# are left out, so that a name splits back into its values; "/" and spaces are left out of file names.
-_SAFE = re.compile(r"[A-Za-z0-9._+-]+")
-# File systems take 255 bytes a name; this leaves room for the sweep's own suffixes (".log").
-_MAX_NAME = 200
-
-
-def _exact(value: Any) -> str | None:
-    """The value's text in a run name when that text is only this value's, else None (lossy)."""
-    if isinstance(value, bool | int | float):  # a field holds one type: 1.0 is a float field's 1.0
-        return str(value)
-    if value is None:
-        return "None"  # the string "None" is lossy below, so this stays None's
-    if isinstance(value, str):
-        return value if _SAFE.fullmatch(value) and value != "None" else None
-    if isinstance(value, tuple):
-        items = [_exact(v) for v in value]
-        return ",".join(items) if value and None not in items else None  # type: ignore[arg-type]
-    return None  # a dict: 1, "1" and 1.0 read alike
-
-
-def _run_name(varied: dict[str, Any]) -> str:
-    """The run directory's name: ``key=value`` for every varied field, joined by ``__``.
-
-    Distinct values give distinct names. A value whose text would be ambiguous ("a/b" and "a_b", 1
-    and "1" in model_args, the string "None") is shown readably with its unsafe characters as "_", and
-    the name ends in "~" and a hash of all the exact values; "~" appears in no exact name. So does a
-    name longer than a file system allows, cut short.
-    """
-    parts, lossy = [], False
-    for key, value in varied.items():
-        text = _exact(value)
-        if text is None:
-            lossy = True
-            if isinstance(value, dict):
-                value = ",".join(f"{k}:{v}" for k, v in value.items())
-            elif isinstance(value, tuple):
-                value = ",".join(map(str, value))
-            text = re.sub(r"[^A-Za-z0-9._+,-]+", "_", str(value))[:40]
-        parts.append(f"{key}={text}")
-    name = "__".join(parts) or "base"
-    if lossy or len(name.encode()) > _MAX_NAME:
-        exact = repr([(k, type(v).__name__, v) for k, v in varied.items()])
-        digest = hashlib.sha256(exact.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-        name = name[: _MAX_NAME - 13] + "~" + digest
-    return name
-
-
 def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
     """The grid file's points, each a validated Config whose ``out`` is its run directory."""
     raw = read_toml(grid_file)
-    tables = raw.pop("grid", [])
-    if isinstance(tables, dict):
-        tables = [tables]
-    if not tables:
+    grids = raw.pop("grid", [])
+    if isinstance(grids, dict):
+        grids = [grids]
+    if not grids:
         raise SplitfedError(f"{grid_file} has no [[grid]] table: nothing to sweep")
     for key in ("out", "resume"):
         if key in raw:
             raise SplitfedError(f"{key} is set by the sweep for each run; remove it from {grid_file}")
     base = Config.from_dict(raw, source=str(grid_file))
     varied_keys: list[str] = []
-    for t in tables:
+    for t in grids:
         varied_keys += [k for k in t if k not in varied_keys]
     points: dict[str, Point] = {}
-    for t in tables:
+    for t in grids:
         for key, values in t.items():
             if key not in FIELDS or key in ("out", "resume"):
                 raise SplitfedError(f"[[grid]] in {grid_file}: {key!r} is not a config field to sweep")
@@ -141,20 +97,29 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
         for combo in itertools.product(*(t[k] for k in keys)):
             where = f"in [[grid]] of {grid_file}"
             values = {k: coerce(FIELDS[k], v, f"{k} {where}") for k, v in zip(keys, combo, strict=True)}
-            # Named by every swept field (the base value where this table leaves one out), so that the
-            # same run reached from two tables is one point.
             varied = {k: values.get(k, getattr(base, k)) for k in varied_keys}
-            name = _run_name(varied)
-            if name not in points:
-                config = base.replace(**values, out=str(Path(out_dir) / name))
-                points[name] = Point(name, varied, config)
+            config = base.replace(**values)
+            name = run_id(config)
+            seen = points[name].config.replace(out=None) if name in points else config
+            if seen != config:
+                machine = [k for k in MACHINE_FIELDS if getattr(config, k) != getattr(seen, k)]
+                raise SplitfedError(
+                    f"[[grid]] in {grid_file}: points that differ only in {', '.join(sorted(machine))} "
+                    f"(where or how a run executes, not what it computes) are one run ({name}); sweep them "
+                    "apart"
+                )
+            points.setdefault(name, Point(name, varied, config.replace(out=str(Path(out_dir) / name))))
     return list(points.values())
 
 
-def _status(point: Point) -> tuple[str, int]:
-    """("done" | "diverged" | "partial" | "pending", rounds it has written, over all its algorithms)."""
+def _status(point: Point, tabled: dict[str, str] | None = None) -> tuple[str, int]:
+    """("done" | "diverged" | "partial" | "pending", rounds it has written, over all its algorithms).
+    ``tabled``: the status of each run in the study's tables, which a run's directory need not be beside."""
     run_dir = Path(point.config.out or "")
     total = point.config.rounds * len(point.config.algorithm)
+    held = (tabled or {}).get(point.name)
+    if held in ("finished", "diverged"):
+        return ("done" if held == "finished" else "diverged"), total
     if _finished(run_dir, point.config):
         return "done", total
     metrics = run_dir / "metrics.jsonl"
@@ -277,16 +242,20 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
         handler.close()
 
 
-def write_index(points: list[Point], out_dir: Path) -> list[dict[str, Any]]:
-    """index.csv: one row per point with its status, varied fields and final accuracy."""
+def write_index(
+    points: list[Point], out_dir: Path, tabled: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """index.csv: one row per point with its status, varied fields and final accuracy (where its run's
+    directory is here: a run known from the tables alone has its numbers in metrics.csv.gz)."""
     rows = []
     varied_keys = list(dict.fromkeys(k for p in points for k in p.varied))
     for p in points:
-        status, done = _status(p)
+        status, done = _status(p, tabled)
         row: dict[str, Any] = {"run": p.name, "status": status, "rounds_done": done}
         row |= {k: _cell(p.varied.get(k, getattr(p.config, k))) for k in varied_keys}
-        if status == "done":  # so summary.csv has a row for every algorithm: the first one's
-            with (Path(p.config.out or "") / "summary.csv").open(newline="") as f:
+        summary = Path(p.config.out or "") / "summary.csv"
+        if status == "done" and summary.is_file():  # a row for every algorithm: the first one's
+            with summary.open(newline="") as f:
                 first = next(r for r in csv.DictReader(f) if r["algorithm"] == p.config.algorithm[0])
             row |= {"final_accuracy": first["final_accuracy"], "best_accuracy": first["best_accuracy"]}
         rows.append(row)
@@ -301,6 +270,46 @@ def _cell(value: Any) -> Any:
     return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
+def _tabled(out: Path) -> dict[str, str]:
+    """Each run's status in the study's tables (none yet: empty)."""
+    return {r["run"]: r["status"] for r in tables.read_runs(out)} if tables.has_tables(out) else {}
+
+
+def _record(out: Path, points: list[Point], tabled: dict[str, str], notes: dict[str, str]) -> None:
+    """Put the points whose directories finished or diverged (or failed, with ``notes``' error) and that
+    the tables do not hold so into the tables; ``tabled`` follows."""
+    packed = []
+    for p in points:
+        run_dir = Path(p.config.out or "")
+        status = {"done": "finished", "diverged": "diverged"}.get(_status(p)[0])
+        if status is None and p.name in notes and (run_dir / "config.toml").is_file():
+            status = "failed"
+        if status is None or tabled.get(p.name) == status:
+            continue
+        note = (run_dir / "diverged.txt").read_text().strip() if status == "diverged" else ""
+        try:
+            packed.append(tables.pack_run(run_dir, status, notes.get(p.name, note), rid=p.name))
+        except SplitfedError:
+            if status != "failed":
+                raise
+            continue  # a failed run whose files are torn: its error stays in failures.json
+        tabled[p.name] = status
+    if packed:
+        tables.update(out, packed)
+
+
+def _prepare(grid_file: Path, out: Path) -> list[Point]:
+    """The grid's points, each checked against this machine now (not hours into the sweep); the sweep
+    directory with the grid file beside its tables."""
+    check_output_dir(out)
+    points = expand(grid_file, out)
+    for p in points:
+        preflight(p.config, check_out=False)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.toml").write_text(grid_file.read_text())
+    return points
+
+
 def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int = 1) -> list[dict[str, Any]]:
     """Run every point of ``grid_file`` not yet finished; returns the index rows."""
     if workers < 1:
@@ -308,29 +317,43 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
     check_threads(workers, "--workers")
     grid_file = Path(grid_file)
     out = Path(out_dir) if out_dir else Path("runs") / grid_file.stem
-    check_output_dir(out)
-    points = expand(grid_file, out)
-    for p in points:  # every run checked against this machine now, not hours into the sweep
-        preflight(p.config, check_out=False)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "grid.toml").write_text(grid_file.read_text())
-    total_rounds = sum(p.config.rounds * len(p.config.algorithm) for p in points)
-
-    def rounds_done() -> int:
-        return sum(_status(p)[1] for p in points)
-
-    status = {p.name: _status(p)[0] for p in points}
+    points = _prepare(grid_file, out)
+    tabled = _tabled(out)
+    _record(out, points, tabled, {})  # runs finished here before the tables had them
+    status = {p.name: _status(p, tabled)[0] for p in points}
     todo = [p for p in points if status[p.name] not in ("done", "diverged")]
     # a run that diverged is tried: its line stays among the failures, it is not run again
-    failures = {
-        p.name: (Path(p.config.out or "") / "diverged.txt").read_text().strip()
-        for p in points
-        if status[p.name] == "diverged"
-    }
+    notes = {r["run"]: r["note"] for r in tables.read_runs(out)} if tabled else {}
+    failures = {p.name: notes.get(p.name, "diverged") for p in points if status[p.name] == "diverged"}
     log.info(
         f"sweep {grid_file}: {len(points)} runs in {out}, {len(points) - len(todo) - len(failures)} already "
         f"done{f', {len(failures)} diverged (not run again)' if failures else ''}; {workers} worker(s)"
     )
+    _run_all(points, todo, out, workers, tabled, failures)
+    rows = write_index(points, out, tabled)
+    _record(out, points, tabled, failures)
+    (out / "failures.json").write_text(json.dumps(failures, indent=1))
+    if failures:
+        raise SplitfedError(f"{len(failures)} of {len(points)} runs failed; see {out / 'failures.json'}")
+    log.info(f"sweep done: {out / 'runs.csv'}; next: splitfed report {out}")
+    return rows
+
+
+def _run_all(
+    points: list[Point],
+    todo: list[Point],
+    out: Path,
+    workers: int,
+    tabled: dict[str, str],
+    failures: dict[str, str],
+) -> None:
+    """Run ``todo`` on ``workers`` processes, each finished run into the tables as it ends; progress
+    every minute and at each run's end."""
+    total_rounds = sum(p.config.rounds * len(p.config.algorithm) for p in points)
+
+    def rounds_done() -> int:
+        return sum(_status(p, tabled)[1] for p in points)
+
     threads = max(1, (os.cpu_count() or 1) // workers)
     start_rounds, started = rounds_done(), time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited torch state
@@ -357,10 +380,10 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
                 ) from None
             for fut in finished:
                 point = pending.pop(fut)
-                error = fut.result()
-                if error:
+                if error := fut.result():
                     failures[point.name] = error
                     log.info(f"  {point.name}: FAILED: {error}")
+                _record(out, [point], tabled, {})
             now = time.perf_counter()
             if finished or now - last_report > 60:
                 last_report = now
@@ -372,9 +395,3 @@ def sweep(grid_file: str | Path, out_dir: str | Path | None = None, workers: int
                     f"sweep: {runs_done}/{len(points)} runs done, {done}/{total_rounds} rounds "
                     f"({100 * done / max(total_rounds, 1):.0f}%), {len(pending)} to go, ETA {eta}"
                 )
-    rows = write_index(points, out)
-    (out / "failures.json").write_text(json.dumps(failures, indent=1))
-    if failures:
-        raise SplitfedError(f"{len(failures)} of {len(points)} runs failed; see {out / 'failures.json'}")
-    log.info(f"sweep done: {out / 'index.csv'}; next: splitfed report {out}")
-    return rows

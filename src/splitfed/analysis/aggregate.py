@@ -1,0 +1,131 @@
+"""Over cells: the learning rate chosen on validation, margins paired by seed, costs summed over rounds,
+and a cell's row of aggregate.csv."""
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .cells import DIVERGENCE_FORMS, Group
+from .claims import Claims
+from .text import mean, std
+
+
+@dataclass
+class Selection:
+    """For one slot (a cell without its lr): the lr candidates and the one chosen on validation accuracy."""
+
+    candidates: list[Group]
+    scores: list[float | None]  # mean over seeds of the last-k mean of val_accuracy; None: not recorded
+    chosen: Group | None  # None: there was a choice to make but no validation accuracy to make it on
+
+
+def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
+    """Per slot, the cell whose lr gives the best validation accuracy (mean over seeds of its last-k
+    mean). Test accuracy is never looked at: choosing on it would report the test set's best case.
+    A slot tried at one lr only keeps it; a slot where some candidate lacks val_accuracy is not chosen."""
+    slots: dict[tuple, list[Group]] = defaultdict(list)
+    for g in groups:
+        slots[g.slot()].append(g)
+    out = {}
+    for key, candidates in slots.items():
+        candidates.sort(key=lambda g: g.lr or (0.0, 0.0))
+        scores = [
+            statistics.fmean(g.last_k(k, "val_accuracy")) if g.has("val_accuracy") else None
+            for g in candidates
+        ]
+        if len(candidates) == 1:
+            chosen: Group | None = candidates[0]
+        elif all(s is not None for s in scores):
+            chosen = candidates[max(range(len(candidates)), key=lambda i: (scores[i], -i))]
+        else:
+            chosen = None
+        out[key] = Selection(candidates, scores, chosen)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# margins
+
+
+@dataclass
+class Margin:
+    """``algorithm`` over ``baseline`` on the seeds both have, per seed: in points and relative."""
+
+    seeds: list[Any]
+    points: list[float]  # a − b (accuracy as a fraction; ×100 for points)
+    relative: list[float]  # (a − b) / b
+
+
+def paired_margin(a: Group, b: Group, stat: Callable[[Group], list[float]]) -> Margin:
+    """The margin of ``a`` over ``b`` in ``stat`` (one value per seed), paired by seed."""
+    va, vb = a.by_seed(stat(a)), b.by_seed(stat(b))
+    seeds = [s for s in va if s in vb]
+    return Margin(
+        seeds,
+        [va[s] - vb[s] for s in seeds],
+        [(va[s] - vb[s]) / vb[s] if vb[s] else math.nan for s in seeds],
+    )
+
+
+def cumulative(g: Group, of: Callable[[dict[str, Any]], float]) -> tuple[list[int], list[float]]:
+    """Rounds every seed has, and the mean over seeds of ``of(record)`` summed up to each round."""
+    totals: dict[int, list[float]] = defaultdict(list)
+    for h in g.histories:
+        total = 0.0
+        for r in h:
+            total += of(r)
+            totals[r["round"]].append(total)
+    rounds = sorted(k for k, v in totals.items() if len(v) == len(g.histories))
+    return rounds, [statistics.fmean(totals[k]) for k in rounds]
+
+
+def totals(g: Group, of: Callable[[dict[str, Any]], float]) -> list[float]:
+    """Per seed, ``of(record)`` summed over the run."""
+    return [sum(of(r) for r in h) for h in g.histories]
+
+
+def client_flops(record: dict[str, Any]) -> float:
+    return float(record.get("client_flops") or 0.0)
+
+
+def wire_bytes(record: dict[str, Any]) -> float:
+    """Bytes every client sent and received in the round, together (the record's tally by kind)."""
+    return float(sum((record.get("bytes") or {}).values()))
+
+
+def aggregate_row(g: Group, claims: Claims, chosen: bool | None) -> dict[str, Any]:
+    k = claims.last_k
+    row: dict[str, Any] = {
+        "dataset": g.setting[0],
+        "model": g.setting[1],
+        "clients": g.setting[2],
+        **dict(g.others),
+        "algorithm": g.algorithm,
+        "cut_layer": g.cut_layer,
+        "non_iid_ratio": g.ratio,
+        "client_lr": g.lr[0] if g.lr else None,
+        "server_lr": g.lr[1] if g.lr else None,
+        "seeds": len(g.histories),
+        "last_k": k,
+    }
+    for name, values in (
+        ("final_accuracy", g.final()),
+        ("last_k_accuracy", g.last_k(k)),
+        ("best_accuracy", g.best()),
+        ("val_last_k_accuracy", g.last_k(k, "val_accuracy")),
+    ):
+        row[f"{name}_mean"] = mean(values)
+        row[f"{name}_std"] = std(values) if values else None
+    row["chosen_on_val"] = chosen
+    for t in claims.targets:
+        rounds = g.rounds_to(t)
+        reached = [r for r in rounds if r is not None]
+        row[f"rounds_to_{t:g}_mean"] = mean(reached)
+        row[f"rounds_to_{t:g}_reached"] = f"{len(reached)}/{len(rounds)}"
+    for side in ("client", "server"):
+        for suffix, _ in DIVERGENCE_FORMS:
+            row[f"divergence_{side}{suffix}_mean"] = mean(g.mean_over_rounds(f"divergence_{side}{suffix}"))
+    return row
