@@ -431,7 +431,7 @@ def test_a_claims_file_with_an_unknown_key_is_refused(tmp_path):
     from splitfed import SplitfedError
 
     (tmp_path / "c.toml").write_text('algorithm = "minibatch_sfl"\nlastk = 5\n')
-    with pytest.raises(SplitfedError, match="unknown key"):
+    with pytest.raises(SplitfedError, match="unknown claims key 'lastk' in .*c.toml; valid keys: algorithm"):
         load_claims(tmp_path / "c.toml")
 
 

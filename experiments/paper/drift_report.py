@@ -160,7 +160,23 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load(args.studies)
+    lines, selection_rows, margin_rows, chosen = compose(args.studies)
+    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    for name, rows in (("selection.csv", selection_rows), ("margins.csv", margin_rows)):
+        with (out / name).open("w", newline="") as f:
+            if rows:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+    figure(chosen, out)
+    print("\n".join(lines))
+    print(f"wrote {out}/tables.md, selection.csv, margins.csv, accuracy.png/.svg")
+
+
+def compose(studies: list[Path]) -> tuple[list[str], list[dict], list[dict], dict]:
+    """The two tables' lines (tables.md), the rows of selection.csv and margins.csv, and each method's
+    chosen setting with its runs (for the figure)."""
+    runs = load(studies)
     chosen: dict = {}
     selection_rows, lines = [], []
     for method in METHODS:
@@ -214,16 +230,7 @@ def main() -> None:
                 f"| {LABELS[other]} | {p:g} | {mean_std(last5).replace(' (', ' ( ').replace('( ', '(')} | "
                 f"{mean_std(final)} | {per_seed} |"
             )
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
-    for name, rows in (("selection.csv", selection_rows), ("margins.csv", margin_rows)):
-        with (out / name).open("w", newline="") as f:
-            if rows:
-                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-    figure(chosen, out)
-    print("\n".join(lines))
-    print(f"wrote {out}/tables.md, selection.csv, margins.csv, accuracy.png/.svg")
+    return lines, selection_rows, margin_rows, chosen
 
 
 def figure(chosen: dict, out: Path) -> None:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ._limits import check_output_dir, check_threads
-from ._log import clock, logging_only_to
+from ._log import clock, logging_only_to, message_handler
 from .analysis import tables
 from .analysis.ids import run_id
 from .config import FIELDS, MACHINE_FIELDS, Config, coerce, read_toml
@@ -220,8 +220,7 @@ def _run_point(config: Config, threads: int, log_file: Path) -> str:
     from .runner import run
 
     run_dir = Path(config.out or ".")
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler = message_handler(log_file)  # a logging.FileHandler: its stream is the log file
     resume = (run_dir / "config.toml").is_file()
 
     def to_log(message: Any, category: Any, filename: str, lineno: int, *_: Any) -> None:

@@ -2,12 +2,12 @@
 and the paper's figures a report checks a study against."""
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import SplitfedError
+from ..typed import from_table, read_toml
 from .text import same
 
 if TYPE_CHECKING:
@@ -49,34 +49,15 @@ class Claims:
 
 
 def load_claims(path: str | Path) -> Claims:
+    """A claims file, read by the one loader of settings files (``typed.from_table``): an unknown key, a
+    value of the wrong type or a [[paper]] entry without its baseline is one line naming it."""
     path = Path(path)
     if not path.is_file():
         raise SplitfedError(f"claims file {path} not found")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SplitfedError(f"{path}: {e}") from None
-    known = {f.name for f in dataclasses.fields(Claims)} - {"source"}
-    if unknown := sorted(set(raw) - known):
-        raise SplitfedError(
-            f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-        )
-    try:
-        paper = tuple(PaperFigure(**entry) for entry in raw.pop("paper", []))
-    except TypeError as e:
-        raise SplitfedError(f"{path}: [[paper]]: {e}") from None
-    claims = Claims(
-        algorithm=raw.get("algorithm"),
-        baselines=tuple(raw.get("baselines", ())),
-        last_k=int(raw.get("last_k", DEFAULT_LAST_K)),
-        targets=tuple(float(t) for t in raw.get("targets", ())),
-        reference_lr=raw.get("reference_lr"),
-        paper=paper,
-        source=str(path),
-    )
+    claims = from_table(Claims, read_toml(path), str(path), kind="claims")
     if claims.last_k < 1:
         raise SplitfedError(f"{path}: last_k must be at least 1, got {claims.last_k}")
-    return claims
+    return dataclasses.replace(claims, source=str(path))
 
 
 def resolve_claims(claims: "str | Path | Claims | None") -> Claims:

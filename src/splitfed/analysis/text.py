@@ -31,6 +31,27 @@ def fmt(values: list[float], scale: float = 100.0, digits: int = 1, sign: str = 
     return f"{centre} (n = 1)" if len(values) == 1 else f"{centre} ± {scale * std(values):.{digits}f}"
 
 
+def percent(x: float, sign: bool = False, scale: float = 100.0, digits: int = 1) -> str:
+    """A fraction as a percentage (or x × scale) as docs/results.md prints it: a true minus sign, and with
+    sign=True a plus sign too (margins)."""
+    return f"{scale * x:{'+' if sign else ''}.{digits}f}".replace("-", "−")
+
+
+def percent_pm(values: list[float], sign: bool = False, scale: float = 100.0) -> str:
+    """Mean ± std over seeds as docs/results.md prints it; one seed: its value alone."""
+    centre = percent(statistics.fmean(values), sign, scale)
+    return centre if len(values) == 1 else f"{centre} ± {percent(std(values), scale=scale)}"
+
+
+def table_row(cells: list[str]) -> str:
+    """A markdown table row as docs/results.md writes it (an empty cell is one space)."""
+    return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+
+def table_rule(columns: int) -> str:
+    return "|" + "---|" * columns
+
+
 def fmt_rounds(rounds: list[int | None]) -> str:
     reached = [r for r in rounds if r is not None]
     if not reached:
