@@ -6,6 +6,7 @@ import json
 import pytest
 
 from splitfed.cli import main
+from splitfed.engine.record import DEPLOYMENT, FIELDS, SIMULATION, fields, record_problem
 from splitfed.executors import train
 from splitfed.setup import prepare
 
@@ -64,6 +65,18 @@ def test_the_deployment_trains_the_simulations_models(tmp_path, changes):
         assert abs(deployed["train_loss"] - simulated["train_loss"]) < 1e-4
         rates = ("lr_client", "lr_server")
         assert [deployed[k] for k in rates] == [simulated[k] for k in rates]
+        assert_one_record_schema(deployed, simulated)
+
+
+def assert_one_record_schema(deployed: dict, simulated: dict) -> None:
+    """Both sides write a round's record as engine/record.py defines it: the same keys but for those it
+    marks as one side's alone (a key either side adds outside the definition fails here)."""
+    assert set(deployed) <= set(fields(DEPLOYMENT)), set(deployed) - set(fields(DEPLOYMENT))
+    assert set(simulated) <= set(fields(SIMULATION)), set(simulated) - set(fields(SIMULATION))
+    one_side = {k for k, f in FIELDS.items() if f.only}
+    assert set(deployed) - one_side == set(simulated) - one_side
+    assert record_problem(deployed, deployed["round"]) is None
+    assert record_problem(simulated, simulated["round"]) is None
 
 
 FEDBN_ON_RESNET = {"algorithm": ("fedbn",), "model": "resnet18", "model_args": {"width": 4}}

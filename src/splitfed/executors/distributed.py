@@ -32,7 +32,9 @@ from ..data import ClientStreams
 from ..engine.context import UNION, Context
 from ..engine.side import State, WeightedSum
 from ..errors import SplitfedError
-from .local import LocalExecutor, RoundPlan, plan_of, plan_round
+from .exchange import server_step
+from .local import LocalExecutor
+from .rounds import RoundPlan, plan_of, plan_round
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -276,10 +278,7 @@ class DistributedExecutor(LocalExecutor):
             step = lambda: next(self._server)  # noqa: E731
         else:
             step = lambda: self._server.send(whole)  # noqa: E731
-        try:
-            return step(), False
-        except StopIteration as stop:
-            return stop.value, True
+        return server_step(step)
 
     def _end_round(self) -> None:
         """The fed server's sums as one all-reduce; its rule then runs on every rank alike (the same
@@ -305,7 +304,7 @@ class DistributedExecutor(LocalExecutor):
         uploaded: list[Any] = [None] * g.world
         dist.all_gather_object(uploaded, list(self.fed.uploaded))
         self.fed.uploaded = sorted(n for entry in uploaded for n in entry)
-        for name, acc in self._server_sums.items():  # per-client server copies
+        for name, acc in self._server_parts.sums.items():  # per-client server copies
             if acc.total is None:
                 acc.total = State(*(torch.zeros_like(t) for t in self.model[name].to_dict().values()))
             for t in acc.total.to_dict().values():

@@ -67,3 +67,12 @@ def run_exchange(
             return
         if server_done:
             raise SplitfedError(f"{who}: the clients sent again after the main server's last reply")
+
+
+def server_step(step: Callable[[], Any]) -> tuple[Any, bool]:
+    """One step of a main server that talks more than once (a generator): its replies, and whether they
+    are its last (the generator returned them)."""
+    try:
+        return step(), False
+    except StopIteration as stop:
+        return stop.value, True

@@ -14,8 +14,6 @@ it runs: what differs is the definition's parts (who trains what), its schedule 
 """
 
 import inspect
-from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -31,7 +29,6 @@ from ..algorithms.base import (
     Payload,
     Slot,
     Smashed,
-    slots,
 )
 from ..engine.client_state import ClientStates
 from ..engine.context import UNION, Context
@@ -40,6 +37,7 @@ from ..errors import SplitfedError
 from .exchange import run_exchange
 from .graphs import StepGraphs
 from .parts import halves, initial_model
+from .rounds import RoundPlan, ServerParts, client_view, fed_round_end, plan_round
 
 
 def _rows(sizes: list[int], *tensors: torch.Tensor) -> None:
@@ -119,75 +117,6 @@ class InProcessMainServer:
         return at_input
 
 
-class Scratch(MutableMapping):
-    """Copy k's round-local tensors of one side, as a dict (``ClientRound.scratch(part)``)."""
-
-    def __init__(self, side: Side, k: int) -> None:
-        self.side, self.k = side, k
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.side.scratch[name][self.k]
-
-    def __setitem__(self, name: str, value: torch.Tensor) -> None:
-        self.side.set_scratch(self.k, name, value)
-
-    def __delitem__(self, name: str) -> None:
-        raise TypeError("round-local tensors are overwritten, not deleted")
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.side.scratch)
-
-    def __len__(self) -> int:
-        return len(self.side.scratch)
-
-
-@dataclass
-class RoundPlan:
-    """One round of a definition: who takes part, their weights, and the slots in execution order."""
-
-    participants: list[int]
-    weights: dict[int, float]
-    slots: list[Slot]
-    first: dict[int, int]  # participant -> index of its first slot
-    last: dict[int, int]  # participant -> index of its last slot
-
-    @property
-    def turns(self) -> list[int]:
-        """The participants in the order they start."""
-        return sorted(self.first, key=self.first.__getitem__)
-
-    @property
-    def finish_order(self) -> list[int]:
-        """The participants in the order they finish (the order their uploads reach the fed server)."""
-        order = [n for slot in self.slots for n, _ in slot]
-        return sorted(self.last, key=lambda n: (self.last[n], order.index(n)))
-
-
-def plan_of(parts: list[int], weights: list[float], plan: list[Slot]) -> RoundPlan:
-    first: dict[int, int] = {}
-    last: dict[int, int] = {}
-    for k, slot in enumerate(plan):
-        for n, _ in slot:
-            first.setdefault(n, k)
-            last[n] = k
-    return RoundPlan(parts, dict(zip(parts, weights, strict=True)), plan, first, last)
-
-
-def plan_round(algo: Algorithm, ctx: Context, rnd: int, clients: list[int], one_by_one: bool) -> RoundPlan:
-    """The round's slots; ``one_by_one``: independent clients run each whole in turn (same result)."""
-    parts = algo.participants(clients)
-    iters = algo.iterations(ctx.tau, clients)
-
-    def order(ps: list[int], *keys: object) -> list[int]:
-        return ctx.order(ps, rnd, *keys)
-
-    if one_by_one:
-        plan = [[(n, t)] for n in parts for t in range(iters)]
-    else:
-        plan = slots(algo.schedule, parts, iters, order)
-    return plan_of(parts, ctx.weights(parts), plan)
-
-
 def check_definition(algo: Algorithm) -> None:
     """A definition the executors can run, or a SplitfedError naming what is inconsistent."""
     names = [p.name for p in algo.parts]
@@ -263,7 +192,7 @@ class LocalExecutor:
         algo = self.algo
         plan = self._plan(rnd, clients)
         self.fed.begin(rnd, {p.name: self.model[p.name] for p in algo.client_parts}, plan.turns, plan.weights)
-        self._server_sums = {p.name: algo.combine_server_copies() for p in algo.server_parts if not p.shared}
+        self._server_parts = ServerParts(algo, self.sides)
         for part in algo.server_parts:
             if part.shared:
                 self.sides[part.name].load(0, self.model[part.name])
@@ -304,17 +233,8 @@ class LocalExecutor:
         for part in algo.server_parts:
             if not part.shared:  # the main server's own copy for n
                 self.sides[part.name].load(i, self.model[part.name])
-        view = ClientRound(
-            n,
-            rnd,
-            {p.name: self.sides[p.name].state(i) for p in algo.client_parts},
-            start,
-            self.client_states.get(n),
-            lambda part: Scratch(self.sides[part], i),
-            {p.name: self.sides[p.name].layout for p in algo.client_parts},
-            {p.name: self.sides[p.name].lr_value for p in algo.client_parts},
-            self.ctx.num_clients,
-        )
+        client_sides = {p.name: self.sides[p.name] for p in algo.client_parts}
+        view = client_view(n, rnd, client_sides, i, start, self.client_states.get(n), self.ctx.num_clients)
         algo.client_begin(view)
         self._rounds[n] = view
 
@@ -330,24 +250,13 @@ class LocalExecutor:
             {name: link.up(name, n, t) for name, t in extras.items()},
         )
         self.fed.upload(n, payload)
-        for name, acc in self._server_sums.items():
-            acc.add(self.sides[name].state(i), p_n)
+        self._server_parts.add(i, p_n)
 
     def _end_round(self) -> None:
         """The fed server's rule makes the client parts; the main server's parts are kept (shared) or
         combined from its per-client copies."""
-        new = self.fed.end()
-        if set(new) != {p.name for p in self.algo.client_parts}:
-            raise SplitfedError(
-                f"{self.algo.name}: its fed server returned parts {sorted(new)}, not the client parts "
-                f"{sorted(p.name for p in self.algo.client_parts)}"
-            )
-        self.model.update(new)
-        for part in self.algo.server_parts:
-            if part.shared:
-                self.model[part.name] = self.sides[part.name].state(0).clone()
-            else:
-                self.model[part.name] = self._server_sums[part.name].result
+        self.model.update(fed_round_end(self.algo, self.fed))
+        self.model.update(self._server_parts.result())
 
     def _iterate(self, slot: Slot, held: dict[int, int]) -> None:
         """One slot: each of its participants draws a batch; then the definition's steps."""

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..algorithms.base import ClientRound, Message, Smashed, create
+from ..algorithms.base import Algorithm, Message, Smashed, create
 from ..engine.side import State
 from ..setup import Setup
 from .exchange import run_exchange
-from .local import InProcessMainServer, Scratch, SlotClients
+from .local import InProcessMainServer, SlotClients
 from .parts import initial_model, prepare_context
+from .rounds import client_view
 
 Schema = dict[str, tuple[torch.dtype, tuple[int, ...]]]  # tensor name -> (dtype, shape)
 
@@ -70,39 +71,12 @@ def trace(name: str, setup: Setup) -> Trace:
         side.load(0, start.model[part.name] if part.name in start.model else model[part.name])
         if location == "client":
             side.correct = lambda grad, params, scratch, p=part.name: algo.correct(p, grad, params, scratch)
-    view = ClientRound(
-        0,
-        1,
-        {p.name: sides[p.name].state(0) for p in algo.client_parts},
-        start,
-        {},
-        lambda part: Scratch(sides[part], 0),
-        {p.name: sides[p.name].layout for p in algo.client_parts},
-        {p.name: sides[p.name].lr_value for p in algo.client_parts},
-        ctx.num_clients,
-    )
+    client_sides = {p.name: sides[p.name] for p in algo.client_parts}
+    view = client_view(0, 1, client_sides, 0, start, {}, ctx.num_clients)
     algo.client_begin(view)
     x, y, sizes = ctx.batches([0])
-    phases: list[tuple[Schema, Schema]] = []
     model_parts = [p.name for p in algo.client_parts if p.in_model]
-    clients = algo.client(SlotClients(sides, model_parts, [0], sizes), x, y)
-
-    def to_server(message: Message) -> list[Smashed]:
-        phases.append((schema(message, rows=True), {}))
-        return [Smashed(0, message)]
-
-    def to_clients(replies: list[Message]) -> Message:
-        phases[-1] = (phases[-1][0], schema(replies[0], rows=True))
-        return replies[0]
-
-    copy_of = {p.name: {0: 0} for p in algo.server_parts}
-    run_exchange(
-        clients if inspect.isgenerator(clients) else None,
-        lambda batch: algo.main_server(InProcessMainServer(sides, copy_of), batch),
-        to_server,
-        to_clients,
-        algo.name,
-    )
+    phases = _iteration(algo, sides, SlotClients(sides, model_parts, [0], sizes), x, y)
     view.steps = 1
     extras_up = algo.client_end(view)
     download: Schema = {}
@@ -116,3 +90,29 @@ def trace(name: str, setup: Setup) -> Trace:
         schema(extras_up),
         phases,
     )
+
+
+def _iteration(
+    algo: Algorithm, sides: dict, clients: SlotClients, x: torch.Tensor, y: torch.Tensor
+) -> list[tuple[Schema, Schema]]:
+    """One iteration of client 0 with the main server: each exchange's (message, reply) schemas."""
+    phases: list[tuple[Schema, Schema]] = []
+
+    def to_server(message: Message) -> list[Smashed]:
+        phases.append((schema(message, rows=True), {}))
+        return [Smashed(0, message)]
+
+    def to_clients(replies: list[Message]) -> Message:
+        phases[-1] = (phases[-1][0], schema(replies[0], rows=True))
+        return replies[0]
+
+    copy_of = {p.name: {0: 0} for p in algo.server_parts}
+    steps = algo.client(clients, x, y)
+    run_exchange(
+        steps if inspect.isgenerator(steps) else None,
+        lambda batch: algo.main_server(InProcessMainServer(sides, copy_of), batch),
+        to_server,
+        to_clients,
+        algo.name,
+    )
+    return phases

@@ -5,7 +5,6 @@ train a round; this loop measures it and makes it survive a restart.
 """
 
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,14 @@ import torch
 from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
+from ..engine.record import SIMULATION, round_record
 from ..engine.side import State
 from ..errors import Diverged, StopAlgorithm
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
 from .local import LocalExecutor, make_executor
 from .parts import prepare_context
+from .rounds import RoundClock, begin_round, model_on, on_device
 
 
 def train(
@@ -40,129 +41,195 @@ def train(
     ``StopAlgorithm``: the round is then the last (marked ``"stopped"`` in its record and checkpoint, so a
     resumed run trains no more of it); every rank stops with rank 0.
     """
-    cfg = setup.cfg
-    algo = create(cfg, name)
-    ctx = prepare_context(algo, setup)
-    if group is None:
-        executor = make_executor(algo, ctx, cfg.execution, cfg.cuda_graphs)
-    else:
-        rounds = [setup.participants(r) for r in range(1, cfg.rounds + 1)]
-        batched = cfg.execution == "batched" or (cfg.execution == "auto" and setup.device.type == "cuda")
-        executor = DistributedExecutor(algo, ctx, group, batched, rounds)
-    leader = group is None or group.leader
-    split = setup.split_model()
-    device = setup.device
-    history: list[dict[str, Any]] = []
-    saved = None
-    if checkpoint is not None:  # per-client states beyond memory go beside the checkpoint
-        executor.client_states.set_dir(checkpoint.with_suffix(".clients"))
-    if leader and checkpoint is not None and checkpoint.exists():
-        parts = {part: spec.init for part, spec in ctx.parts.items()}
-        saved = load_run_checkpoint(checkpoint, name, setup, parts)  # checked whole against this run
-    if group is not None:
-        saved = share(group, saved)
-    if saved is not None:
-        executor.model = {
-            part: State.from_dict({k: v.to(device) for k, v in state.items()})
-            for part, state in saved["model"].items()
-        }
-        executor.fed.load_state_dict({k: v.to(device) for k, v in saved["fed_server"].items()})
-        executor.client_states.load_state_dict(saved["client_states"])
-        ctx.streams.load_state_dict(saved["streams"])
-        history = saved["history"][: cfg.rounds]
-    elapsed = history[-1]["wall_time_s"] if history else 0.0
-    last = len(history) if history and history[-1].get("stopped") else cfg.rounds
+    run = _Training(name, setup, checkpoint, group)
+    history = run.resume()
+    clock = RoundClock(history)
+    last = len(history) if history and history[-1].get("stopped") else setup.cfg.rounds
     for rnd in range(len(history) + 1, last + 1):
-        t0 = time.perf_counter()
-        record: dict[str, Any] = {"algorithm": name, "round": rnd}
-        if leader and cfg.divergence_every and (rnd - 1) % cfg.divergence_every == 0:  # round-start model
-            record |= setup.divergence(split, executor.w_c, executor.w_s)
+        clock.start()
+        divergence = run.divergence(rnd)
         clients = setup.participants(rnd)
-        ctx.meter.reset()
-        ctx.link.reset()
-        ctx.set_round(rnd)  # the round's learning rate (lr_schedule) on every side
-        for side in ctx.sides:
-            side.samples = side.steps = 0
-        t1 = time.perf_counter()
-        executor.run_round(rnd, clients)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t2 = time.perf_counter()
-        streams = ctx.streams.state_dict() if group is None else merged_streams(group, ctx.streams)
-        # a collective under torch.distributed: every rank takes part, rank 0 alone gets the states
-        saving = checkpoint is not None or group is not None
-        client_states = executor.checkpoint_client_states() if saving else None
-        if not leader:  # rank 0 decides whether the round diverged and whether on_round stopped it
-            diverged, stop = share(group, None)
-            if diverged is not None:
-                raise Diverged(diverged)
-            if stop:
+        run.train_round(rnd, clients, clock)
+        state = run.state()
+        if not run.leader:  # rank 0 decides whether the round diverged and whether on_round stopped it
+            if run.follow():
                 break
             continue
-        bad = non_finite(ctx.meter.train_loss if ctx.meter.loss_count else None, executor.model)
-        if bad is not None:  # raised before anything of this round is saved: the checkpoint stays good
-            kept = {1: "no round is kept", 2: "round 1 is kept"}.get(rnd, f"rounds 1-{rnd - 1} are kept")
-            diverged = (
-                f"{name} diverged in round {rnd}: {bad}; {kept}; lower the learning rate, or look for NaN "
-                "or inf in the data or the model"
-            )
-            if group is not None:
-                share(group, (diverged, False))
+        run.check_finite(rnd)
+        record = run.record(rnd, clients, clock, divergence)
+        history.append(record)
+        if on_weights is not None:
+            on_weights(rnd, run.executor.w_c, run.executor.w_s)
+        if checkpoint is not None:
+            run.save(rnd, state, history)
+            run.executor.client_states.saved()
+        if run.report(record, on_round):
+            if checkpoint is not None:  # saved again with the mark: a resume must not train on
+                run.save(rnd, state, history)
+            break
+    return run.executor, history, run.ctx
+
+
+class _Training:
+    """One algorithm's training on this process (alone, or one rank of a group): its definition, context
+    and executor, and what the round loop does with them."""
+
+    def __init__(self, name: str, setup: Setup, checkpoint: Path | None, group: Group | None) -> None:
+        self.name, self.setup, self.cfg, self.checkpoint, self.group = (
+            name,
+            setup,
+            setup.cfg,
+            checkpoint,
+            group,
+        )
+        self.algo = create(self.cfg, name)
+        self.ctx = prepare_context(self.algo, setup)
+        self.leader = group is None or group.leader
+        self.split = setup.split_model()
+        if group is None:
+            self.executor = make_executor(self.algo, self.ctx, self.cfg.execution, self.cfg.cuda_graphs)
+        else:
+            rounds = [setup.participants(r) for r in range(1, self.cfg.rounds + 1)]
+            cuda = setup.device.type == "cuda"
+            batched = self.cfg.execution == "batched" or (self.cfg.execution == "auto" and cuda)
+            self.executor = DistributedExecutor(self.algo, self.ctx, group, batched, rounds)
+
+    def resume(self) -> list[dict[str, Any]]:
+        """The rounds trained before (none without a checkpoint), their end state loaded to go on from."""
+        executor, checkpoint, device = self.executor, self.checkpoint, self.setup.device
+        saved = None
+        if checkpoint is not None:  # per-client states beyond memory go beside the checkpoint
+            executor.client_states.set_dir(checkpoint.with_suffix(".clients"))
+        if self.leader and checkpoint is not None and checkpoint.exists():
+            parts = {part: spec.init for part, spec in self.ctx.parts.items()}
+            saved = load_run_checkpoint(checkpoint, self.name, self.setup, parts)  # checked whole
+        if self.group is not None:
+            saved = share(self.group, saved)
+        if saved is None:
+            return []
+        executor.model = model_on(saved["model"], device)
+        executor.fed.load_state_dict(on_device(saved["fed_server"], device))
+        executor.client_states.load_state_dict(saved["client_states"])
+        self.ctx.streams.load_state_dict(saved["streams"])
+        return saved["history"][: self.cfg.rounds]
+
+    def divergence(self, rnd: int) -> dict[str, float]:
+        """The gradient divergence at the round-start model, on the rounds divergence_every says."""
+        every = self.cfg.divergence_every
+        if not (self.leader and every and (rnd - 1) % every == 0):
+            return {}
+        return self.setup.divergence(self.split, self.executor.w_c, self.executor.w_s)
+
+    def train_round(self, rnd: int, clients: list[int], clock: RoundClock) -> None:
+        begin_round(self.ctx, rnd)
+        clock.train()
+        self.executor.run_round(rnd, clients)
+        if self.setup.device.type == "cuda":
+            torch.cuda.synchronize(self.setup.device)
+        clock.trained()
+
+    def state(self) -> tuple[dict[str, Any], dict | None]:
+        """The samplers and the clients' own states after the round (a collective under
+        torch.distributed: every rank takes part, rank 0 alone gets the states)."""
+        group = self.group
+        streams = self.ctx.streams.state_dict() if group is None else merged_streams(group, self.ctx.streams)
+        saving = self.checkpoint is not None or group is not None
+        return streams, self.executor.checkpoint_client_states() if saving else None
+
+    def follow(self) -> bool:
+        """A rank other than 0: whether rank 0 stopped (raises Diverged if the round diverged)."""
+        diverged, stop = share(self.group, None)
+        if diverged is not None:
             raise Diverged(diverged)
-        if rnd % cfg.eval_every == 0 or rnd == cfg.rounds:
-            w, batch = (executor.w_c, executor.w_s), cfg.eval_batch_size
-            acc, loss, per_class = split.evaluate(*w, setup.data.test_x, setup.data.test_y, batch)
-            record |= {"test_accuracy": acc, "test_loss": loss, "test_accuracy_per_class": per_class}
-            if setup.data.val_x is not None:
-                val = split.evaluate(*w, setup.data.val_x, setup.data.val_y, batch)
-                record |= {"val_accuracy": val[0], "val_loss": val[1]}
+        return stop
+
+    def check_finite(self, rnd: int) -> None:
+        """Raised before anything of this round is saved: the checkpoint stays good."""
+        meter = self.ctx.meter
+        bad = non_finite(meter.train_loss if meter.loss_count else None, self.executor.model)
+        if bad is None:
+            return
+        kept = {1: "no round is kept", 2: "round 1 is kept"}.get(rnd, f"rounds 1-{rnd - 1} are kept")
+        diverged = (
+            f"{self.name} diverged in round {rnd}: {bad}; {kept}; lower the learning rate, or look for NaN "
+            "or inf in the data or the model"
+        )
+        if self.group is not None:
+            share(self.group, (diverged, False))
+        raise Diverged(diverged)
+
+    def evaluate(self, rnd: int) -> dict[str, Any]:
+        """The round's model on the test set (and the validation split), on the rounds eval_every says."""
+        cfg, data = self.cfg, self.setup.data
+        if rnd % cfg.eval_every and rnd != cfg.rounds:
+            return {}
+        w, batch = (self.executor.w_c, self.executor.w_s), cfg.eval_batch_size
+        acc, loss, per_class = self.split.evaluate(*w, data.test_x, data.test_y, batch)
+        out = {"test_accuracy": acc, "test_loss": loss, "test_accuracy_per_class": per_class}
+        if data.val_x is not None:
+            val = self.split.evaluate(*w, data.val_x, data.val_y, batch)
+            out |= {"val_accuracy": val[0], "val_loss": val[1]}
+        return out
+
+    def record(
+        self, rnd: int, clients: list[int], clock: RoundClock, divergence: dict[str, float]
+    ) -> dict[str, Any]:
+        """The round's record (engine/record.py), as the simulation measures it."""
+        ctx, chain = self.ctx, self.algo.chain
+        evaluation = self.evaluate(rnd)
         flops = {"client": 0.0, "main_server": 0.0}
         for side in ctx.sides:
             flops[side.location] += side.samples * side.flops_per_sample
-        output = [s for s in ctx.sides if s.part == algo.chain[-1]]  # the model's output: every sample
-        after_cut = [s for s in ctx.sides if s.part == algo.chain[1]]  # the server side's steps
-        round_time = time.perf_counter() - t0
-        elapsed += round_time
-        record |= {
-            "train_loss": ctx.meter.train_loss,
+        return round_record(
+            SIMULATION,
+            algorithm=self.name,
+            round=rnd,
+            **divergence,
+            **evaluation,
+            train_loss=ctx.meter.train_loss,
             **ctx.rates(rnd),  # lr_client, lr_server: the round's rates (lr_schedule)
-            "participants": len(clients),
-            "samples": sum(s.samples for s in output),
-            "server_steps": sum(s.steps for s in after_cut),
-            "client_flops": flops["client"],
-            "server_flops": flops["main_server"],
-            "bytes_up_per_client": sum(ctx.link.sent) / len(clients),
-            "bytes_down_per_client": sum(ctx.link.received) / len(clients),
-            "bytes": dict(sorted(ctx.link.by_kind.items())),
-            "client_bytes_up": list(ctx.link.sent),
-            "client_bytes_down": list(ctx.link.received),
-            "train_time_s": t2 - t1,
-            "round_time_s": round_time,
-            "wall_time_s": elapsed,
-        }
-        history.append(record)
-        if on_weights is not None:
-            on_weights(rnd, executor.w_c, executor.w_s)
-        saved_as = None
-        if checkpoint is not None:
-            fed_state = executor.fed.state_dict()
-            saved_as = (checkpoint, name, cfg, rnd, executor.model, algo.chain, fed_state)
-            save_run_checkpoint(*saved_as, client_states, streams, history)
-            executor.client_states.saved()
+            participants=len(clients),
+            samples=sum(s.samples for s in ctx.sides if s.part == chain[-1]),  # the output sees every one
+            server_steps=sum(s.steps for s in ctx.sides if s.part == chain[1]),  # the part after the cut
+            client_flops=flops["client"],
+            server_flops=flops["main_server"],
+            bytes=dict(sorted(ctx.link.by_kind.items())),
+            client_bytes_up=list(ctx.link.sent),
+            client_bytes_down=list(ctx.link.received),
+            **clock.times(),
+        )
+
+    def save(self, rnd: int, state: tuple[dict[str, Any], dict | None], history: list) -> None:
+        """The run's checkpoint after round ``rnd``: everything a resume goes on from."""
+        executor, (streams, client_states) = self.executor, state
+        assert self.checkpoint is not None and client_states is not None
+        model, fed_state = executor.model, executor.fed.state_dict()
+        save_run_checkpoint(
+            self.checkpoint,
+            self.name,
+            self.cfg,
+            rnd,
+            model,
+            self.algo.chain,
+            fed_state,
+            client_states,
+            streams,
+            history,
+        )
+
+    def report(self, record: dict[str, Any], on_round: Callable[[dict[str, Any]], None] | None) -> bool:
+        """``on_round`` sees the record; whether it stopped the algorithm (every rank then stops)."""
         stop = False
         if on_round is not None:
             try:
                 on_round(record)
             except StopAlgorithm:
                 stop = True
-        if group is not None:
-            share(group, (None, stop))
+        if self.group is not None:
+            share(self.group, (None, stop))
         if stop:
             record["stopped"] = True
-            if saved_as is not None:  # saved again with the mark: a resume must not train on
-                save_run_checkpoint(*saved_as, client_states, streams, history)
-            break
-    return executor, history, ctx
+        return stop
 
 
 def non_finite(train_loss: float | None, model: dict[str, State]) -> str | None:

@@ -262,6 +262,23 @@ def serve(deploy: Deployment, address: str, workers: int, add: Callable[[grpc.Se
     return server
 
 
+def serve_until_finished(
+    service: Any, server: grpc.Server, who: str, linger: Callable[[], object] = lambda: None
+) -> None:
+    """Let ``service``'s deadlines pass (its ``tick``, every second) until it is ``finished``; raise GaveUp
+    if it gave up waiting, else ``linger`` (a moment for its callers); then stop ``server``. The stop's
+    grace lets the last calls finish, and is waited for: a process that exits while gRPC's threads still
+    shut down can abort ("terminate called without an active exception") and lose its exit status."""
+    try:
+        while not service.finished.wait(timeout=1.0):
+            service.tick()
+        if service.failure is not None:
+            raise GaveUp(f"{who}: {service.failure}")
+        linger()
+    finally:
+        server.stop(grace=2.0).wait(timeout=10)
+
+
 def dial(deploy: Deployment, address: str) -> grpc.Channel:
     options = grpc_options(deploy) + keepalive_options(deploy, server=False)
     return grpc.secure_channel(address, channel_credentials(deploy.ca), options=options)

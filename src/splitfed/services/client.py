@@ -23,12 +23,14 @@ import grpc
 import torch
 
 from ..algorithms import create
-from ..algorithms.base import ClientRound, Message, Payload, Smashed
-from ..engine.checkpoint import STATE_REMEDY, Each, Tensors, load_checkpoint, save_checkpoint
+from ..algorithms.base import Message, Payload, Smashed
+from ..engine.checkpoint import STATE_REMEDY, load_checkpoint, save_checkpoint
+from ..engine.template import Each, Tensors
 from ..errors import SplitfedError
 from ..executors.exchange import run_exchange
-from ..executors.local import Scratch, SlotClients
+from ..executors.local import SlotClients
 from ..executors.parts import prepare_context
+from ..executors.rounds import begin_round, client_view
 from ..setup import Setup
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import (
@@ -129,19 +131,8 @@ class Client:
                 side.load(0, start.model[part])
             # where this client's sampler stands at the start of round r: τ·b_n samples per round
             self.ctx.streams.skip_to(self.n, (r - 1) * self.iterations * self.ctx.batch_sizes[self.n])
-            self.ctx.meter.reset()
-            self.ctx.set_round(r)
-            view = ClientRound(
-                self.n,
-                r,
-                {part: side.state(0) for part, side in self.sides.items()},
-                start,
-                self._state_for(r),
-                lambda part: Scratch(self.sides[part], 0),
-                {part: side.layout for part, side in self.sides.items()},
-                {part: side.lr_value for part, side in self.sides.items()},
-                self.cfg.clients,
-            )
+            begin_round(self.ctx, r)
+            view = client_view(self.n, r, self.sides, 0, start, self._state_for(r), self.cfg.clients)
             self.algo.client_begin(view)
             try:
                 self._train_round(r)

@@ -26,35 +26,37 @@ import grpc
 
 from ..algorithms import Algorithm, create
 from ..algorithms.base import Payload
-from ..engine.checkpoint import STATE_REMEDY, Records, Tensors, load_checkpoint, save_checkpoint
+from ..engine.checkpoint import STATE_REMEDY, load_checkpoint, save_checkpoint
 from ..engine.metrics import SplitModel
+from ..engine.record import DEPLOYMENT, round_record
 from ..engine.side import State
-from ..executors.local import plan_round
+from ..engine.template import Records, Tensors
 from ..executors.parts import halves, prepare_context
+from ..executors.rounds import RoundClock, fed_round_end, model_dict, model_on, on_device, plan_round
 from ..setup import Setup
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import (
-    Caller,
-    GaveUp,
     Messages,
     ProtocolError,
     abort,
     admit,
     check_client,
-    dial,
     extras_from,
     extras_tensors,
     model_from,
     model_tensors,
     run_identity,
     serve,
+    serve_until_finished,
 )
 from .deploy import Deployment
-from .security import Tokens, read_token
+from .main_link import MainServerLink
+from .security import Tokens
 from .wire import Counting, WireError, decode, encode, header
 
 log = logging.getLogger("splitfed")
+FAILED = grpc.StatusCode.FAILED_PRECONDITION
 
 
 class FedServer(pb_grpc.FedServerServicer):
@@ -83,21 +85,7 @@ class FedServer(pb_grpc.FedServerServicer):
         self.model = {name: spec.init.clone() for name, spec in self.ctx.parts.items()}  # every part
         self.history: list[dict[str, Any]] = []
         if self.state_file.exists():
-            expect = {
-                "round": int,
-                "model": {name: state.to_dict() for name, state in self.model.items()},
-                "fed_server": Tensors(),
-                "history": Records(),
-            }
-            saved = load_checkpoint(self.state_file, "fed_server", self.cfg, expect, STATE_REMEDY)
-            self.round = saved["round"] + 1
-            self.model = {
-                name: State.from_dict({k: v.to(self.device) for k, v in state.items()})
-                for name, state in saved["model"].items()
-            }
-            self.rule.load_state_dict({k: v.to(self.device) for k, v in saved["fed_server"].items()})
-            self.history = saved["history"]
-            log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
+            self._restore()
         # Who was handed the current round's model died with a previous run of this server: in the round
         # it restarts in, an upload is taken on trust (its token); from the next on, only from a client
         # this server handed that round's model (a round-keyed upload from anyone else is refused).
@@ -106,12 +94,25 @@ class FedServer(pb_grpc.FedServerServicer):
         self.finished = threading.Event()
         self.told_done: set[int] = set()  # clients that heard the training is over
         self.failure: str | None = None
-        self.started = time.perf_counter() - (self.history[-1]["wall_time_s"] if self.history else 0.0)
-        if self.algo.talks_to_main_server:
-            token = read_token(deploy.token_file("fed_server"))
-            self.main = pb_grpc.MainServerStub(dial(deploy, deploy.main_server))
-            self.call = Caller("fed_server", token, deploy.retry_s, self.run)
+        self.timing = RoundClock(self.history)
+        talks = self.algo.talks_to_main_server
+        self.main = MainServerLink(deploy, self.run, self.messages, self.algo, self.device) if talks else None
         self._new_round()
+
+    def _restore(self) -> None:
+        """Go on after the round the state file ends with (checked whole against this run first)."""
+        expect = {
+            "round": int,
+            "model": model_dict(self.model),
+            "fed_server": Tensors(),
+            "history": Records(),
+        }
+        saved = load_checkpoint(self.state_file, "fed_server", self.cfg, expect, STATE_REMEDY)
+        self.round = saved["round"] + 1
+        self.model = model_on(saved["model"], self.device)
+        self.rule.load_state_dict(on_device(saved["fed_server"], self.device))
+        self.history = saved["history"]
+        log.info(f"fed server: resumed after round {saved['round']} from {self.state_file}")
 
     def _new_round(self) -> None:
         clients = list(range(self.cfg.clients))
@@ -120,9 +121,8 @@ class FedServer(pb_grpc.FedServerServicer):
         self.order = plan.finish_order  # the order uploads reach the rule (as in the simulation)
         self.fed = 0  # how many of ``order`` the rule has taken (uploaded or skipped)
         if not self.done:
-            self.rule.begin(
-                self.round, {p: self.model[p] for p in self.client_parts}, plan.turns, plan.weights
-            )
+            start = {p: self.model[p] for p in self.client_parts}
+            self.rule.begin(self.round, start, plan.turns, plan.weights)
         self.uploads: dict[int, tuple[Payload, dict[str, float]]] = {}
         self.handed: set[int] = set()  # clients this server gave the round's start to
         self.left_out: set[int] = set()  # clients out of this round: dropped by the main server, or skipped
@@ -130,7 +130,7 @@ class FedServer(pb_grpc.FedServerServicer):
         self.clock: float | None = None
         self.progress = time.monotonic()  # when this round last moved (round start, an upload)
         self.main_round: tuple[dict[str, State], list[int]] | None = None  # the server parts, who was out
-        self.round_started = time.perf_counter()
+        self.timing.start()
         self.wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
 
     @property
@@ -193,91 +193,33 @@ class FedServer(pb_grpc.FedServerServicer):
 
     def _fetch_main_round(self, r: int) -> None:
         """Background: the main server's parts at round r's end and whom it left out (once it ends)."""
+        assert self.main is not None
         try:
-            head, tensors = self._server_weights(r, weights=True)
+            main_round = self.main.round_end(r)
         except Exception as e:  # this thread's failure would otherwise vanish with it; the round waits
             log.error(f"fed server: cannot get round {r}'s server-side model from the main server: {e}")
             return
         with self.cv:
             if self.round == r:
-                parts = [p.name for p in self.algo.server_parts]
-                self.main_round = (model_from(parts, tensors, self.device), list(head.dropped))
+                self.main_round = main_round
                 self._maybe_aggregate()
 
     def _aggregate(self) -> None:
-        trained = time.perf_counter()  # the round's training ends here; averaging and evaluation follow
+        self.timing.trained()  # the round's training ends here; averaging and evaluation follow
         r, clients = self.round, sorted(self.uploads)
         for n in self.order:  # whoever has not uploaded by now is out of the round
             if n not in self.uploads:
                 self.left_out.add(n)
         self._feed()
-        model = dict(self.model) | self.rule.end()
-        dropped = sorted(set(range(self.cfg.clients)) - set(clients))
-        main_wire = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
-        infos = [self.uploads[n][1] for n in clients]
-        samples = sum(i["samples"] for i in infos)
-        train_loss = sum(i.get("train_loss", 0.0) * i["samples"] for i in infos) / max(samples, 1)
+        model = dict(self.model) | fed_round_end(self.algo, self.rule)
         if self.algo.talks_to_main_server:
             assert self.main_round is not None
             model |= self.main_round[0]
-            head, _ = self._server_weights(r, weights=False)  # the round's totals, now that replies are sent
-            if not self.output_at_client:
-                train_loss = head.info["train_loss"]
-            for key, value in head.info.items():
-                if ":" in key:
-                    direction, n = key.split(":")
-                    main_wire[direction][int(n)] = int(value)
-        flops = {"client": 0.0, "main_server": 0.0}
-        for part in self.algo.parts:
-            flops["client" if part.name in self.client_parts else "main_server"] += (
-                samples * self.ctx.parts[part.name].flops
-            )
-        data, batch = self.setup.data, self.cfg.eval_batch_size
-        w_c, w_s = halves(self.algo, model)
-        acc, loss, per_class = self.split_model.evaluate(w_c, w_s, data.test_x, data.test_y, batch)
-        up = [main_wire["in"][n] + self.wire["in"][n] for n in range(self.cfg.clients)]
-        down = [main_wire["out"][n] + self.wire["out"][n] for n in range(self.cfg.clients)]
-        now = time.perf_counter()
-        record = {
-            "algorithm": self.algo.name,
-            "round": r,
-            "test_accuracy": acc,
-            "test_loss": loss,
-            "test_accuracy_per_class": per_class,
-            "train_loss": train_loss,
-            **self.ctx.rates(r),  # lr_client, lr_server: the round's rates, as the clients and server use
-            "participants": len(clients),
-            "dropped_clients": dropped,
-            "samples": int(samples),
-            "client_flops": flops["client"],
-            "server_flops": flops["main_server"],
-            "bytes_up_per_client": sum(up) / len(clients),
-            "bytes_down_per_client": sum(down) / len(clients),
-            "client_bytes_up": up,
-            "client_bytes_down": down,
-            "wire_bytes": {
-                "main_server_in": sum(main_wire["in"]),
-                "main_server_out": sum(main_wire["out"]),
-                "fed_server_in": sum(self.wire["in"]),
-                "fed_server_out": sum(self.wire["out"]),
-            },
-            "train_time_s": trained - self.round_started,
-            "round_time_s": now - self.round_started,
-            "wall_time_s": now - self.started,
-        }
+        record = self._record(r, clients, model)
         self.history.append(record)
         # Saved before the new model is handed out: a restart never loses a round a client has seen.
-        save_checkpoint(
-            self.state_file,
-            "fed_server",
-            self.cfg,
-            {
-                "round": r,
-                "model": {name: state.to_dict() for name, state in model.items()},
-                "fed_server": self.rule.state_dict(),
-                "history": self.history,
-            },
-        )
+        state = {"model": model_dict(model), "fed_server": self.rule.state_dict(), "history": self.history}
+        save_checkpoint(self.state_file, "fed_server", self.cfg, {"round": r} | state)
         if self.on_round is not None:
             self.on_round(record)
         self.model = model
@@ -287,14 +229,44 @@ class FedServer(pb_grpc.FedServerServicer):
             self.finished.set()
         self.cv.notify_all()
 
-    def _server_weights(self, r: int, weights: bool) -> tuple[pb.Header, dict]:
-        def fetch(**kw: Any) -> tuple[pb.Header, dict]:
-            frames = self.main.ServerWeights(
-                header(client=-1, round=r, status="" if weights else "info"), **kw
-            )
-            return decode(frames, self.messages.server_message() if weights else None)
-
-        return self.call(fetch)
+    def _record(self, r: int, clients: list[int], model: dict[str, State]) -> dict[str, Any]:
+        """Round r's record (engine/record.py), as the deployment measures it: the clients' uploads say
+        their samples (and loss, where the model's output is theirs), the main server its loss and bytes."""
+        infos = [self.uploads[n][1] for n in clients]
+        samples = sum(i["samples"] for i in infos)
+        train_loss = sum(i.get("train_loss", 0.0) * i["samples"] for i in infos) / max(samples, 1)
+        nobody = {"in": [0] * self.cfg.clients, "out": [0] * self.cfg.clients}
+        main_loss, main_wire = (None, nobody) if self.main is None else self.main.totals(r)
+        flops = {"client": 0.0, "main_server": 0.0}
+        for part in self.algo.parts:
+            where = "client" if part.name in self.client_parts else "main_server"
+            flops[where] += samples * self.ctx.parts[part.name].flops
+        data, batch = self.setup.data, self.cfg.eval_batch_size
+        w_c, w_s = halves(self.algo, model)
+        acc, loss, per_class = self.split_model.evaluate(w_c, w_s, data.test_x, data.test_y, batch)
+        wire = {
+            role: main_wire if role == "main_server" else self.wire for role in ("main_server", "fed_server")
+        }
+        everyone = range(self.cfg.clients)
+        return round_record(
+            DEPLOYMENT,
+            algorithm=self.algo.name,
+            round=r,
+            test_accuracy=acc,
+            test_loss=loss,
+            test_accuracy_per_class=per_class,
+            train_loss=train_loss if main_loss is None else main_loss,
+            **self.ctx.rates(r),  # lr_client, lr_server: the round's rates, as the clients and server use
+            participants=len(clients),
+            dropped_clients=sorted(set(everyone) - set(clients)),
+            samples=int(samples),
+            client_flops=flops["client"],
+            server_flops=flops["main_server"],
+            client_bytes_up=[main_wire["in"][n] + self.wire["in"][n] for n in everyone],
+            client_bytes_down=[main_wire["out"][n] + self.wire["out"][n] for n in everyone],
+            wire_bytes={f"{role}_{way}": sum(w[way]) for role, w in wire.items() for way in ("in", "out")},
+            **self.timing.times(),
+        )
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def GlobalClientWeights(self, request: pb.Header, context: grpc.ServicerContext) -> Any:
@@ -331,20 +303,15 @@ class FedServer(pb_grpc.FedServerServicer):
             if self.failure is not None:
                 raise ProtocolError(grpc.StatusCode.UNAVAILABLE, f"the fed server stopped: {self.failure}")
             if request.round > self.round + 1:
-                raise ProtocolError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"round {request.round} is ahead of round {self.round}",
-                )
+                raise ProtocolError(FAILED, f"round {request.round} is ahead of round {self.round}")
             next_round = request.round == self.round + 1  # it finished round r and waits for r+1
             if next_round and request.status == "dropped":  # the main server left it out: do not wait
                 self._leave_out(n)
                 self._maybe_aggregate()
             elif next_round and (n in self.uploads or n in self.left_out):
                 pass  # done with round r: wait for r+1
-            elif next_round and self._handed(
-                n
-            ):  # it trained round r; its upload is lost (this server restarted)
-                return "resend_upload"
+            elif next_round and self._handed(n):
+                return "resend_upload"  # it trained round r; its upload is lost (this server restarted)
             else:  # it joins the current round (also one that asks for r+1 but was not handed r's model)
                 if n in self.left_out or n in self.uploads:  # out of, or done with, this round
                     return "sit_out"
@@ -376,18 +343,12 @@ class FedServer(pb_grpc.FedServerServicer):
                 if head.round < self.round or self.done:
                     return header(client=n, round=self.round, status="stale")  # averaged already
                 if head.round > self.round:
-                    raise ProtocolError(
-                        grpc.StatusCode.FAILED_PRECONDITION, f"round {head.round} has not started"
-                    )
+                    raise ProtocolError(FAILED, f"round {head.round} has not started")
                 if n in self.left_out:
-                    raise ProtocolError(
-                        grpc.StatusCode.FAILED_PRECONDITION, f"client {n} is out of round {head.round}"
-                    )
+                    raise ProtocolError(FAILED, f"client {n} is out of round {head.round}")
                 if not self._handed(n):  # e.g. a copied token: it would take the real client's place
-                    raise ProtocolError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
-                        f"client {n} was not handed round {head.round}'s model: no upload of that round",
-                    )
+                    why = f"client {n} was not handed round {head.round}'s model: no upload of that round"
+                    raise ProtocolError(FAILED, why)
                 self.uploads[n] = (payload, dict(head.info))
                 self._feed()
                 self.wire["in"][n] += frames.bytes
@@ -425,18 +386,13 @@ def run_fed_server(service: FedServer) -> list[dict[str, Any]]:
     log.info(
         f"fed server: listening on {deploy.fed_server} (TLS), {service.algo.name}, round {service.round}"
     )
-    try:
-        if service.done:
-            service.finished.set()
-        while not service.finished.wait(timeout=1.0):
-            service.tick()
-        if service.failure is not None:
-            raise GaveUp(f"fed server: {service.failure}")
-        # a moment for the clients to hear "done" (at most 3 s: one that died is not waited for)
+    if service.done:
+        service.finished.set()
+
+    # a moment for the clients to hear "done" (at most 3 s: one that died is not waited for)
+    def linger() -> None:
         with service.cv:
             service.cv.wait_for(lambda: len(service.told_done) == service.cfg.clients, timeout=3.0)
-    finally:
-        # waited for: a process that exits while gRPC's threads still shut down can abort ("terminate
-        # called without an active exception") and lose its exit status
-        server.stop(grace=2.0).wait(timeout=10)
+
+    serve_until_finished(service, server, "fed server", linger)
     return service.history

@@ -25,25 +25,19 @@ import grpc
 import torch
 
 from ..algorithms import Algorithm, Smashed, create
-from ..engine.checkpoint import (
-    STATE_REMEDY,
-    Each,
-    Tensor,
-    Tensors,
-    load_checkpoint,
-    mismatch,
-    save_checkpoint,
-)
+from ..engine.checkpoint import STATE_REMEDY, load_checkpoint, save_checkpoint
 from ..engine.side import State
+from ..engine.template import Each, Tensor, Tensors, mismatch
 from ..errors import SplitfedError
-from ..executors.local import InProcessMainServer, plan_round
+from ..executors.exchange import server_step
+from ..executors.local import InProcessMainServer
 from ..executors.parts import prepare_context
+from ..executors.rounds import ServerParts, begin_round, model_dict, model_on, on_device, plan_round
 from ..executors.trace import Schema
 from ..setup import Setup
 from . import splitfed_pb2 as pb
 from . import splitfed_pb2_grpc as pb_grpc
 from ._common import (
-    GaveUp,
     Messages,
     ProtocolError,
     abort,
@@ -54,6 +48,7 @@ from ._common import (
     on_wire,
     run_identity,
     serve,
+    serve_until_finished,
 )
 from .deploy import Deployment
 from .security import Tokens
@@ -117,8 +112,7 @@ class MainServer(pb_grpc.MainServerServicer):
         self.done_iters = dict.fromkeys(self.clients, 0)
         self.clock: float | None = None  # when someone started waiting on the current slot
         self.progress = time.monotonic()  # when the last exchange was handled (or the round began)
-        self.ctx.meter.reset()
-        self.ctx.set_round(self.round)  # the round's learning rate (lr_schedule)
+        begin_round(self.ctx, self.round)
         self.samples = 0
         for name, side in self.sides.items():
             for k in range(side.num_copies):
@@ -126,36 +120,19 @@ class MainServer(pb_grpc.MainServerServicer):
 
     def _end_round(self) -> None:
         r = self.round
-        model = {}
+        server_parts = ServerParts(self.algo, self.sides)  # a client's copy is the one of its id
         stayed = [n for n in self.clients if n not in self.dropped]
         total = sum(self.weights[n] for n in stayed)
-        for part in self.algo.server_parts:
-            side = self.sides[part.name]
-            if part.shared:
-                model[part.name] = side.state(0).clone()
-            else:  # the copies of the clients that stayed, by p_n
-                acc = self.algo.combine_server_copies()
-                for n in stayed:
-                    acc.add(side.state(n), self.weights[n] / total)
-                model[part.name] = acc.result
+        for n in stayed:  # the copies of the clients that stayed, by p_n
+            server_parts.add(n, self.weights[n] / total)
+        model = server_parts.result()
         info = {"train_loss": self.ctx.meter.train_loss, "samples": float(self.samples)}
         self.snapshots = {k: v for k, v in self.snapshots.items() if k >= r - 1}
         self.snapshots[r] = (model, info, sorted(self.dropped))
         self.model = model
-        save_checkpoint(
-            self.state_file,
-            "main_server",
-            self.cfg,
-            {
-                "round": r,
-                "model": {name: state.to_dict() for name, state in model.items()},
-                "info": info,
-                "dropped": sorted(self.dropped),
-                "last": {
-                    n: (key[0], key[1], key[2], reply, more) for n, (key, reply, more) in self.last.items()
-                },
-            },
-        )
+        last = {n: (*key, reply, more) for n, (key, reply, more) in self.last.items()}
+        state = {"model": model_dict(model), "info": info, "dropped": sorted(self.dropped), "last": last}
+        save_checkpoint(self.state_file, "main_server", self.cfg, {"round": r} | state)
         log.info(f"main server: round {r} done, train loss {info['train_loss']:.4f}")
         self.round += 1
         self._start_round()
@@ -163,7 +140,7 @@ class MainServer(pb_grpc.MainServerServicer):
     def _restore(self) -> None:
         expect = {  # what _end_round saves, in this experiment's shapes
             "round": int,
-            "model": {name: state.to_dict() for name, state in self.model.items()},
+            "model": model_dict(self.model),
             "info": {"train_loss": float, "samples": float},
             "dropped": Each(int),
             "last": Each((int, int, int, Tensors(), bool), keyed=True),
@@ -178,14 +155,11 @@ class MainServer(pb_grpc.MainServerServicer):
             if problem is not None:
                 raise SplitfedError(f"checkpoint {self.state_file} cannot be used: {problem}; {STATE_REMEDY}")
         device = self.setup.device
-        self.model = {
-            name: State.from_dict({k: v.to(device) for k, v in state.items()})
-            for name, state in saved["model"].items()
-        }
+        self.model = model_on(saved["model"], device)
         self.round = saved["round"] + 1
         self.snapshots[saved["round"]] = (self.model, saved["info"], saved["dropped"])
         self.last = {
-            int(n): ((r, t, p), {k: v.to(device) for k, v in reply.items()}, more)
+            int(n): ((r, t, p), on_device(reply, device), more)
             for n, (r, t, p, reply, more) in saved["last"].items()
         }
         log.info(f"main server: resumed after round {saved['round']} from {self.state_file}")
@@ -206,10 +180,10 @@ class MainServer(pb_grpc.MainServerServicer):
                 if self.conversation is None:
                     replies = answer
                 else:
-                    replies, done = self._next(lambda: next(self.conversation))
+                    replies, done = server_step(lambda: next(self.conversation))
                 self.samples += sum(len(next(iter(s.tensors.values()))) for s in batch if s.tensors)
             else:
-                replies, done = self._next(lambda: self.conversation.send(batch))
+                replies, done = server_step(lambda: self.conversation.send(batch))
             if replies is None or len(replies) != len(members):
                 raise SplitfedError(
                     f"{self.algo.name}: its main server answered {len(members)} clients wrongly"
@@ -233,13 +207,6 @@ class MainServer(pb_grpc.MainServerServicer):
         if self.pos == len(self.slots):
             self._end_round()
         self.cv.notify_all()
-
-    @staticmethod
-    def _next(step: Any) -> tuple[Any, bool]:
-        try:
-            return step(), False
-        except StopIteration as stop:
-            return stop.value, True
 
     def _advance(self) -> None:
         """Process the current exchange if all of it is here, or (policy drop, first exchange of a slot)
@@ -283,61 +250,71 @@ class MainServer(pb_grpc.MainServerServicer):
             last = self.last.get(n)
             if last is not None and last[0] == (r, t, phase):
                 return last[1], last[2]  # a retry of an answered request: the same answer
-            if r < self.round:
-                raise ProtocolError(
-                    FAILED, f"round {r} went on without client {n}; rejoin round {self.round}"
-                )
-            here = (n, t) in self.slot_of and r == self.round
-            passed = here and (
-                self.slot_of[(n, t)] < self.pos or (self.slot_of[(n, t)] == self.pos and phase < self.phase)
-            )
-            if passed and n not in self.dropped:
-                # A client that restarted mid-round lost its place: it sits out the rest of the round.
-                log.info(f"main server: client {n} restarted within round {r}; it rejoins round {r + 1}")
-                self.dropped.add(n)
-                self._advance()
-                self.cv.notify_all()
-            if passed or n in self.dropped:
-                raise ProtocolError(FAILED, f"client {n} is out of round {r}; rejoin round {r + 1}")
-            if r > self.round:
-                # A client reaches round r once the fed server has averaged round r - 1 with this
-                # server's model of it, which this server saved first: a client further on means this
-                # state is older than the deployment's (a state file put back from an earlier round), or
-                # a hostile message. Asking it to restart an older round would go round in circles; the
-                # client is refused with a status it stops on, and this server stays up.
-                why = (
-                    f"client {n} is in round {r}, but this server's state ({self.state_file}) ends with "
-                    f"round {self.round - 1}: it is older than the rest of the deployment; put back the copy "
-                    "saved in the fed server's round, or start over with an empty state_dir and run directory"
-                )
-                if n not in self.told_behind:  # once per client: a flood of such messages is one line
-                    self.told_behind.add(n)
-                    log.error(f"main server: {why}")
-                raise ProtocolError(grpc.StatusCode.DATA_LOSS, why)
-            if t != self.done_iters[n] + 1:
-                raise ProtocolError(AHEAD, f"restart round {self.round}")
-            if (n, t) not in self.slot_of:
-                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside this round")
-            current = self.slot_of[(n, t)] == self.pos
-            if phase > 0 and not (current and phase == self.phase):
-                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"exchange {phase} is not due")
+            self._check_request(n, r, t, phase)
             self.arrived[(n, t, phase)] = message
             self.clock = self.clock or time.monotonic()
-            while True:
-                self._advance()
-                last = self.last.get(n)
-                if last is not None and last[0] == (r, t, phase):
-                    return last[1], last[2]
-                if n in self.dropped or self.round > r:
-                    raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
-                if self.failure is not None:
-                    raise ProtocolError(
-                        grpc.StatusCode.UNAVAILABLE, f"the main server stopped: {self.failure}"
-                    )
-                if not context.is_active():
-                    self.arrived.pop((n, t, phase), None)  # the caller gave up; it will send again
-                    raise ProtocolError(grpc.StatusCode.CANCELLED, "the caller went away")
-                self.cv.wait(timeout=0.5)
+            return self._await_reply(n, r, t, phase, context)
+
+    def _check_request(self, n: int, r: int, t: int, phase: int) -> None:
+        """Refuse a request the current round cannot take, with the status that tells the client what to
+        do (sit the round out, restart it, stop); a client found behind its place is left out."""
+        if r < self.round:
+            raise ProtocolError(FAILED, f"round {r} went on without client {n}; rejoin round {self.round}")
+        here = (n, t) in self.slot_of and r == self.round
+        passed = here and (
+            self.slot_of[(n, t)] < self.pos or (self.slot_of[(n, t)] == self.pos and phase < self.phase)
+        )
+        if passed and n not in self.dropped:
+            # A client that restarted mid-round lost its place: it sits out the rest of the round.
+            log.info(f"main server: client {n} restarted within round {r}; it rejoins round {r + 1}")
+            self.dropped.add(n)
+            self._advance()
+            self.cv.notify_all()
+        if passed or n in self.dropped:
+            raise ProtocolError(FAILED, f"client {n} is out of round {r}; rejoin round {r + 1}")
+        if r > self.round:
+            raise self._behind(n, r)
+        if t != self.done_iters[n] + 1:
+            raise ProtocolError(AHEAD, f"restart round {self.round}")
+        if (n, t) not in self.slot_of:
+            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"iteration {t} is outside this round")
+        current = self.slot_of[(n, t)] == self.pos
+        if phase > 0 and not (current and phase == self.phase):
+            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"exchange {phase} is not due")
+
+    def _behind(self, n: int, r: int) -> ProtocolError:
+        """A client reaches round r once the fed server has averaged round r - 1 with this server's model
+        of it, which this server saved first: a client further on means this state is older than the
+        deployment's (a state file put back from an earlier round), or a hostile message. Asking it to
+        restart an older round would go round in circles; the client is refused with a status it stops
+        on, and this server stays up."""
+        why = (
+            f"client {n} is in round {r}, but this server's state ({self.state_file}) ends with "
+            f"round {self.round - 1}: it is older than the rest of the deployment; put back the copy "
+            "saved in the fed server's round, or start over with an empty state_dir and run directory"
+        )
+        if n not in self.told_behind:  # once per client: a flood of such messages is one line
+            self.told_behind.add(n)
+            log.error(f"main server: {why}")
+        return ProtocolError(grpc.StatusCode.DATA_LOSS, why)
+
+    def _await_reply(
+        self, n: int, r: int, t: int, phase: int, context: Any
+    ) -> tuple[dict[str, torch.Tensor], bool]:
+        """Client n's request is in: the reply once its exchange is processed (or why there is none)."""
+        while True:
+            self._advance()
+            last = self.last.get(n)
+            if last is not None and last[0] == (r, t, phase):
+                return last[1], last[2]
+            if n in self.dropped or self.round > r:
+                raise ProtocolError(FAILED, f"client {n} was left out of round {r}; rejoin round {r + 1}")
+            if self.failure is not None:
+                raise ProtocolError(grpc.StatusCode.UNAVAILABLE, f"the main server stopped: {self.failure}")
+            if not context.is_active():
+                self.arrived.pop((n, t, phase), None)  # the caller gave up; it will send again
+                raise ProtocolError(grpc.StatusCode.CANCELLED, "the caller went away")
+            self.cv.wait(timeout=0.5)
 
     # --- RPCs -------------------------------------------------------------------------------------------
     def Step(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
@@ -412,12 +389,5 @@ def run_main_server(setup: Setup, deploy: Deployment) -> None:
         f"main server: listening on {deploy.main_server} (TLS), {service.algo.name}, "
         f"{setup.cfg.clients} clients, round {service.round}"
     )
-    try:
-        while not service.finished.wait(timeout=1.0):
-            service.tick()
-        if service.failure is not None:
-            raise GaveUp(f"main server: {service.failure}")
-    finally:  # the stop's grace lets the fed server's last call (the final round's numbers) finish
-        # waited for: a process that exits while gRPC's threads still shut down can abort ("terminate
-        # called without an active exception") and lose its exit status
-        server.stop(grace=2.0).wait(timeout=10)
+    # the fed server's last call (the final round's numbers) ends within the stop's grace
+    serve_until_finished(service, server, "main server")

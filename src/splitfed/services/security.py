@@ -14,6 +14,7 @@ import ipaddress
 import secrets
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -99,26 +100,16 @@ def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...
     (one per party). For demos and tests: a deployment uses its own PKI.
     """
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "splitfed demo CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
+    authority = x509.BasicConstraints(ca=True, path_length=0)
+    ca_cert = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, authority, critical=True)
     key = ec.generate_private_key(ec.SECP256R1())
 
     def name(host: str) -> x509.GeneralName:
@@ -127,18 +118,9 @@ def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...
         except ValueError:
             return x509.DNSName(host)
 
-    names = [name(h) for h in dict.fromkeys([*hosts, "127.0.0.1"])]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    names = x509.SubjectAlternativeName([name(h) for h in dict.fromkeys([*hosts, "127.0.0.1"])])
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    cert = _certificate(subject, ca_name, key.public_key(), ca_key, names, critical=False)
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     (folder / "server.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (folder / "server.key").write_bytes(
@@ -147,6 +129,34 @@ def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...
         )
     )
     (folder / "server.key").chmod(0o600)
+    _write_tokens(folder, num_clients)
+    return folder
+
+
+def _certificate(
+    subject: Any, issuer: Any, public_key: Any, signer: Any, extension: Any, critical: bool
+) -> Any:
+    """A certificate of ``subject``'s ``public_key`` signed by ``issuer``'s key, valid for 30 days (from
+    5 minutes ago: clocks differ), with one extension."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    now = datetime.datetime.now(datetime.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(extension, critical=critical)
+        .sign(signer, hashes.SHA256())
+    )
+
+
+def _write_tokens(folder: Path, num_clients: int) -> None:
+    """A fresh token per party in <identity>.token (its own), their digests in tokens.toml (the servers')."""
     lines = [
         "# SHA-256 digests of each party's token: the servers' copy; each party keeps its own token",
         "[tokens]",
@@ -158,4 +168,3 @@ def make_credentials(folder: str | Path, num_clients: int, hosts: tuple[str, ...
         path.chmod(0o600)
         lines.append(f'"{identity}" = "{_digest(token)}"')
     (folder / "tokens.toml").write_text("\n".join(lines) + "\n")
-    return folder

@@ -96,42 +96,47 @@ def decode(
     if sorted(names) != sorted(expect.tensors) or len(set(names)) != len(names):
         raise WireError(f"tensors {names} where {sorted(expect.tensors)} are expected")
     data = b"".join(chunks)
-    out, offset = {}, 0
+    view, out, offset = memoryview(data), {}, 0
     for th in header.tensors:
-        allowed, shape = expect.tensors[th.name]
-        if th.dtype not in allowed:
-            raise WireError(f"{th.name}: dtype {th.dtype!r}, expected one of {', '.join(allowed)}")
-        got = tuple(th.shape)
-        if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape, strict=False)):
-            raise WireError(
-                f"{th.name}: shape {list(got)}, expected {[s if s is not None else 'n' for s in shape]}"
-            )
-        if any(g < 0 for g in got):
-            raise WireError(f"{th.name}: negative size in shape {list(got)}")
-        dtype = DTYPES[th.dtype]
-        count = 1
-        for g in got:
-            count *= g
-        nbytes = count * dtype.itemsize
-        if offset + nbytes > len(data):
-            raise WireError(f"{th.name}: {nbytes} bytes announced, {len(data) - offset} present")
-        raw = bytearray(data[offset : offset + nbytes])
-        offset += nbytes
-        if dtype == torch.bfloat16:
-            t = (
-                torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16)
-                if count
-                else torch.zeros(0, dtype=dtype)
-            )
-        else:
-            t = torch.frombuffer(raw, dtype=dtype) if count else torch.zeros(0, dtype=dtype)
-        t = t.reshape(got)
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise WireError(f"{th.name}: non-finite values")
-        out[th.name] = t
+        out[th.name] = _tensor(th, *expect.tensors[th.name], view[offset:])  # a view: no copy
+        offset += out[th.name].numel() * out[th.name].element_size()
     if offset != len(data):
         raise WireError(f"{len(data) - offset} bytes beyond the announced tensors")
     return header, out
+
+
+def _tensor(
+    th: "pb.TensorHeader", allowed: tuple[str, ...], shape: tuple[int | None, ...], data: memoryview
+) -> torch.Tensor:
+    """The tensor ``th`` announces, from the start of ``data``, once its dtype, shape and values are
+    checked (``allowed`` dtypes, ``shape`` with None for any size, finite floats)."""
+    if th.dtype not in allowed:
+        raise WireError(f"{th.name}: dtype {th.dtype!r}, expected one of {', '.join(allowed)}")
+    got = tuple(th.shape)
+    if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape, strict=False)):
+        raise WireError(
+            f"{th.name}: shape {list(got)}, expected {[s if s is not None else 'n' for s in shape]}"
+        )
+    if any(g < 0 for g in got):
+        raise WireError(f"{th.name}: negative size in shape {list(got)}")
+    dtype = DTYPES[th.dtype]
+    count = 1
+    for g in got:
+        count *= g
+    nbytes = count * dtype.itemsize
+    if nbytes > len(data):
+        raise WireError(f"{th.name}: {nbytes} bytes announced, {len(data)} present")
+    raw = bytearray(data[:nbytes])
+    if not count:
+        t = torch.zeros(0, dtype=dtype)
+    elif dtype == torch.bfloat16:
+        t = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16)
+    else:
+        t = torch.frombuffer(raw, dtype=dtype)
+    t = t.reshape(got)
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise WireError(f"{th.name}: non-finite values")
+    return t
 
 
 class Counting:
