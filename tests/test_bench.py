@@ -1,6 +1,7 @@
 import json
 
-from splitfed.bench import VARIANTS, _fastest, markdown
+from splitfed.bench import VARIANTS, markdown
+from splitfed.bench_plain import fastest
 from splitfed.cli import main
 
 
@@ -33,9 +34,9 @@ def test_the_benchmark_can_time_a_subset(tmp_path):
 
 def test_each_reference_is_the_fastest_way_plain_pytorch_ran_and_the_table_says_which():
     times = {"floor": [2.0, 2.2, 2.1], "floor[graphs]": [1.0, 1.1, 0.9], "torch": [5.0], "sfl_v2": [0.5]}
-    assert _fastest(times, ["floor", "floor[graphs]"]) == "floor[graphs]"  # by median, never a variant
-    assert _fastest(times, ["torch", "torch[graphs]"]) == "torch"  # a way not timed is not a candidate
-    assert _fastest(times, []) is None
+    assert fastest(times, ["floor", "floor[graphs]"]) == "floor[graphs]"  # by median, never a variant
+    assert fastest(times, ["torch", "torch[graphs]"]) == "torch"  # a way not timed is not a candidate
+    assert fastest(times, []) is None
     row = {"model": "cnn4", "clients": 100, "tau": 3, "variant": "sfl_v2", "round_s": 0.5}
     row |= {"ratio_to_floor": 0.5, "ratio_to_centralized": 1.0, "ratio_to_torch": 0.1}
     eager = markdown([row | {"floor_is": "floor", "torch_is": "torch"}])

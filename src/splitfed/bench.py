@@ -14,7 +14,6 @@ row says which (``floor_is``, ``torch_is``). On a CPU there are no graphs: the e
 """
 
 import argparse
-import copy
 import datetime
 import json
 import platform
@@ -25,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .algorithms import create
+from .bench_plain import REFERENCES, PlainTorch, fastest
 from .config import Config
 from .engine.context import Context
 from .executors import make_executor
@@ -108,58 +107,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class PlainTorch:
-    """Training without the engine: the model's own modules and torch.optim.SGD, at the config's precision.
-    ``giant``: τ steps on the union batch N·b (the floor); else τ·N steps of b (centralized written the usual
-    way). ``graphed`` (CUDA only): each step (forward, backward, SGD update) captured once as a CUDA graph
-    and replayed on new batches, the whole-network capture of the torch.cuda.graphs docs."""
-
-    def __init__(self, setup: Setup, ctx: Context, giant: bool, graphed: bool = False) -> None:
-        self.model = copy.deepcopy(setup.model).to(setup.device).train()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=setup.cfg.lr)
-        self.ctx, self.giant = ctx, giant
-        self.bf16 = setup.cfg.precision == "bf16"
-        self.graphed = graphed and setup.device.type == "cuda"
-        self.graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
-
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        # set to None, also inside a capture: backward then allocates the gradients from the graph's pool
-        self.opt.zero_grad(set_to_none=True)
-        # as the engine does: the forward under bf16 autocast, the loss and the weights in float32
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=False):
-            out = self.model(x)
-        F.cross_entropy(out.float(), y).backward()
-        self.opt.step()
-
-    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        static_x, static_y = x.clone(), y.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up steps on a side stream before capture (torch docs)
-            for _ in range(3):
-                self._step(static_x, static_y)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step(static_x, static_y)
-        self.graph = (graph, static_x, static_y)
-
-    def run_round(self, rnd: int, clients: list[int]) -> None:
-        ctx, n = self.ctx, len(clients)
-        steps, size = (ctx.tau, n * ctx.cfg.batch_size) if self.giant else (ctx.tau * n, ctx.cfg.batch_size)
-        for _ in range(steps):
-            x, y = ctx.streams.batch(ctx.num_clients, size)
-            if not self.graphed:
-                self._step(x, y)
-                continue
-            if self.graph is None:
-                self._capture(x, y)
-            graph, static_x, static_y = self.graph
-            static_x.copy_(x)
-            static_y.copy_(y)
-            graph.replay()
-
-
 def bench_scenario(
     setup: Setup, repeats: int, variants: list[tuple[str, str, str, bool]]
 ) -> list[dict[str, Any]]:
@@ -177,15 +124,15 @@ def bench_scenario(
     clients = setup.participants(1)
     times, peak = _time_rounds(runners, clients, repeats, setup.device)
     # each reference is the fastest of its ways (eager, graphs) in this very run
-    fastest = {
-        ref: _fastest(times, [label for label, name, *_ in variants if name == ref]) for ref in REFERENCES
+    reference = {
+        ref: fastest(times, [label for label, name, *_ in variants if name == ref]) for ref in REFERENCES
     }
     rows = []
     for label, runner in runners.items():
         state_bytes = sum(s.store.nbytes for s in contexts[label].sides)
         if isinstance(runner, PlainTorch):
             state_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-        row = _row(setup, len(clients), label, times, fastest)
+        row = _row(setup, len(clients), label, times, reference)
         rows.append(row | {"state_mb": state_bytes / 1e6, "peak_gpu_mb": peak.get(label)})
     return rows
 
@@ -214,7 +161,11 @@ def _time_rounds(
 
 
 def _row(
-    setup: Setup, participants: int, label: str, times: dict[str, list[float]], fastest: dict[str, str | None]
+    setup: Setup,
+    participants: int,
+    label: str,
+    times: dict[str, list[float]],
+    reference: dict[str, str | None],
 ) -> dict[str, Any]:
     cfg = setup.cfg
     samples = cfg.local_iters * participants * cfg.batch_size
@@ -230,21 +181,12 @@ def _row(
         "round_s": median,
         "round_s_all": times[label],
         "samples_per_s": samples / median,
-        "ratio_to_floor": _ratio(times[label], times.get(fastest["floor"] or "")),
+        "ratio_to_floor": _ratio(times[label], times.get(reference["floor"] or "")),
         "ratio_to_centralized": _ratio(times[label], times.get("centralized")),
-        "ratio_to_torch": _ratio(times[label], times.get(fastest["torch"] or "")),
-        "floor_is": fastest["floor"],
-        "torch_is": fastest["torch"],
+        "ratio_to_torch": _ratio(times[label], times.get(reference["torch"] or "")),
+        "floor_is": reference["floor"],
+        "torch_is": reference["torch"],
     }
-
-
-REFERENCES = ("floor", "torch")
-
-
-def _fastest(times: dict[str, list[float]], labels: list[str]) -> str | None:
-    """The label of the fastest (lowest median round time) among the timed ``labels``."""
-    timed = [label for label in labels if times.get(label)]
-    return min(timed, key=lambda label: statistics.median(times[label])) if timed else None
 
 
 def _ratio(times: list[float], reference: list[float] | None) -> float | None:
