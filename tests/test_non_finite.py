@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from splitfed import Config, SplitfedError, run
+from splitfed.analysis import tables
 from splitfed.engine.checkpoint import read_run_checkpoint
 
 from .conftest import small_config
@@ -129,9 +130,13 @@ def test_a_sweep_tries_a_diverging_run_once_and_lists_it_among_its_failures(tmp_
     cmd = [sys.executable, "-m", "splitfed", "sweep", str(grid), "--out", str(out)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 2 and "1 of 2 runs failed" in first.stderr, first.stderr
-    diverged = (out / "lr=10000000000.0" / "diverged.txt").read_text().strip()
+    # the study's runs table holds it as tried: status diverged, the run's own line as its note
+    runs = {float(r["lr"]): r for r in tables.read_runs(out)}
+    assert runs[0.01]["status"] == "finished" and runs[1e10]["status"] == "diverged"
+    diverged = runs[1e10]["note"]
     assert diverged.startswith("fedavg diverged in round ")
+    assert (out / runs[1e10]["run"] / "diverged.txt").read_text().strip() == diverged
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert "0 already done, 1 diverged (not run again)" not in again.stdout
     assert "1 already done, 1 diverged (not run again)" in again.stdout, again.stdout
-    assert json.loads((out / "failures.json").read_text()) == {"lr=10000000000.0": diverged}
+    assert list(json.loads((out / "failures.json").read_text()).values()) == [diverged]
