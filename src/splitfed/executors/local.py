@@ -18,6 +18,7 @@ from functools import partial
 
 import torch
 
+from .. import choices
 from ..algorithms.base import (
     CLIENT,
     CLIENT_SEQUENTIAL,
@@ -51,7 +52,7 @@ def _rows(sizes: list[int], *tensors: torch.Tensor) -> None:
 
 
 class SlotClients:
-    """The clients of one slot on their copies (the ``Clients`` protocol of algorithms/base.py)."""
+    """The clients of one slot on their copies (the ``Clients`` protocol of algorithms/views.py)."""
 
     def __init__(self, sides: dict[str, Side], model_parts: list[str], copies: list[int], sizes: list[int]):
         self.sides, self.model_parts, self.copies, self.sizes = sides, model_parts, copies, sizes
@@ -305,7 +306,7 @@ class LocalExecutor:
         return self.algo.main_server(InProcessMainServer(self.sides, copy_of), batch)
 
 
-EXECUTIONS = ("sequential", "batched")
+EXECUTIONS = tuple(e for e in choices.EXECUTIONS if e != "auto")  # auto is resolved before
 
 
 def make_executor(algo: Algorithm, ctx: Context, execution: str, cuda_graphs: bool = False) -> LocalExecutor:

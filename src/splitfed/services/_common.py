@@ -14,6 +14,7 @@ from typing import IO, Any, TypeVar
 import grpc
 import torch
 
+from ..choices import WIRE_DTYPES
 from ..config import Config
 from ..engine.side import State
 from ..errors import SplitfedError
@@ -32,7 +33,7 @@ from .wire import DTYPE_NAMES, DTYPES, Expect, WireError
 
 log = logging.getLogger("splitfed")
 T = TypeVar("T")
-FLOATS = ("float32", "float16", "bfloat16")
+FLOATS = WIRE_DTYPES
 
 
 class GaveUp(SplitfedError):

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import create
-from ..config import Config, coerce, dump_toml, read_toml
+from ..config import Config, dump_toml, read_toml
 from ..engine.context import UNION
 from ..errors import SplitfedError
+from ..typed import from_table
 
 
 @dataclass(frozen=True)
@@ -55,27 +56,21 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Con
     """The experiment Config and the Deployment of a deployment config file."""
     raw = read_toml(path)
     table = raw.pop("deploy", {})
-    if not isinstance(table, dict):
-        raise SplitfedError(f"[deploy] in {path} must be a table")
-    fields = {f.name: f for f in dataclasses.fields(Deployment)}
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in fields:
-            raise SplitfedError(f"unknown key {key!r} in [deploy] of {path}; valid keys: {', '.join(fields)}")
-        values[key] = coerce(fields[key], value, f"deploy.{key} in {path}")
-    base = Path(path).parent
-    for key in PATH_FIELDS:
-        if values.get(key):
-            values[key] = str(base / values[key])
-        elif key != "token":
-            values[key] = str(base / fields[key].default)
+    deploy = from_table(Deployment, table, str(path), kind="[deploy]", prefix="deploy.")
+    base = Path(path).parent  # a path in the file is relative to the file; so is a default one
+    default = Deployment()
+    paths = {
+        key: str(base / (getattr(deploy, key) or getattr(default, key)))
+        for key in PATH_FIELDS
+        if getattr(deploy, key) or key != "token"  # no token file named: each party's default one
+    }
     config = Config.from_dict(raw, source=str(path))
     if overrides:
         config = config.replace(**overrides)
     if config.out is None:  # the fed server's run directory: fixed, so that a restart finds it
         config = config.replace(out=str(base / "run"))
     check_deployable(config)
-    return config, Deployment(**values)
+    return config, dataclasses.replace(deploy, **paths)
 
 
 def check_deployable(config: Config) -> None:

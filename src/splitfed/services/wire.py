@@ -12,14 +12,11 @@ from typing import Any
 
 import torch
 
+from ..choices import WIRE_DTYPES
 from . import splitfed_pb2 as pb
 
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "int64": torch.int64,
-}
+# what travels: the wire dtypes a config may choose (torch's names) and the labels' int64
+DTYPES = {name: getattr(torch, name) for name in (*WIRE_DTYPES, "int64")}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 FRAME_BYTES = 1 << 20  # data per frame; the gRPC message limit is set above this
 
