@@ -13,7 +13,7 @@ from typing import Any
 from .choices import CHOICES, OBJECT_FIELDS, PARTITION_OPTIONS, object_hint
 from .errors import SplitfedError
 from .registry import given_name, object_label
-from .typed import CUT, coerce, dump_toml, from_table, read_toml
+from .typed import CUT, NAMED_OR_TABLE, coerce, dump_toml, from_table, read_toml
 from .validate import validate
 
 # Importable from here as before: the lists are choices.py's, the readers typed.py's.
@@ -155,6 +155,12 @@ class Config:
         "ushaped_sl: the second cut (a number, or a module's name, as cut_layer), after which the tail "
         "(and the loss) stay on the client; default: the model's last cut",
         metavar="LC|NAME",
+    )
+    profile: NAMED_OR_TABLE | None = _f(  # noqa: RUF009 (_f builds the field)
+        None,
+        "devices and links to time each round on (engine/profiles.py: phone-4g, phone-4g-mixed, sbc-wifi, "
+        "datacenter; or a table of a profile's fields): each round records its simulated seconds",
+        metavar="NAME",
     )
     client_state_mb: float = _f(
         1024.0,

@@ -92,6 +92,14 @@ def preflight(cfg: "Config", check_out: bool = True) -> None:
 
     if check_out:
         check_output_dir(cfg.out or "runs")
+    if cfg.profile is not None:  # a bad profile is refused before any training, in one line
+        from .engine.profiles import profile
+
+        profile(cfg.profile)
+        if cfg.processes > 1:
+            raise SplitfedError(
+                "profile: the edge-time model times a round run in one process (processes = 1)"
+            )
     known = known_shape(cfg.dataset, cfg.synthetic_shape)
     if cfg.dataset == "synthetic":
         samples = cfg.synthetic_samples or SYNTHETIC_SAMPLES

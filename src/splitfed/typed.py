@@ -15,6 +15,8 @@ from .errors import SplitfedError
 
 # A cut: a block number of an nn.Sequential / CutModel, or the qualified name of any module (a traced graph).
 CUT = int | str
+# A named thing or a table of its settings (a device profile: "phone-4g", or {base = "phone-4g", ...}).
+NAMED_OR_TABLE = str | dict
 # A config is a few dozen lines; anything near this is not one, and parsing it would take a while.
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -136,6 +138,8 @@ def _parse(tp: Any, text: str) -> Any:
         return tp(text)
     if tp == CUT:  # a block number, or a module's qualified name ("3" on the command line is 3)
         return int(text) if text.strip().isdigit() else text
+    if tp == NAMED_OR_TABLE:  # a name; a table is written in a file
+        return text
     if typing.get_origin(tp) is tuple:  # "a,b,c"; integer lists may also be written 3x32x32
         item = typing.get_args(tp)[0]
         return tuple(item(v.strip()) for v in (text.replace("x", ",") if item is int else text).split(","))
@@ -166,6 +170,8 @@ def _check(tp: Any, value: Any) -> Any:
         if isinstance(value, list | tuple) and all(_number(v, kinds) for v in value):
             return tuple(item(v) for v in value)
         return _WRONG
+    if tp == NAMED_OR_TABLE:
+        return value if isinstance(value, str) else _check(dict, value)
     if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict):  # a table of scalars
         return dict(value) if all(isinstance(v, int | float | str | bool) for v in value.values()) else _WRONG
     return _WRONG
@@ -178,6 +184,7 @@ def type_name(tp: Any) -> str:
     if typing.get_origin(base) is dict:
         base = dict
     names[CUT] = "an integer or a module's name"
+    names[NAMED_OR_TABLE] = "a name or a table"
     lists = {int: "a list of integers", float: "a list of numbers"}
     args = typing.get_args(base)
     item = args[0] if args else None

@@ -76,6 +76,18 @@ FIELDS: dict[str, Field] = {
     "train_time_s": Field(float, "seconds the training took (without evaluation and divergence)"),
     "round_time_s": Field(float, "seconds the whole round took"),
     "wall_time_s": Field(float, "the seconds of every round so far (a resumed run's included)"),
+    # the edge-time model (engine/timeline.py) on the config's profile: the round as it would take on those
+    # devices and links, from what the round computed and sent
+    "sim_round_s": Field(float, "simulated seconds of the round on the profile's devices", True, SIMULATION),
+    "sim_time_s": Field(float, "simulated seconds of every round so far", True, SIMULATION),
+    "sim_client_compute_s": Field(list, "simulated seconds each client computed", True, SIMULATION),
+    "sim_client_transfer_s": Field(
+        list, "simulated seconds each client's links carried its messages", True, SIMULATION
+    ),
+    "sim_client_idle_s": Field(list, "simulated seconds each client waited", True, SIMULATION),
+    "sim_critical_s": Field(
+        dict, "the round's critical path, simulated seconds by kind of work", True, SIMULATION
+    ),
     "stopped": Field(
         bool, "on_round stopped the algorithm after this round (StopAlgorithm)", True, SIMULATION
     ),

@@ -19,6 +19,7 @@ resource when that finished later).
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 MAIN_SERVER = "main_server"
 FED_SERVER = "fed_server"
@@ -123,3 +124,71 @@ class Timeline:
 
 def _bps(p: Party, kind: str) -> float:
     return p.up_bps if kind == "up" else p.down_bps
+
+
+# Shares of a training step's FLOPs: the backward pass costs about twice the forward (the weights' and the
+# inputs' gradients), so a forward is a third of a step and a backward two thirds.
+FORWARD, BACKWARD, STEP = 1 / 3, 2 / 3, 1.0
+
+
+class RoundRecorder:
+    """Builds a round's Timeline while an executor runs it, from what the executor does anyway: the
+    clients' and the main server's compute (samples times a part's training FLOPs per sample) and the
+    bytes the link counted since the last message. Each client's tasks follow one another; a server step
+    waits for the messages of the clients it serves; a reply waits for the step."""
+
+    def __init__(self, link: Any) -> None:
+        self.link = link  # its ``sent`` and ``received`` bytes per client, read as they grow
+        self.timeline = Timeline()
+        self.last: dict[int, int] = {}  # client -> its latest task
+        self.step: int | None = None  # the main server's latest step
+        self.uploads: list[int] = []  # the round-end uploads so far
+        self._sent = list(link.sent)
+        self._received = list(link.received)
+
+    def _after(self, n: int, *more: int | None) -> list[int]:
+        return [t for t in (self.last.get(n), *more) if t is not None]
+
+    def _up(self, n: int) -> int:
+        size, self._sent[n] = self.link.sent[n] - self._sent[n], self.link.sent[n]
+        return size
+
+    def _down(self, n: int) -> int:
+        size, self._received[n] = self.link.received[n] - self._received[n], self.link.received[n]
+        return size
+
+    def start(self, n: int, after_uploads: bool) -> None:
+        """Client n received what it starts from (``after_uploads``: which waited for the uploads so far,
+        as a model handed from client to client does)."""
+        size = self._down(n)
+        self.last[n] = self.timeline.down(str(n), size, after=self.uploads if after_uploads else ())
+
+    def compute(self, clients: list[int], samples: list[int], flops_per_sample: float, share: float) -> None:
+        for n, b in zip(clients, samples, strict=True):
+            self.last[n] = self.timeline.compute(str(n), b * flops_per_sample * share, after=self._after(n))
+
+    def send(self, clients: list[int]) -> None:
+        """Each client's message of the current exchange (what the link counted since its last one)."""
+        for n in clients:
+            self.last[n] = self.timeline.up(str(n), self._up(n), after=self._after(n))
+
+    def serve(self, clients: list[int], flops: float) -> None:
+        """A main-server step on the messages of ``clients``."""
+        after = [self.last[n] for n in clients if n in self.last]
+        self.step = self.timeline.compute(MAIN_SERVER, flops, after=after)
+
+    def reply(self, clients: list[int]) -> None:
+        for n in clients:
+            size = self._down(n)
+            self.last[n] = self.timeline.down(str(n), size, after=self._after(n, self.step))
+
+    def finish(self, n: int) -> None:
+        """Client n's upload at its round's end."""
+        size = self._up(n)
+        self.last[n] = self.timeline.up(str(n), size, after=self._after(n))
+        self.uploads.append(self.last[n])
+
+    def end(self) -> Timeline:
+        """The fed server's rule, once every upload is in: the round's end."""
+        self.timeline.compute(FED_SERVER, 0.0, after=self.uploads)
+        return self.timeline

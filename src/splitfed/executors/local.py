@@ -14,6 +14,7 @@ it runs: what differs is the definition's parts (who trains what), its schedule 
 """
 
 import inspect
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -34,6 +35,7 @@ from ..algorithms.base import (
 from ..engine.client_state import ClientStates
 from ..engine.context import UNION, Context
 from ..engine.side import Side, State, joint_each
+from ..engine.timeline import BACKWARD, FORWARD, STEP, RoundRecorder, Timeline
 from ..errors import SplitfedError
 from .exchange import run_exchange
 from .graphs import StepGraphs
@@ -51,11 +53,31 @@ def _rows(sizes: list[int], *tensors: torch.Tensor) -> None:
             )
 
 
+@dataclass
+class Timed:
+    """What a slot's steps tell the edge-time model: the round's recorder and the slot's clients."""
+
+    rec: RoundRecorder
+    clients: list[int]
+
+
 class SlotClients:
     """The clients of one slot on their copies (the ``Clients`` protocol of algorithms/views.py)."""
 
-    def __init__(self, sides: dict[str, Side], model_parts: list[str], copies: list[int], sizes: list[int]):
+    def __init__(
+        self,
+        sides: dict[str, Side],
+        model_parts: list[str],
+        copies: list[int],
+        sizes: list[int],
+        timed: Timed | None = None,
+    ):
         self.sides, self.model_parts, self.copies, self.sizes = sides, model_parts, copies, sizes
+        self.timed = timed
+
+    def _time(self, part: str, share: float) -> None:
+        if self.timed is not None:
+            self.timed.rec.compute(self.timed.clients, self.sizes, self.sides[part].flops_per_sample, share)
 
     def _stacked(self, side: Side, x: torch.Tensor) -> bool:
         """Whether every copy's rows of x go through ``side`` as one vectorised call."""
@@ -63,6 +85,7 @@ class SlotClients:
 
     def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
         _rows(self.sizes, x)
+        self._time(part, FORWARD)
         side = self.sides[part]
         if self._stacked(side, x):  # [K·b, ...] is [K, b, ...] without a copy
             grad = x.requires_grad
@@ -73,6 +96,7 @@ class SlotClients:
 
     def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor | None:
         _rows(self.sizes, grad)
+        self._time(part, BACKWARD)
         side = self.sides[part]
         if -1 in side._pending:
             at_input = side.backward(-1, grad.view(len(self.copies), -1, *grad.shape[1:]))
@@ -82,11 +106,14 @@ class SlotClients:
 
     def step(self, part: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         _rows(self.sizes, x, y)
+        self._time(part, STEP)
         grads = self.sides[part].train_each(self.copies, list(x.split(self.sizes)), list(y.split(self.sizes)))
         return torch.cat(grads)
 
     def step_model(self, x: torch.Tensor, y: torch.Tensor) -> None:
         _rows(self.sizes, x, y)
+        for part in self.model_parts:
+            self._time(part, STEP)
         sides = [self.sides[p] for p in self.model_parts]
         joint_each(sides, self.copies, list(x.split(self.sizes)), list(y.split(self.sizes)))
 
@@ -95,24 +122,36 @@ class InProcessMainServer:
     """The main server's models, as ``Algorithm.main_server`` sees them (the ``MainServer`` protocol).
     ``copy_of[part][client]``: the copy of ``part`` that serves the client (0 for a shared part)."""
 
-    def __init__(self, sides: dict[str, Side], copy_of: dict[str, dict[int, int]]) -> None:
-        self.sides, self.copy_of = sides, copy_of
+    def __init__(
+        self, sides: dict[str, Side], copy_of: dict[str, dict[int, int]], timed: Timed | None = None
+    ) -> None:
+        self.sides, self.copy_of, self.timed = sides, copy_of, timed
+
+    def _time(self, part: str, clients: list[int] | None, rows: int, share: float) -> None:
+        if self.timed is not None:
+            flops = rows * self.sides[part].flops_per_sample * share
+            self.timed.rec.serve(self.timed.clients if clients is None else clients, flops)
 
     def step(self, smashed: torch.Tensor, labels: torch.Tensor, part: str = "server") -> torch.Tensor:
+        self._time(part, None, len(smashed), STEP)
         grad = self.sides[part].train_step(0, smashed.detach().requires_grad_(), labels)
         assert grad is not None
         return grad
 
     def step_each(self, batch: list[Smashed], part: str = "server") -> list[torch.Tensor]:
         copies = [self.copy_of[part][s.client] for s in batch]
+        for s in batch:  # one step after another: each waits for the one before it
+            self._time(part, [s.client], len(s.smashed), STEP)
         return self.sides[part].train_each(copies, [s.smashed for s in batch], [s.labels for s in batch])
 
     def forward(self, part: str, x: torch.Tensor) -> torch.Tensor:
         if self.sides[part].num_copies != 1:
             raise SplitfedError(f"the main server's forward/backward act on a shared part, not {part!r}")
+        self._time(part, None, len(x), FORWARD)
         return self.sides[part].forward(0, x.detach().requires_grad_())
 
     def backward(self, part: str, grad: torch.Tensor) -> torch.Tensor:
+        self._time(part, None, len(grad), BACKWARD)
         at_input = self.sides[part].backward(0, grad)
         assert at_input is not None
         return at_input
@@ -170,8 +209,12 @@ class LocalExecutor:
         self.model_parts = [p.name for p in algo.client_parts if p.in_model]  # what step_model trains
         # an optimizer given as an object steps through Python between kernels: no graph can hold it
         capturable = all(side.opt.capturable for side in self.sides.values())
+        # with a device profile each step tells the edge-time model what it did: a replayed graph would not
+        self.timed = cfg.profile is not None
+        self.recorder: RoundRecorder | None = None
+        self.timeline: Timeline | None = None  # the last round's, when timed
         self.graphs = StepGraphs(
-            cuda_graphs and capturable and ctx.init_c.params.is_cuda,
+            cuda_graphs and capturable and ctx.init_c.params.is_cuda and not self.timed,
             lambda: [ctx.link, ctx.meter, *ctx.sides],
         )
 
@@ -193,6 +236,9 @@ class LocalExecutor:
         algo = self.algo
         plan = self._plan(rnd, clients)
         self.fed.begin(rnd, {p.name: self.model[p.name] for p in algo.client_parts}, plan.turns, plan.weights)
+        if self.timed:  # a client whose start model is not ready at once waits for the uploads before it
+            self.recorder = RoundRecorder(self.ctx.link)
+            self._waits = {n for n in plan.participants if self.fed.download(n) is None}
         self._server_parts = ServerParts(algo, self.sides)
         for part in algo.server_parts:
             if part.shared:
@@ -213,6 +259,8 @@ class LocalExecutor:
                     self._finish(n, held[n], plan.weights[n])
                     free.insert(0, held.pop(n))
         self._end_round()
+        if self.recorder is not None:
+            self.timeline, self.recorder = self.recorder.end(), None
 
     def _plan(self, rnd: int, clients: list[int]) -> RoundPlan:
         return plan_round(self.algo, self.ctx, rnd, clients, self.one_by_one)
@@ -238,6 +286,8 @@ class LocalExecutor:
         view = client_view(n, rnd, client_sides, i, start, self.client_states.get(n), self.ctx.num_clients)
         algo.client_begin(view)
         self._rounds[n] = view
+        if self.recorder is not None:
+            self.recorder.start(n, n in self._waits)
 
     def _finish(self, n: int, i: int, p_n: float) -> None:
         """Participant n ends its round: its model and extras go to the fed server."""
@@ -252,6 +302,8 @@ class LocalExecutor:
         )
         self.fed.upload(n, payload)
         self._server_parts.add(i, p_n)
+        if self.recorder is not None:
+            self.recorder.finish(n)
 
     def _end_round(self) -> None:
         """The fed server's rule makes the client parts; the main server's parts are kept (shared) or
@@ -270,24 +322,31 @@ class LocalExecutor:
         """The computation of one slot on its batches (what a CUDA graph may capture and replay): the
         clients' iteration, talking to the main server where it yields."""
         link, algo = self.ctx.link, self.algo
-        clients = algo.client(SlotClients(self.sides, self.model_parts, copies, sizes), x, y)
+        timed = None if self.recorder is None else Timed(self.recorder, ns)
+        clients = algo.client(SlotClients(self.sides, self.model_parts, copies, sizes, timed), x, y)
 
         def to_server(message: Message) -> list[Smashed]:
             _rows(sizes, *message.values())
             parts = {k: v.split(sizes) for k, v in message.items()}
-            return [
+            batch = [
                 Smashed(n, {k: link.up(k, n, v[i], compress=True) for k, v in parts.items()})
                 for i, n in enumerate(ns)
             ]
+            if timed is not None:
+                timed.rec.send(ns)
+            return batch
 
         def to_clients(replies: list[Message]) -> Message:
             keys = set(replies[0])
             if any(set(r) != keys for r in replies):
                 raise SplitfedError(f"{algo.name}: the main server's replies name different tensors")
-            return {
+            message = {
                 k: torch.cat([link.down(k, n, r[k], compress=True) for n, r in zip(ns, replies, strict=True)])
                 for k in keys
             }
+            if timed is not None:
+                timed.rec.reply(ns)
+            return message
 
         run_exchange(
             clients if inspect.isgenerator(clients) else None,
@@ -303,7 +362,8 @@ class LocalExecutor:
         ns = [s.client for s in batch]
         own = dict(zip(ns, copies, strict=True))
         copy_of = {p.name: (dict.fromkeys(ns, 0) if p.shared else own) for p in self.algo.server_parts}
-        return self.algo.main_server(InProcessMainServer(self.sides, copy_of), batch)
+        timed = None if self.recorder is None else Timed(self.recorder, ns)
+        return self.algo.main_server(InProcessMainServer(self.sides, copy_of, timed), batch)
 
 
 EXECUTIONS = tuple(e for e in choices.EXECUTIONS if e != "auto")  # auto is resolved before

@@ -14,6 +14,7 @@ import torch
 from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
+from ..engine.profiles import profile
 from ..engine.record import SIMULATION, round_record
 from ..engine.side import State
 from ..errors import Diverged, StopAlgorithm
@@ -93,6 +94,11 @@ class _Training:
             cuda = setup.device.type == "cuda"
             batched = self.cfg.execution == "batched" or (self.cfg.execution == "auto" and cuda)
             self.executor = DistributedExecutor(self.algo, self.ctx, group, batched, rounds)
+        # the devices and links of the edge-time model, drawn with the partition: a client keeps its device
+        cfg = self.cfg
+        timed = cfg.profile is not None
+        self.parties = profile(cfg.profile).draw(cfg.clients, cfg.seed_for("partition")) if timed else None
+        self.sim_time = 0.0
 
     def resume(self) -> list[dict[str, Any]]:
         """The rounds trained before (none without a checkpoint), their end state loaded to go on from."""
@@ -111,7 +117,9 @@ class _Training:
         executor.fed.load_state_dict(on_device(saved["fed_server"], device))
         executor.client_states.load_state_dict(saved["client_states"])
         self.ctx.streams.load_state_dict(saved["streams"])
-        return saved["history"][: self.cfg.rounds]
+        history = saved["history"][: self.cfg.rounds]
+        self.sim_time = history[-1].get("sim_time_s", 0.0) if history else 0.0
+        return history
 
     def divergence(self, rnd: int) -> dict[str, float]:
         """The gradient divergence at the round-start model, on the rounds divergence_every says."""
@@ -197,7 +205,25 @@ class _Training:
             client_bytes_up=list(ctx.link.sent),
             client_bytes_down=list(ctx.link.received),
             **clock.times(),
+            **self.simulated(),
         )
+
+    def simulated(self) -> dict[str, Any]:
+        """The round on the profile's devices and links (engine/timeline.py), when the config has one."""
+        timeline = self.executor.timeline
+        if self.parties is None or timeline is None:
+            return {}
+        timing = timeline.simulate(self.parties)
+        self.sim_time += timing.time_s
+        clients = [str(n) for n in range(self.cfg.clients)]
+        return {
+            "sim_round_s": timing.time_s,
+            "sim_time_s": self.sim_time,
+            "sim_client_compute_s": [timing.compute_s.get(n, 0.0) for n in clients],
+            "sim_client_transfer_s": [timing.transfer_s.get(n, 0.0) for n in clients],
+            "sim_client_idle_s": [timing.idle_s.get(n, timing.time_s) for n in clients],
+            "sim_critical_s": timing.critical_share(),
+        }
 
     def save(self, rnd: int, state: tuple[dict[str, Any], dict | None], history: list) -> None:
         """The run's checkpoint after round ``rnd``: everything a resume goes on from."""

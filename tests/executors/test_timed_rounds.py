@@ -1,0 +1,71 @@
+"""Each round's simulated time (``profile``) against the time worked out by hand from the round's own
+bytes and FLOPs: a client that trains alone adds its download, its steps and its upload; in lockstep every
+iteration waits for the slowest client's forward, the main server's step and the replies."""
+
+import pytest
+
+from splitfed import SplitfedError, run
+
+from ..conftest import small_config
+
+PHONE = {"client_flops": 2e9, "client_up_bps": 4e6, "client_down_bps": 16e6, "client_rtt_s": 0.05}
+SERVER = {"server_flops": 1e12, "server_bps": 1e10, "server_rtt_s": 0.001}
+
+
+def _record(algorithm: str, tmp_path, **profile) -> dict:
+    config = small_config(algorithm=(algorithm,), rounds=1, divergence_every=0, out=str(tmp_path))
+    result = run(config.replace(profile=PHONE | SERVER | profile))
+    return result.history[-1]
+
+
+def test_a_fedavg_round_is_each_clients_download_steps_and_upload(tmp_path):
+    r = _record("fedavg", tmp_path)
+    n = r["participants"]
+    down = 8 * r["bytes_down_per_client"] / PHONE["client_down_bps"]
+    up = 8 * r["bytes_up_per_client"] / PHONE["client_up_bps"]
+    compute = r["client_flops"] / n / PHONE["client_flops"]
+    rtt = PHONE["client_rtt_s"]
+    assert r["sim_round_s"] == pytest.approx(down + compute + up + rtt, rel=1e-9)
+    assert r["sim_client_compute_s"] == pytest.approx([compute] * n, rel=1e-9)
+    assert r["sim_critical_s"] == pytest.approx(
+        {"down": down + rtt / 2, "client compute": compute, "up": up + rtt / 2}
+    )
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 5.0])
+def test_a_lockstep_iteration_waits_for_the_slowest_client(tmp_path, slowdown):
+    # one client of four is `slowdown` times slower: every iteration of MiniBatch-SFL is its forward, its
+    # message, the server's step on the giant batch, the reply and its backward
+    r = _record("minibatch_sfl", tmp_path, straggler_share=0.25, straggler_slowdown=slowdown)
+    n, tau, rtt = r["participants"], 2, PHONE["client_rtt_s"]
+    kinds = r["bytes"]
+    weights_down = kinds["global_client_weights"] / n
+    weights_up = kinds["client_weights"] / n
+    smashed_up = (kinds["smashed"] + kinds["labels"]) / n / tau
+    grad_down = kinds["smashed_grad"] / n / tau
+    client_step = r["client_flops"] / n / tau / (PHONE["client_flops"] / slowdown)  # fwd + bwd
+    server_step = r["server_flops"] / tau / SERVER["server_flops"]
+    iteration = (
+        client_step
+        + 8 * smashed_up / PHONE["client_up_bps"]
+        + rtt / 2
+        + server_step
+        + 8 * grad_down / PHONE["client_down_bps"]
+        + rtt / 2
+    )
+    start = 8 * weights_down / PHONE["client_down_bps"] + rtt / 2
+    end = 8 * weights_up / PHONE["client_up_bps"] + rtt / 2
+    assert r["sim_round_s"] == pytest.approx(start + tau * iteration + end, rel=1e-9)
+    waited = sorted(r["sim_client_idle_s"])
+    assert (waited[0] == waited[-1]) == (slowdown == 1.0)  # the fast clients wait for the straggler
+
+
+def test_clients_taking_turns_take_longer_than_lockstep_on_the_same_devices(tmp_path):
+    lockstep = _record("minibatch_sfl", tmp_path / "a")["sim_round_s"]
+    turns = _record("sfl_v2", tmp_path / "b")["sim_round_s"]
+    assert turns > 2 * lockstep  # four clients, each waiting for the ones before it at the main server
+
+
+def test_a_bad_profile_is_refused_before_training(tmp_path):
+    with pytest.raises(SplitfedError, match="unknown profile 'phone-6g'"):
+        run(small_config(out=str(tmp_path), profile="phone-6g"))
