@@ -36,7 +36,10 @@ SUMMARY_COLUMNS = [
     ("mb_down_per_client_round", "MB dn/cl/rd", "{:.3f}"),
     ("client_gflop_per_round", "client GFLOP/rd", "{:.3f}"),
     ("server_gflop_per_round", "server GFLOP/rd", "{:.3f}"),
+    ("sim_s_per_round", "sim s/rd", "{:.2f}"),  # with a device profile only (engine/timeline.py)
 ]
+# columns a run has only with some settings: left out of its table and summary.csv when no row has them
+OPTIONAL_COLUMNS = {"sim_s_per_round"}
 # printed under the table and quoted in README's "What a run prints": what each abbreviated column means
 TABLE_LEGEND = (
     "acc: test accuracy (fraction) at the last round / the best round; loss: last round's; "
@@ -45,6 +48,7 @@ TABLE_LEGEND = (
     "+ divergence); MB up|dn/cl/rd: megabytes (10⁶ B) each client sent|received per round; "
     "GFLOP/rd: 10⁹ training FLOPs per round, all clients together | main server"
 )
+SIM_LEGEND = "; sim s/rd: simulated seconds per round on the profile's devices and links"
 
 
 def read_metrics(path: Path, algorithms: Sequence[str]) -> list[dict[str, Any]]:
@@ -99,19 +103,28 @@ def summarize(history: list[dict[str, Any]], algorithms: list[str]) -> list[dict
                 "mb_down_per_client_round": mean("bytes_down_per_client", 1e6),
                 "client_gflop_per_round": mean("client_flops", 1e9),
                 "server_gflop_per_round": mean("server_flops", 1e9),
+                "sim_s_per_round": mean("sim_round_s"),
             }
         )
     return rows
 
 
+def columns(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The summary's columns for these rows: an optional one only where some row has it."""
+    return [
+        c
+        for c in SUMMARY_COLUMNS
+        if c[0] not in OPTIONAL_COLUMNS or any(not _missing(r.get(c[0])) for r in rows)
+    ]
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """The run's comparison table, one row per algorithm, with the legend of its columns under it."""
-    cells = [[title for _, title, _ in SUMMARY_COLUMNS]]
+    shown = columns(rows)
+    cells = [[title for _, title, _ in shown]]
     for row in rows:
-        cells.append(
-            ["–" if _missing(row.get(key)) else fmt.format(row[key]) for key, _, fmt in SUMMARY_COLUMNS]
-        )
-    widths = [max(len(r[i]) for r in cells) for i in range(len(SUMMARY_COLUMNS))]
+        cells.append(["–" if _missing(row.get(key)) else fmt.format(row[key]) for key, _, fmt in shown])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(shown))]
     lines = [  # first column left-aligned, numbers right-aligned
         "  ".join(
             c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))
@@ -119,7 +132,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         for r in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join([*lines, TABLE_LEGEND])
+    legend = TABLE_LEGEND + (SIM_LEGEND if len(shown) > len(SUMMARY_COLUMNS) - len(OPTIONAL_COLUMNS) else "")
+    return "\n".join([*lines, legend])
 
 
 def _missing(value: Any) -> bool:
@@ -129,7 +143,8 @@ def _missing(value: Any) -> bool:
 
 def write_summary_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in SUMMARY_COLUMNS])
+        keys = [key for key, _, _ in columns(rows)]
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
@@ -157,6 +172,16 @@ def run_figures(
     figures = {"accuracy": _rounds_figure(plt, history, algorithms, title, [accuracy, train_loss])}
     for stem, (cost, xlabel, what) in COSTS.items():
         figures[stem] = accuracy_against_cost(plt, history, algorithms, title, cost, xlabel, what)
+    if any("sim_round_s" in r for r in history):  # a device profile: accuracy against simulated time
+        figures["accuracy_vs_sim_time"] = accuracy_against_cost(
+            plt,
+            history,
+            algorithms,
+            title,
+            _sim_seconds,
+            "simulated seconds, cumulative (log scale)",
+            "no time",
+        )
     if any("divergence_client" in r for r in history):
         panels = [
             (
@@ -197,6 +222,10 @@ def _rounds_figure(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _sim_seconds(record: dict[str, Any]) -> float:
+    return record.get("sim_round_s", 0.0)
 
 
 def cumulative_cost(

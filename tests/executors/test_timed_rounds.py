@@ -5,6 +5,7 @@ iteration waits for the slowest client's forward, the main server's step and the
 import pytest
 
 from splitfed import SplitfedError, run
+from splitfed.report import format_table, run_figures
 
 from ..conftest import small_config
 
@@ -69,3 +70,17 @@ def test_clients_taking_turns_take_longer_than_lockstep_on_the_same_devices(tmp_
 def test_a_bad_profile_is_refused_before_training(tmp_path):
     with pytest.raises(SplitfedError, match="unknown profile 'phone-6g'"):
         run(small_config(out=str(tmp_path), profile="phone-6g"))
+
+
+def test_a_timed_run_gains_a_sim_column_and_a_figure_against_simulated_time(tmp_path):
+    timed = run(
+        small_config(algorithm=("fedavg",), divergence_every=0, out=str(tmp_path / "a"), profile="phone-4g")
+    )
+    plain = run(small_config(algorithm=("fedavg",), divergence_every=0, out=str(tmp_path / "b")))
+    assert "sim s/rd" in format_table(timed.summary) and "sim s/rd" not in format_table(plain.summary)
+    assert timed.summary[0]["sim_s_per_round"] == pytest.approx(timed.history[-1]["sim_time_s"] / 2)
+    assert "sim_s_per_round" not in (tmp_path / "b" / "summary.csv").read_text()  # as before profiles
+    figures = run_figures(timed.history, ["fedavg"], "t")
+    assert "accuracy_vs_sim_time" in figures and "accuracy_vs_sim_time" not in run_figures(
+        plain.history, ["fedavg"], "t"
+    )
