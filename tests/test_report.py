@@ -688,3 +688,17 @@ def test_a_sweep_whose_metrics_line_is_cut_short_is_one_line_naming_the_file_and
     with pytest.raises(SplitfedError) as e:
         analysis.report(sweep, tmp_path / "out", claims=None)
     assert str(e.value).startswith(f"{metrics} line 5 is not a round record of this run")
+
+
+def test_a_timed_sweep_reports_simulated_seconds_to_each_target(tmp_path):
+    # two seeds of MiniBatch-SFL run on a device profile: 10 simulated seconds a round; the first reaches
+    # 45 % in round 2 (20 s), the second in round 3 (30 s); 75 % never
+    sweep = tmp_path / "sweep"
+    for seed, accs in ((0, [0.3, 0.5, 0.6]), (1, [0.3, 0.4, 0.5])):
+        records = [_record("minibatch_sfl", r, a, sim_time_s=10.0 * r) for r, a in enumerate(accs, start=1)]
+        _write_run(sweep / f"seed={seed}", 0.01, seed, records, extra='profile = "phone-4g"\n')
+    (tmp_path / "claims.toml").write_text(CLAIMS)
+    md = analysis.report(sweep, tmp_path / "out", claims=tmp_path / "claims.toml").read_text()
+    assert "| sim s to 45 % | sim s to 75 % |" in md and "| 25 ± 7 | never |" in md
+    (row,) = _rows(tmp_path / "out" / "aggregate.csv")
+    assert float(row["sim_s_to_0.45_mean"]) == 25.0

@@ -125,6 +125,8 @@ def aggregate_row(g: Group, claims: Claims, chosen: bool | None) -> dict[str, An
         reached = [r for r in rounds if r is not None]
         row[f"rounds_to_{t:g}_mean"] = mean(reached)
         row[f"rounds_to_{t:g}_reached"] = f"{len(reached)}/{len(rounds)}"
+        if g.has("sim_time_s"):  # a device profile: simulated seconds to the target
+            row[f"sim_s_to_{t:g}_mean"] = mean([s for s in g.sim_time_to(t) if s is not None])
     for side in ("client", "server"):
         for suffix, _ in DIVERGENCE_FORMS:
             row[f"divergence_{side}{suffix}_mean"] = mean(g.mean_over_rounds(f"divergence_{side}{suffix}"))

@@ -63,6 +63,14 @@ class Group:
             for h in self.histories
         ]
 
+    def sim_time_to(self, target: float) -> list[float | None]:
+        """Per seed, the simulated seconds (``profile``) until the end of the first round whose test
+        accuracy reaches ``target``; None: never in the run."""
+        return [
+            next((r["sim_time_s"] for r in h if r.get("test_accuracy", -math.inf) >= target), None)
+            for h in self.histories
+        ]
+
     def by_seed(self, values: list[float]) -> dict[Any, float]:
         return dict(zip(self.seed_ids(), values, strict=True))
 

@@ -60,6 +60,15 @@ def fmt_rounds(rounds: list[int | None]) -> str:
     return text if len(reached) == len(rounds) else f"{text}, never in {len(rounds) - len(reached)}"
 
 
+def fmt_seconds(seconds: list[float | None]) -> str:
+    """Simulated seconds to a target over seeds, as fmt_rounds writes rounds."""
+    reached = [s for s in seconds if s is not None]
+    if not reached:
+        return "never"
+    text = fmt(reached, 1.0, digits=0)
+    return text if len(reached) == len(seconds) else f"{text}, never in {len(seconds) - len(reached)}"
+
+
 def fmt_lr(lr: tuple[float, float] | None) -> str:
     if lr is None:
         return "–"

@@ -17,7 +17,7 @@ from .figures import sections
 from .load import load_groups
 from .rundir import is_run, read_config, read_history
 from .setting import Setting
-from .text import fmt, fmt_lr, fmt_rounds, safe, same
+from .text import fmt, fmt_lr, fmt_rounds, fmt_seconds, safe, same
 
 
 def cell_table(groups: list[Group], claims: Claims, lr_varies: bool) -> list[str]:
@@ -26,6 +26,8 @@ def cell_table(groups: list[Group], claims: Claims, lr_varies: bool) -> list[str
     head = ["algorithm", "cut", "p", *(["lr"] if lr_varies else []), "seeds", "final", f"last-{k}", "best"]
     head += [f"val last-{k}"] if with_val else []
     head += [f"rounds to {100 * t:g} %" for t in claims.targets]
+    timed = any(g.has("sim_time_s") for g in groups)  # a device profile: time to each target too
+    head += [f"sim s to {100 * t:g} %" for t in claims.targets] if timed else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         cells = [g.algorithm, str(g.cut_layer), "–" if g.ratio is None else str(g.ratio)]
@@ -33,6 +35,7 @@ def cell_table(groups: list[Group], claims: Claims, lr_varies: bool) -> list[str
         cells += [str(len(g.histories)), fmt(g.final()), fmt(g.last_k(k)), fmt(g.best())]
         cells += [fmt(g.last_k(k, "val_accuracy"))] if with_val else []
         cells += [fmt_rounds(g.rounds_to(t)) for t in claims.targets]
+        cells += [fmt_seconds(g.sim_time_to(t)) for t in claims.targets] if timed else []
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

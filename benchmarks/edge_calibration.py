@@ -1,0 +1,328 @@
+"""The edge-time model against a real deployment on this machine: each client in a network namespace of
+its own behind a shaped link (``tc tbf`` each way), its traffic to the servers through a delaying TCP
+proxy (the kernel here has no netem), its compute throttled by a CPU quota (cgroup v1 ``cpu``); the
+servers unshaped. Every namespace, link, qdisc, proxy and cgroup is made here and removed here; no
+address outside the links' own is ever used.
+
+    PYTHONPATH=src python3 -m benchmarks.edge_calibration [--quick]
+
+The model's inputs are what the machine and the shaping give: the client's rate is this machine's
+measured training FLOP/s for the client part (``machine_rates``: forward, backward and step timed in
+this process, one thread) times the CPU quota, the server's the same for the server part, the links the
+``tbf`` rates, the round trip twice the proxy's delay. Measured: the fed server's ``train_time_s`` per
+round (the round's start to its last upload), the first round left out (connections warming up).
+Writes benchmarks/results/edge_calibration.json; docs/performance.md has the table.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import random
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from statistics import median
+
+import torch
+
+from splitfed import Config, run
+from splitfed.services.deploy import write_config
+from splitfed.services.launch import free_ports, role_command
+from splitfed.services.security import make_credentials
+from splitfed.setup import prepare
+
+CGROUP = Path("/sys/fs/cgroup/cpu")
+
+
+def _sh(*args: str, ns: str | None = None) -> None:
+    cmd = ["ip", "netns", "exec", ns, *args] if ns else list(args)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+
+@dataclasses.dataclass
+class Link:
+    ns: str
+    host_dev: str
+    host_ip: str
+
+
+@contextlib.contextmanager
+def shaped_links(clients: int, up_mbit: float, down_mbit: float) -> Iterator[list[Link]]:
+    """One namespace per client, joined to this one by a veth pair capped at the rates (tbf on each
+    end's egress: the client's end is its uplink, this end its downlink)."""
+    tag = f"sfc{random.randrange(16**4):04x}"
+    links: list[Link] = []
+    try:
+        for k in range(clients):
+            ns, host_dev, ns_dev = f"{tag}{k}", f"{tag}{k}h", f"{tag}{k}n"
+            host_ip, peer_ip = f"10.78.{k}.1", f"10.78.{k}.2"
+            _sh("ip", "netns", "add", ns)
+            links.append(Link(ns, host_dev, host_ip))
+            _sh("ip", "link", "add", host_dev, "type", "veth", "peer", "name", ns_dev)
+            _sh("ip", "link", "set", ns_dev, "netns", ns)
+            _sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_dev)
+            _sh("ip", "link", "set", host_dev, "up")
+            _sh("ip", "addr", "add", f"{peer_ip}/30", "dev", ns_dev, ns=ns)
+            _sh("ip", "link", "set", ns_dev, "up", ns=ns)
+            _sh("ip", "link", "set", "lo", "up", ns=ns)
+            for dev, rate, where in ((host_dev, down_mbit, None), (ns_dev, up_mbit, ns)):
+                cap = ["root", "tbf", "rate", f"{rate}mbit", "burst", "32kb", "latency", "5s"]
+                _sh("tc", "qdisc", "add", "dev", dev, *cap, ns=where)
+        yield links
+    finally:
+        for link in links:
+            subprocess.run(["ip", "netns", "del", link.ns], capture_output=True, timeout=30)
+            subprocess.run(["ip", "link", "del", link.host_dev], capture_output=True, timeout=30)
+
+
+class DelayingProxy:
+    """A TCP proxy that holds each chunk ``delay_s`` before passing it on (one way's latency)."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int], delay_s: float) -> None:
+        self.target, self.delay_s = target, delay_s
+        self.sock = socket.create_server(listen)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            for a, b in ((client, server), (server, client)):
+                a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                if self.delay_s:
+                    time.sleep(self.delay_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def cpu_quota(name: str, share: float) -> Iterator[Path | None]:
+    """A cgroup whose processes get ``share`` of one core (None: no quota, or no cgroup v1 cpu here)."""
+    if share >= 1.0 or not (CGROUP / "cpu.cfs_period_us").exists():
+        yield None
+        return
+    group = CGROUP / name
+    group.mkdir()
+    try:
+        period = 10_000  # 10 ms: a short period spreads the quota evenly over a step of a few ms
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(int(share * period)))
+        yield group
+    finally:
+        for _ in range(50):  # the group empties as its processes end
+            with contextlib.suppress(OSError):
+                group.rmdir()
+                break
+            time.sleep(0.1)
+
+
+def machine_rates(config: Config) -> tuple[float, float]:
+    """This machine's training FLOP/s, one thread: the client part at batch b, the server part at the
+    batch it steps on (N·b in lockstep, b otherwise); forward, backward and an SGD step, best of 5."""
+    setup = prepare(config.replace(out=None))
+    torch.set_num_threads(1)
+    lockstep = config.algorithm[0] == "minibatch_sfl"
+    rates = []
+    for module, per_sample, batch, first in (
+        (setup.client_module, setup.flops_per_sample[0], config.batch_size, True),
+        (
+            setup.server_module,
+            setup.flops_per_sample[1],
+            config.batch_size * (config.clients if lockstep else 1),
+            False,
+        ),
+    ):
+        x = setup.data.train_x[:batch].to(torch.float32)
+        if not first:
+            with torch.no_grad():
+                x = setup.client_module(x)
+        opt = torch.optim.SGD(module.parameters(), lr=0.0)
+        best = float("inf")
+        for _ in range(6):
+            t0 = time.perf_counter()
+            inp = x.detach().requires_grad_(not first)
+            out = module(inp)
+            loss = (
+                out.float().square().mean()
+                if first
+                else torch.nn.functional.cross_entropy(out, setup.data.train_y[:batch])
+            )
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            best = min(best, time.perf_counter() - t0)
+        rates.append(per_sample * batch / best)
+    return rates[0], rates[1]
+
+
+def deployment_files(
+    tmp: Path, config: Config, links: list[Link], delay_s: float
+) -> tuple[Path, list[Path], list]:
+    """The servers' file (listening on every address) and one file per client dialling the servers at its
+    link's host end, through a delaying proxy there."""
+    make_credentials(tmp / "certs", config.clients, hosts=("localhost", *(link.host_ip for link in links)))
+    main, fed = free_ports(2)
+    from splitfed.services.deploy import Deployment
+
+    deploy = Deployment(
+        main_server=f"localhost:{main}",
+        fed_server=f"localhost:{fed}",
+        main_server_listen=f"0.0.0.0:{main}",
+        fed_server_listen=f"0.0.0.0:{fed}",
+        ca=str(tmp / "certs" / "ca.pem"),
+        cert=str(tmp / "certs" / "server.pem"),
+        key=str(tmp / "certs" / "server.key"),
+        tokens=str(tmp / "certs" / "tokens.toml"),
+        state_dir=str(tmp / "state"),
+    )
+    servers = write_config(tmp / "deploy.toml", config.replace(out=str(tmp / "run")), deploy)
+    files, proxies = [], []
+    for k, link in enumerate(links):
+        ends = {}
+        for name, port in (("main_server", main), ("fed_server", fed)):
+            proxy = DelayingProxy((link.host_ip, 0), ("127.0.0.1", port), delay_s)
+            proxies.append(proxy)
+            ends[name] = f"{link.host_ip}:{proxy.port}"
+        files.append(
+            write_config(
+                tmp / f"client_{k}.toml",
+                config.replace(out=str(tmp / "run")),
+                dataclasses.replace(deploy, **ends),
+            )
+        )
+    return servers, files, proxies
+
+
+def measure(
+    tmp: Path, config: Config, up_mbit: float, down_mbit: float, quota: float, delay_s: float
+) -> list[float]:
+    """The deployment's train_time_s per round (the first left out)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with shaped_links(config.clients, up_mbit, down_mbit) as links, contextlib.ExitStack() as stack:
+        servers, files, proxies = deployment_files(tmp, config, links, delay_s)
+        for proxy in proxies:
+            stack.callback(proxy.close)
+        logs = tmp / "logs"
+        logs.mkdir(exist_ok=True)
+        procs = []
+        for role in ("fed_server", "main_server"):
+            out = (logs / f"{role}.log").open("w")
+            procs.append(subprocess.Popen(role_command(role, servers), stdout=out, stderr=out))
+        time.sleep(3.0)  # both servers listen before the clients dial
+        for k, (link, file) in enumerate(zip(links, files, strict=True)):
+            group = stack.enter_context(cpu_quota(f"{link.ns}cpu", quota))
+            cmd = ["ip", "netns", "exec", link.ns, *role_command("client", file, k, threads=1)]
+            if group is not None:  # the client joins its cgroup before it starts: sh writes its own pid
+                cmd = ["sh", "-c", f'echo $$ > {group}/tasks && exec "$@"', "sh", *cmd]
+            out = (logs / f"client_{k}.log").open("w")
+            procs.append(subprocess.Popen(cmd, stdout=out, stderr=out))
+        try:
+            codes = [p.wait(timeout=900) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        if any(codes):
+            raise RuntimeError(f"a role failed ({codes}); see {logs}")
+    records = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_time_s"] for r in records[1:]]
+
+
+def predict(
+    tmp: Path, config: Config, up_mbit: float, down_mbit: float, quota: float, delay_s: float
+) -> tuple[float, dict]:
+    """The model's round time for the same round, on this machine's calibrated rates and the shaping."""
+    client_rate, server_rate = machine_rates(config)
+    table = {
+        "client_flops": client_rate * quota,
+        "client_up_bps": up_mbit * 1e6,
+        "client_down_bps": down_mbit * 1e6,
+        "client_rtt_s": 2 * delay_s,
+        "server_flops": server_rate,
+    }
+    result = run(config.replace(profile=table, out=str(tmp / "sim"), figures=False, rounds=2))
+    return result.history[-1]["sim_round_s"], table
+
+
+CASES = [  # (algorithm, cut, uplink/downlink Mbit/s, CPU quota, one-way delay s)
+    (alg, cut, rate, 0.5, 0.005)
+    for alg in ("minibatch_sfl", "sfl_v2", "fedavg")
+    for cut in (1, 2)
+    for rate in (20.0, 5.0)
+]
+
+
+def base_config(algorithm: str, cut: int, quick: bool) -> Config:
+    return Config(
+        algorithm=(algorithm,),
+        dataset="synthetic",
+        synthetic_shape=(1, 28, 28),
+        synthetic_samples=600,
+        model="cnn4",
+        cut_layer=cut,
+        clients=2,
+        batch_size=16,
+        local_iters=4 if quick else 10,
+        rounds=2 if quick else 4,
+        divergence_every=0,
+        eval_every=1000,  # the last round only: the fed server's evaluation is not training time
+        threads=1,
+        device="cpu",
+        figures=False,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one case, two short rounds: try the harness")
+    p.add_argument("--work", default="/tmp/splitfed-calibration")
+    args = p.parse_args()
+    rows = []
+    for alg, cut, rate, quota, delay in CASES[:1] if args.quick else CASES:
+        config = base_config(alg, cut, args.quick)
+        tmp = Path(args.work) / f"{alg}-cut{cut}-{rate:g}mbit"
+        measured = measure(tmp / "deploy", config, rate, rate, quota, delay)
+        predicted, table = predict(tmp, config, rate, rate, quota, delay)
+        row = {"algorithm": alg, "cut": cut, "mbit": rate, "quota": quota, "delay_s": delay}
+        row |= {
+            "measured_s": median(measured),
+            "measured_all": measured,
+            "predicted_s": predicted,
+            "profile": table,
+        }
+        row["residual"] = (predicted - row["measured_s"]) / row["measured_s"]
+        rows.append(row)
+        measured_s, residual = row["measured_s"], row["residual"]
+        print(
+            f"{alg:<14} cut {cut}  {rate:>4g} Mbit/s  measured {measured_s:7.2f} s  "
+            f"predicted {predicted:7.2f} s  {residual:+.1%}",
+            flush=True,
+        )
+    out = Path("benchmarks/results/edge_calibration.json")
+    out.write_text(json.dumps({"torch": torch.__version__, "cases": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
