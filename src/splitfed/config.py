@@ -261,6 +261,19 @@ class Config:
         (``sflv2_schedule``): what run ids, runs.csv's columns and checkpoints hold."""
         return flatten({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every value's default by its flat name (``to_dict``'s names): what a run id leaves out."""
+        missing = dataclasses.MISSING
+        return flatten(
+            {
+                f.name: f.default
+                if f.default is not missing or f.default_factory is missing
+                else f.default_factory()
+                for f in dataclasses.fields(cls)
+            }
+        )
+
     def run_identity(self) -> dict[str, Any]:
         """The fields that decide the run's numbers (all but MACHINE_FIELDS), flat (``to_dict``): every
         party of a deployment must agree on them, and checks that it does before any work."""
@@ -299,9 +312,7 @@ def _init(self: Config, **values: Any) -> None:
 
 Config.__init__ = _init  # type: ignore[method-assign]
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-# Every value's default by its flat name (``to_dict``'s names): what a run id leaves out.
-DEFAULTS = flatten({f.name: f.default for f in FIELDS.values() if f.default is not dataclasses.MISSING})
-DEFAULTS["model_args"] = {}
+DEFAULTS = Config.defaults()
 
 
 def field_of(name: str) -> dataclasses.Field | None:

@@ -171,7 +171,8 @@ def note_legacy(name: str) -> None:
         section, key = path.split(".")
         log.warning(
             f"note: config key {name} is deprecated: it is now {path} (in a file, [{section}] {key} = ...; "
-            f"the flag --{flag(path)})"
+            f"the flag --{flag(path)})",
+            extra={"before_checks": True},  # not the first line of a run: warnings stay held (_log.py)
         )
 
 

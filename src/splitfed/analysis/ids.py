@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import DEFAULTS, PARTITION_OPTIONS, Config
+from ..config import PARTITION_OPTIONS, Config
 
 ID_DIGITS = 12  # 48 bits: a collision among a million runs has odds of about 2e-3; a study holds hundreds
 
@@ -38,11 +38,12 @@ def digest(value: Any) -> str:
 def deciding_settings(config: Config) -> dict[str, Any]:
     """The fields of the run's identity whose value differs from the field's default (a partition's option
     left unset counts as the partition's default)."""
+    defaults = Config.defaults()  # of the Config at hand: a later one may have more fields
     identity = config.run_identity()
     option = PARTITION_OPTIONS.get(identity.get("partition"))
     if option is not None and identity.get(option[0]) == option[1]:
         identity[option[0]] = None  # the partition's default, as unset
-    return {k: v for k, v in identity.items() if _canonical(v) != _canonical(DEFAULTS[k])}
+    return {k: v for k, v in identity.items() if _canonical(v) != _canonical(defaults[k])}
 
 
 def run_id(config: Config) -> str:
