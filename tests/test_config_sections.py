@@ -216,6 +216,11 @@ def test_a_grid_varies_a_section_key_by_its_path(tmp_path, notes):
         {"sfl_v2.schedule": "interleaved"},
     ]
     assert [p.name for p in points] == [p.name for p in expand(old, tmp_path / "b")]
+    dotted = tmp_path / "dotted.toml"  # a TOML dotted key in the grid: the same path
+    dotted.write_text(base + '[[grid]]\nsfl_v2.schedule = ["client_sequential", "interleaved"]\n')
+    assert [(p.name, p.varied) for p in expand(dotted, tmp_path / "c")] == [
+        (p.name, p.varied) for p in points
+    ]
     assert len(notes()) == 1
 
 
