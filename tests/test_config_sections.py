@@ -230,3 +230,33 @@ def test_a_correction_and_a_fed_optimizer_knob_are_named_by_their_path():
     check_knobs(c)  # a correction: any algorithm takes it
     with pytest.raises(SplitfedError, match=r"^fed_optimizer\.lr applies to .*fedavgm.* only"):
         check_knobs(Config(algorithm=("minibatch_sfl",), fed_optimizer={"lr": 0.1}))
+
+
+def test_a_run_written_with_flat_keys_resumes_quietly(tmp_path, notes):
+    """A run from before the sections: its config.toml has the flat names; --resume reads it as it is."""
+    from splitfed import run
+    from splitfed.sections import flatten
+    from splitfed.typed import dump_toml, read_toml
+
+    from .conftest import small_config
+
+    out = tmp_path / "run"
+    config = small_config(algorithm=("fedavg",), rounds=1, divergence={"every": 0}, out=str(out))
+    run(config, progress=False)
+    flat = flatten(read_toml(out / "config.toml"))  # as splitfed wrote it before the sections
+    assert "divergence_every" in flat and "divergence" not in flat
+    (out / "config.toml").write_text(dump_toml(flat))
+    result = run(config.replace(rounds=2, resume=True), progress=False)
+    assert [r["round"] for r in result.history] == [1, 2]
+    assert notes() == []
+    assert "[divergence]\nevery = 0\n" in (out / "config.toml").read_text()  # written with sections now
+
+
+def test_a_deployment_file_holds_sections_and_reads_back_quietly(tmp_path, notes):
+    from splitfed.services.deploy import Deployment, load, write_config
+
+    config = Config(algorithm=("minibatch_sfl",), clients=3, sfl_v2={"schedule": "interleaved"}, out="r")
+    path = write_config(tmp_path / "site.toml", config, Deployment())
+    assert "[sfl_v2]\nschedule = " in path.read_text() and "resume" not in path.read_text()
+    assert load(path)[0].replace(out="r") == config
+    assert notes() == []

@@ -279,9 +279,9 @@ class Config:
         party of a deployment must agree on them, and checks that it does before any work."""
         return {k: v for k, v in self.to_dict().items() if k not in MACHINE_FIELDS}
 
-    def to_toml(self) -> str:
-        """The fields, then each section as a table of its keys set (none unset)."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def to_toml(self, without: tuple[str, ...] = ()) -> str:
+        """The fields (but ``without``), then each section as a table of its keys set (none unset)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in without}
         tables = {
             name: {k: v for k, v in dataclasses.asdict(values.pop(name)).items() if v is not None}
             for name in SECTIONS
