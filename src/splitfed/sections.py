@@ -221,6 +221,15 @@ def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def flat_defaults() -> dict[str, Any]:
-    """Every section key's default, by its flat name."""
-    return {FLAT[path]: f.default for path, f in SETTINGS.items()}
+def by_path(table: Any) -> Any:
+    """A [[grid]] table with a section's keys by their path: ``sfl_v2.schedule = [...]`` (a TOML dotted key,
+    a table in the table) is ``"sfl_v2.schedule" = [...]``."""
+    if not isinstance(table, dict):
+        return table
+    out = {}
+    for key, values in table.items():
+        if key in SECTIONS and isinstance(values, dict):
+            out |= {f"{key}.{k}": v for k, v in values.items()}
+        else:
+            out[key] = values
+    return out

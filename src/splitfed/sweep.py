@@ -57,7 +57,7 @@ from .analysis.ids import run_id
 from .config import MACHINE_FIELDS, Config, coerce, field_of, read_toml
 from .errors import SplitfedError
 from .preflight import preflight
-from .sections import LEGACY, SECTIONS
+from .sections import LEGACY, by_path
 
 log = logging.getLogger("splitfed")
 INDEX_FIELDS = ["run", "status", "rounds_done", "final_accuracy", "best_accuracy"]
@@ -78,7 +78,7 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
     grids = raw.pop("grid", [])
     if isinstance(grids, dict):
         grids = [grids]
-    grids = [_by_path(t) for t in grids]
+    grids = [by_path(t) for t in grids]
     if not grids:
         raise SplitfedError(f"{grid_file} has no [[grid]] table: nothing to sweep")
     for key in ("out", "resume"):
@@ -112,20 +112,6 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
                 )
             points.setdefault(name, Point(name, varied, config.replace(out=str(Path(out_dir) / name))))
     return list(points.values())
-
-
-def _by_path(table: Any) -> Any:
-    """A [[grid]] table with a section's keys by their path: ``sfl_v2.schedule = [...]`` (a TOML dotted key,
-    a table in the table) is ``"sfl_v2.schedule" = [...]``."""
-    if not isinstance(table, dict):
-        return table
-    out = {}
-    for key, values in table.items():
-        if key in SECTIONS and isinstance(values, dict):
-            out |= {f"{key}.{k}": v for k, v in values.items()}
-        else:
-            out[key] = values
-    return out
 
 
 def _status(point: Point, tabled: dict[str, str] | None = None) -> tuple[str, int]:
