@@ -74,7 +74,9 @@ _f = setting
 
 
 def section(cls: type[Section]) -> Any:
-    return field(default=cls(), metadata={"help": cls.__doc__, "section": True})
+    """A section's field. It stands where its keys stood as flat fields: ``to_dict()`` lists their flat
+    names in the order runs.csv's settings columns have always had them."""
+    return field(default=cls(), metadata={"help": cls.__doc__})
 
 
 @dataclass(frozen=True)
@@ -264,15 +266,7 @@ class Config:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Every value's default by its flat name (``to_dict``'s names): what a run id leaves out."""
-        missing = dataclasses.MISSING
-        return flatten(
-            {
-                f.name: f.default
-                if f.default is not missing or f.default_factory is missing
-                else f.default_factory()
-                for f in dataclasses.fields(cls)
-            }
-        )
+        return flatten({f.name: _default(f) for f in dataclasses.fields(cls)})
 
     def run_identity(self) -> dict[str, Any]:
         """The fields that decide the run's numbers (all but MACHINE_FIELDS), flat (``to_dict``): every
@@ -299,6 +293,10 @@ class Config:
             purpose
         ]
         return self.seed if own is None else own
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
 
 
 _dataclass_init = Config.__init__
