@@ -181,6 +181,10 @@ def test_the_command_line_takes_section_flags_and_the_old_ones(notes):
         ),
         ("sfl_v2 = 3\n", r"^sfl_v2 in .*c\.toml must be a table of schedule, got 3$"),
         ('lr_schedule = "step"\n', r"^lr_schedule=step needs lr_decay\.step_size$"),
+        (
+            'sflv2_schedule = "interleaved"\n[sfl_v2]\nschedule = "client_sequential"\n',
+            r"^sfl_v2\.schedule is given twice: in \[sfl_v2\] and as sflv2_schedule$",
+        ),
     ],
 )
 def test_a_bad_section_key_is_one_line(tmp_path, text, message):

@@ -186,6 +186,7 @@ def lift(values: Mapping[str, Any], *, note: bool = True) -> dict[str, Any]:
     into its section: a section given as a table or an instance takes them on top of its own keys."""
     out = dict(values)
     moved: dict[str, dict[str, Any]] = {}
+    named: dict[str, str] = {}  # a path: the name it was given by
     for name in list(out):
         path = LEGACY.get(name, name)
         if path not in SETTINGS:
@@ -194,6 +195,7 @@ def lift(values: Mapping[str, Any], *, note: bool = True) -> dict[str, Any]:
             note_legacy(name)
         section, key = path.split(".")
         moved.setdefault(section, {})[key] = out.pop(name)
+        named[path] = name
     for section, keys in moved.items():
         given = out.get(section)
         if given is None:
@@ -201,6 +203,9 @@ def lift(values: Mapping[str, Any], *, note: bool = True) -> dict[str, Any]:
         elif isinstance(given, Section):
             out[section] = dataclasses.replace(given, **keys)
         elif isinstance(given, Mapping):
+            twice = [f"{section}.{k}" for k in keys if k in given]
+            if twice:
+                raise SplitfedError(f"{twice[0]} is given twice: in [{section}] and as {named[twice[0]]}")
             out[section] = {**given, **keys}
         else:
             raise SplitfedError(f"{section} must be a table of {', '.join(keys)}, got {given!r}")
@@ -216,7 +221,9 @@ def flatten(values: Mapping[str, Any]) -> dict[str, Any]:
         if name not in SECTIONS:
             out[name] = value
             continue
-        table = dataclasses.asdict(value) if isinstance(value, Section) else dict(value or {})
+        table = dataclasses.asdict(value) if isinstance(value, Section) else value
+        if not isinstance(table, Mapping):  # a config.toml edited wrongly: its flat keys only
+            continue
         out |= {FLAT[f"{name}.{key}"]: v for key, v in table.items() if f"{name}.{key}" in FLAT}
     return out
 
