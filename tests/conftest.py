@@ -20,7 +20,7 @@ def small_config(**changes) -> Config:
         device="cpu",
         figures=False,  # drawing 8 files costs more than the tiny run; the report tests draw them
     )
-    return Config(**(base | changes))
+    return Config(**base).replace(**changes)  # a change by a section key's path or flat name: on top
 
 
 @pytest.fixture(autouse=True)

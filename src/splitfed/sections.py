@@ -193,6 +193,8 @@ def lift(values: Mapping[str, Any], *, note: bool = True) -> dict[str, Any]:
             continue
         if note and name in LEGACY:
             note_legacy(name)
+        if path in named:
+            raise SplitfedError(f"{path} is given twice: as {named[path]} and as {name}")
         section, key = path.split(".")
         moved.setdefault(section, {})[key] = out.pop(name)
         named[path] = name
