@@ -27,8 +27,7 @@ def one(clients: int, per_round: int, rounds: int, memory_mb: float, out: str) -
     cfg = Config(
         algorithm=("scaffold",),
         dataset="synthetic",
-        synthetic_shape=(1, 28, 28),
-        synthetic_samples=2 * clients,
+        synthetic={"shape": (1, 28, 28), "samples": 2 * clients},
         model=MODEL,
         clients=clients,
         clients_per_round=per_round,
@@ -36,7 +35,7 @@ def one(clients: int, per_round: int, rounds: int, memory_mb: float, out: str) -
         batch_size=2,
         local_iters=1,
         rounds=rounds,
-        divergence_every=0,
+        divergence={"every": 0},
         eval_every=rounds,
         client_state_mb=memory_mb,
         device="cpu",

@@ -30,14 +30,13 @@ ALGORITHMS = ("minibatch_sfl", "sfl_v2", "fedavg")
 def _config(clients: int, iters: int, timed: bool) -> Config:
     return Config(
         dataset="synthetic",
-        synthetic_shape=(1, 28, 28),
-        synthetic_samples=clients * 64,
+        synthetic={"shape": (1, 28, 28), "samples": clients * 64},
         model="cnn4",
         cut_layer=2,
         clients=clients,
         local_iters=iters,
         batch_size=32,
-        divergence_every=0,
+        divergence={"every": 0},
         device="cpu",
         threads=1,
         profile="phone-4g-mixed" if timed else None,

@@ -43,8 +43,7 @@ def checks(out: Path, device: str) -> None:
 
     base = Config(
         dataset="synthetic",
-        synthetic_shape=(1, 28, 28),
-        synthetic_samples=400,
+        synthetic={"shape": (1, 28, 28), "samples": 400},
         model="cnn4",
         clients=4,
         rounds=3,
@@ -52,7 +51,7 @@ def checks(out: Path, device: str) -> None:
         batch_size=16,
         lr=0.01,  # small steps: a max-pool flip between two executions then moves little (see tests)
         momentum=0.5,
-        divergence_every=0,
+        divergence={"every": 0},
         device=device,
     )
     rows = []
@@ -84,7 +83,7 @@ def checks(out: Path, device: str) -> None:
     cfg = base.replace(
         algorithm=("minibatch_sfl",), local_iters=1, rounds=5, momentum=0.0, model="digits_cnn"
     )
-    cfg = cfg.replace(synthetic_shape=(1, 8, 8))
+    cfg = cfg.replace(**{"synthetic.shape": (1, 8, 8)})
     setup = prepare(cfg)
     executor, _, _ = train("minibatch_sfl", setup)
     model = setup.assemble(setup.init_c, setup.init_s).train()

@@ -32,14 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(
         algorithm=("minibatch_sfl",),
         dataset="synthetic",
-        synthetic_shape=(1, 28, 28),
-        synthetic_samples=args.clients * 600,
+        synthetic={"shape": (1, 28, 28), "samples": args.clients * 600},
         model="cnn4",
         clients=args.clients,
         partition="iid",
         rounds=args.rounds,
         local_iters=args.local_iters,
-        divergence_every=0,
+        divergence={"every": 0},
         device="cpu",
     )
     simulated = run(config.replace(out=str(work / "sim")))

@@ -21,15 +21,15 @@ import time
 from pathlib import Path
 
 COMMON = [
-    "--dataset", "synthetic", "--synthetic-shape", "1,28,28", "--model", "cnn4", "--partition", "iid",
-    "--batch-size", "32", "--divergence-every", "0", "--device", "cpu",
+    "--dataset", "synthetic", "--synthetic.shape", "1,28,28", "--model", "cnn4", "--partition", "iid",
+    "--batch-size", "32", "--divergence.every", "0", "--device", "cpu",
 ]  # fmt: skip
 SCENARIOS = {
-    "N1000-1x2": [*COMMON, "--synthetic-samples", "64000", "--clients", "1000", "--local-iters", "2",
+    "N1000-1x2": [*COMMON, "--synthetic.samples", "64000", "--clients", "1000", "--local-iters", "2",
                   "--rounds", "3", "--threads", "2"],
-    "N1000-2x1": [*COMMON, "--synthetic-samples", "64000", "--clients", "1000", "--local-iters", "2",
+    "N1000-2x1": [*COMMON, "--synthetic.samples", "64000", "--clients", "1000", "--local-iters", "2",
                   "--rounds", "3", "--threads", "1", "--processes", "2"],
-    "N10000-100": [*COMMON, "--synthetic-samples", "320000", "--clients", "10000",
+    "N10000-100": [*COMMON, "--synthetic.samples", "320000", "--clients", "10000",
                    "--clients-per-round", "100", "--local-iters", "10", "--rounds", "4", "--threads", "2"],
 }  # fmt: skip
 

@@ -60,7 +60,7 @@ def prepared(data, transform, args):
         batch_size=BATCH,
         local_iters=args.iters,
         rounds=1,
-        divergence_every=0,
+        divergence={"every": 0},
         partition="iid",
         device=args.device,
         threads=args.threads,

@@ -10,19 +10,17 @@ def small_config(**changes) -> Config:
     """A run that takes well under a second per algorithm: synthetic 8x8 data, 4 clients, 2 rounds."""
     base = dict(
         dataset="synthetic",
-        synthetic_shape=(1, 8, 8),
-        synthetic_samples=400,
+        synthetic={"shape": (1, 8, 8), "samples": 400},
         model="digits_cnn",
         clients=4,
         rounds=2,
         local_iters=2,
         batch_size=8,
-        divergence_samples=40,
-        divergence_every=1,
+        divergence={"samples": 40, "every": 1},
         device="cpu",
         figures=False,  # drawing 8 files costs more than the tiny run; the report tests draw them
     )
-    return Config(**(base | changes))
+    return Config(**base).replace(**changes)  # a change by a section key's path or flat name: on top
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ PARTS = {
     "splitfed.choices": "base",
     "splitfed.typed": "base",
     "splitfed.validate": "base",
+    "splitfed.sections": "base",
     "splitfed.registry": "base",
     "splitfed.errors": "base",
     "splitfed._rng": "base",

@@ -14,9 +14,9 @@ from .data.formats import write_fmnist
 SMALL = [
     "--dataset",
     "synthetic",
-    "--synthetic-shape",
+    "--synthetic.shape",
     "1,8,8",
-    "--synthetic-samples",
+    "--synthetic.samples",
     "200",
     "--clients",
     "2",
@@ -202,7 +202,7 @@ def test_run_help_shows_each_flags_type_default_and_choices(capsys):
         "--rounds INT rounds (fed-server aggregations) (default: 20)",
         "--lr FLOAT learning rate of both sides (default: 0.01)",
         "--non-iid-ratio P",
-        "--synthetic-shape C,H,W",
+        "--synthetic.shape C,H,W",
         "--out DIR",
         "--algorithm LIST",
         "(choices: equal, proportional; default: equal)",
@@ -218,7 +218,10 @@ def test_run_help_shows_each_flags_type_default_and_choices(capsys):
 def test_help_and_validation_share_the_choice_lists():
     from splitfed.config import CHOICES
 
-    needs = {"step": {"lr_step_size": 2}, "exponential": {"lr_gamma": 0.5}}  # of any side's lr_schedule
+    needs = {
+        "step": {"lr_decay.step_size": 2},
+        "exponential": {"lr_decay.gamma": 0.5},
+    }  # of any side's lr_schedule
     for name, allowed in CHOICES.items():
         for value in allowed:
             schedule = needs.get(value, {}) if name.endswith("lr_schedule") else {}

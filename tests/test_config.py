@@ -2,6 +2,7 @@ import pytest
 
 from splitfed import Config, SplitfedError
 from splitfed.config import ALL_ALGORITHMS
+from splitfed.sections import SETTINGS
 
 
 def test_defaults_are_the_embedded_demo():
@@ -19,7 +20,7 @@ def test_toml_round_trip(tmp_path):
         lr=0.05,
         cut_layer=2,
         dataset="synthetic",
-        synthetic_shape=(3, 32, 32),
+        synthetic={"shape": (3, 32, 32)},
     )
     path = tmp_path / "c.toml"
     path.write_text(c.to_toml())
@@ -44,11 +45,14 @@ def test_python_values_are_type_checked_and_normalised():
         ({"non_iid_ratio": -0.1}, r"non_iid_ratio must be in \[0, 1\]"),
         ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
         ({"clients_per_round": 11}, "exceeds clients"),
-        ({"client_grad_scale": "sum"}, "client_grad_scale must be one of local_mean, global_mean"),
-        ({"sflv2_schedule": "x"}, "sflv2_schedule must be one of"),
+        (
+            {"minibatch_sfl": {"client_grad_scale": "sum"}},
+            "minibatch_sfl.client_grad_scale must be one of local_mean, global_mean",
+        ),
+        ({"sfl_v2": {"schedule": "x"}}, "sfl_v2.schedule must be one of"),
         ({"partition": "iid", "non_iid_ratio": 0.5}, "non_iid_ratio applies to partition=non_iid_ratio"),
         ({"dirichlet_alpha": 0.5}, "dirichlet_alpha applies to partition=dirichlet"),
-        ({"synthetic_samples": 10}, "synthetic_samples applies to dataset=synthetic"),
+        ({"synthetic": {"samples": 10}}, "synthetic.samples applies to dataset=synthetic"),
         ({"device": "tpu"}, "device must be cpu, cuda"),
         ({"algorithm": ("sl", "sl")}, "lists a name twice"),
         ({"cut_layer": 0}, "cut_layer must be a positive integer"),
@@ -105,7 +109,7 @@ def test_every_shipped_experiment_config_is_valid():
         ('lr = "0.1"', "a number"),
         ('resume = "true"', "true or false"),
         ('cut_layer = "3"', "an integer or a module's name or none"),
-        ('synthetic_shape = "1,8,8"', "a list of integers or none"),
+        ('synthetic.shape = "1,8,8"', "a list of integers or none"),
     ],
 )
 def test_a_file_string_is_not_parsed_as_a_number(tmp_path, line, expected):
@@ -132,7 +136,8 @@ def test_command_line_strings_are_parsed():
     f = {x.name: x for x in fields(Config)}
     assert coerce(f["rounds"], "3", "--rounds", from_cli=True) == 3
     assert coerce(f["cut_layer"], "none", "--cut-layer", from_cli=True) is None
-    assert coerce(f["synthetic_shape"], "3x32x32", "--synthetic-shape", from_cli=True) == (3, 32, 32)
+    shape = SETTINGS["synthetic.shape"]
+    assert coerce(shape, "3x32x32", "--synthetic.shape", from_cli=True) == (3, 32, 32)
     assert coerce(f["algorithm"], "sl,fedavg", "--algorithm", from_cli=True) == ("sl", "fedavg")
 
 

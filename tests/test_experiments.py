@@ -34,9 +34,9 @@ def fmnist_available() -> bool:
 )
 def test_a_grid_point_runs_as_written_but_short(tmp_path, grid, pick):
     point = next(p for p in expand(ROOT / grid, tmp_path) if pick(p))
-    short = point.config.replace(rounds=2, local_iters=2, divergence_every=1, divergence_samples=10)
-    if short.divergence_clients is not None:  # keep the suite fast: the draw's size is not the point here
-        short = short.replace(divergence_clients=min(short.divergence_clients, 10))
+    among = point.config.divergence.clients  # keep the suite fast: the draw's size is not the point here
+    divergence = {"every": 1, "samples": 10, "clients": None if among is None else min(among, 10)}
+    short = point.config.replace(rounds=2, local_iters=2, divergence=divergence)
     result = run(short.replace(algorithm=("minibatch_sfl",), out=str(tmp_path / "run")))
     assert [r["round"] for r in result.history] == [1, 2]
     assert all(0 <= r["test_accuracy"] <= 1 for r in result.history)

@@ -17,9 +17,9 @@ from splitfed.cli import main
 
 from .data.formats import idx_bytes, write_cifar10, write_fmnist
 
-SMALL = ["--dataset", "synthetic", "--synthetic-shape", "1,8,8", "--synthetic-samples", "100"]
+SMALL = ["--dataset", "synthetic", "--synthetic.shape", "1,8,8", "--synthetic.samples", "100"]
 SMALL += ["--clients", "2", "--rounds", "1", "--local-iters", "1", "--algorithm", "fedavg", "--device", "cpu"]
-GRID_BASE = 'dataset = "synthetic"\nsynthetic_shape = [1, 8, 8]\nsynthetic_samples = 100\nclients = 2\n'
+GRID_BASE = 'dataset = "synthetic"\nsynthetic = {shape = [1, 8, 8], samples = 100}\nclients = 2\n'
 
 
 def _toml(text: str | bytes) -> Callable[[Path], list[str]]:
@@ -97,7 +97,7 @@ HOSTILE: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ),
     ("toml string for float", _toml('lr = "0.1"\n'), "lr in .* must be a number, got '0.1'"),
     ("toml string for bool", _toml('resume = "true"\n'), "resume in .* must be true or false"),
-    ("toml string for list", _toml('synthetic_shape = "1,8,8"\n'), "must be a list of integers or none"),
+    ("toml string for list", _toml('synthetic.shape = "1,8,8"\n'), "must be a list of integers or none"),
     (
         "grid string for int",
         _sweep('[[grid]]\nseed = ["1"]\n'),
@@ -169,10 +169,10 @@ HOSTILE: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("threads absurd", _run("--threads", "100000"), "threads=100000 asked"),
     (
         "synthetic samples",
-        _run("--synthetic-samples", str(10**13)),
+        _run("--synthetic.samples", str(10**13)),
         r"synthetic data .* needs .* at most \d+",
     ),
-    ("synthetic shape", _run("--synthetic-shape", "3,100000,100000"), "not one of its training samples fits"),
+    ("synthetic shape", _run("--synthetic.shape", "3,100000,100000"), "not one of its training samples fits"),
     (
         "batch beyond memory",
         lambda d: ["run", "--batch-size", str(10**13), "--out", str(d / "run")],
@@ -199,7 +199,7 @@ HOSTILE: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("sweep --out under a file", _sweep("[[grid]]\nseed = [1]\n", "--out", "{d}/afile/s"), "afile is a file"),
     (
         "sweep point beyond memory",
-        _sweep(GRID_BASE + "[[grid]]\nsynthetic_samples = [100, 10000000000000]\n"),
+        _sweep(GRID_BASE + '[[grid]]\n"synthetic.samples" = [100, 10000000000000]\n'),
         "synthetic data .* needs",
     ),
     # 5. numbers beyond what the run can hold (issue 22)
@@ -209,8 +209,8 @@ HOSTILE: list[tuple[str, Callable[[Path], list[str]], str]] = [
     ("processes beyond the cores", _run("--processes", "1000"), "processes = 1000 ranks on this machine"),
     ("processes 2**31", _run("--processes", str(2**31)), "ranks on this machine"),
     # 4. torch warned before the error
-    ("input too small for the model", _run("--synthetic-shape", "1,2,2", "--model", "cnn4"), "cannot take"),
-    ("zero-element shape", _run("--synthetic-shape", "0,28,28"), "synthetic_shape must be three positive"),
+    ("input too small for the model", _run("--synthetic.shape", "1,2,2", "--model", "cnn4"), "cannot take"),
+    ("zero-element shape", _run("--synthetic.shape", "0,28,28"), "synthetic.shape must be three positive"),
 ]
 
 
@@ -241,7 +241,7 @@ def test_a_builder_that_calls_sys_exit_is_one_line_not_an_exit_status(tmp_path):
     def build(num_classes, in_shape):
         sys.exit(0)  # a script's habit: exiting with 0 would pass for a run that trained
 
-    config = Config(dataset="synthetic", synthetic_shape=(1, 8, 8), synthetic_samples=100, clients=2)
+    config = Config(dataset="synthetic", synthetic={"shape": (1, 8, 8), "samples": 100}, clients=2)
     with pytest.raises(
         SplitfedError, match=r"builder called sys.exit\(0\); a builder returns the model"
     ) as e:
@@ -253,8 +253,8 @@ def _finished_run(tmp_path):
     from splitfed import Config, run
 
     config = Config(
-        dataset="synthetic", synthetic_shape=(1, 8, 8), synthetic_samples=100, clients=2, rounds=1,
-        local_iters=1, algorithm=("fedavg",), device="cpu", divergence_every=0, out=str(tmp_path / "r"),
+        dataset="synthetic", synthetic={"shape": (1, 8, 8), "samples": 100}, clients=2, rounds=1,
+        local_iters=1, algorithm=("fedavg",), device="cpu", divergence={"every": 0}, out=str(tmp_path / "r"),
     )  # fmt: skip
     run(config)
     return config.replace(resume=True), tmp_path / "r"

@@ -98,7 +98,8 @@ class HeldWarnings:
             self._show(*warning)
 
     def release_on_first_record(self, record: logging.LogRecord) -> bool:
-        self.release()
+        if not getattr(record, "before_checks", False):  # a config's deprecation note comes before them
+            self.release()
         return True
 
     def discard(self) -> None:

@@ -31,6 +31,7 @@ from .config import Config
 from .engine.context import Context
 from .executors import make_executor
 from .executors.parts import prepare_context
+from .sections import Divergence, Synthetic
 from .setup import Setup, prepare
 
 # (label, algorithm, execution, CUDA graphs); "floor" and "torch" are plain PyTorch (see the docstring).
@@ -88,8 +89,7 @@ def scenario_config(model: str, clients: int, args: argparse.Namespace) -> Confi
     return Config(
         algorithm=("minibatch_sfl",),
         dataset="synthetic",
-        synthetic_shape=SHAPES[model],
-        synthetic_samples=clients * max(64, 2 * args.batch_size),
+        synthetic=Synthetic(shape=SHAPES[model], samples=clients * max(64, 2 * args.batch_size)),
         model=model,
         model_args=model_args,
         clients=clients,
@@ -97,7 +97,7 @@ def scenario_config(model: str, clients: int, args: argparse.Namespace) -> Confi
         batch_size=args.batch_size,
         local_iters=tau,
         rounds=1,
-        divergence_every=0,
+        divergence=Divergence(every=0),
         device=args.device,
     )
 

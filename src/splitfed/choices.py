@@ -8,11 +8,12 @@ PRECISIONS = ("fp32", "bf16")
 EXECUTIONS = ("auto", "sequential", "batched")
 SFLV2_SCHEDULES = ("client_sequential", "interleaved")  # algorithms/base.py's schedule names
 
-# Fields with a fixed set of values: what the config accepts and what `splitfed run --help` lists.
+# Fields (and sections' keys, by their path) with a fixed set of values: what the config accepts and
+# what `splitfed run --help` lists.
 CHOICES = {
     "batch_alloc": ("equal", "proportional"),
-    "client_grad_scale": ("local_mean", "global_mean"),
-    "sflv2_schedule": SFLV2_SCHEDULES,
+    "minibatch_sfl.client_grad_scale": ("local_mean", "global_mean"),
+    "sfl_v2.schedule": SFLV2_SCHEDULES,
     "execution": EXECUTIONS,
     "wire_dtype": WIRE_DTYPES,
     "optimizer": OPTIMIZERS,
@@ -54,10 +55,10 @@ PARTITION_OPTIONS = {
 # Optimizer knobs (with their defaults) that only some optimizers read.
 SGD_ONLY = {"momentum": 0.0, "dampening": 0.0, "nesterov": False}
 ADAM_ONLY = {"betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
-# The schedule knobs and the schedules that read them.
+# The schedule knobs ([lr_decay]) and the schedules that read them.
 SCHEDULE_OPTIONS = {
-    "lr_step_size": ("step",),
-    "lr_gamma": ("step", "exponential"),
-    "lr_min": ("cosine",),
-    "lr_cosine_rounds": ("cosine",),
+    "lr_decay.step_size": ("step",),
+    "lr_decay.gamma": ("step", "exponential"),
+    "lr_decay.min_lr": ("cosine",),
+    "lr_decay.cosine_rounds": ("cosine",),
 }

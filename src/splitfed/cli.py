@@ -12,8 +12,9 @@ from typing import Any
 
 from . import __version__
 from ._log import HeldWarnings, logging_only_to, message_handler
-from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, coerce, read_toml
+from .config import CHOICES, FIELDS, REGISTRY_FIELDS, Config, coerce, field_of, read_toml
 from .errors import SplitfedError
+from .sections import LEGACY, SECTIONS, SETTINGS, flag
 from .typed import base_type
 
 
@@ -25,7 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _flag(name: str) -> str:
-    return "--" + FIELDS[name].metadata.get("flag", name.replace("_", "-"))
+    if name in SETTINGS:
+        return "--" + flag(name)
+    meta = FIELDS[name].metadata if name in FIELDS else {}
+    return "--" + meta.get("flag", name.replace("_", "-"))
 
 
 def _metavar(f: dataclasses.Field) -> str:
@@ -50,7 +54,7 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        f = FIELDS.get(action.dest)
+        f = field_of(action.dest)
         if f is None or f.type is bool:
             return text
         extras = []
@@ -69,28 +73,39 @@ class _HelpFormatter(argparse.HelpFormatter):
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML file of config fields; flags override it")
     for name, f in FIELDS.items():
-        help_text = f.metadata["help"]
-        if f.type is bool:
-            p.add_argument(  # --x, and --no-x for a switch that is on by default
-                _flag(name),
-                dest=name,
-                action=argparse.BooleanOptionalAction if f.default else "store_true",
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif name == "model_args":
-            p.add_argument(
-                _flag(name),
-                dest=name,
-                action="append",
-                metavar="KEY=VALUE",
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        else:
-            p.add_argument(
-                _flag(name), dest=name, metavar=_metavar(f), default=argparse.SUPPRESS, help=help_text
-            )
+        if name not in SECTIONS:
+            _add_flag(p, name, f, f.metadata["help"])
+    # A section's keys as --section.key, under the section's own heading, as the file writes them
+    # ([sfl_v2] schedule = ...: --sfl-v2.schedule); the flat old flags still work, unlisted.
+    for name, cls in SECTIONS.items():
+        group = p.add_argument_group(f"[{name}]", cls.__doc__)
+        for key in dataclasses.fields(cls):
+            _add_flag(group, f"{name}.{key.name}", key, key.metadata["help"])
+    for old, path in LEGACY.items():
+        _add_flag(p, old, SETTINGS[path], argparse.SUPPRESS)
+
+
+def _add_flag(p: Any, name: str, f: dataclasses.Field, help_text: str) -> None:
+    """The flag of a field (or a section key, by its path): --x VALUE, or a switch for a bool."""
+    if f.type is bool:
+        p.add_argument(  # --x, and --no-x for a switch that is on by default
+            _flag(name),
+            dest=name,
+            action=argparse.BooleanOptionalAction if f.default else "store_true",
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+    elif name == "model_args":
+        p.add_argument(
+            _flag(name),
+            dest=name,
+            action="append",
+            metavar="KEY=VALUE",
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+    else:
+        p.add_argument(_flag(name), dest=name, metavar=_metavar(f), default=argparse.SUPPRESS, help=help_text)
 
 
 def _parse_model_args(items: list[str]) -> dict[str, Any]:
@@ -113,12 +128,14 @@ def _parse_model_args(items: list[str]) -> dict[str, Any]:
 def _flag_value(name: str, value: Any) -> Any:
     if name == "model_args":
         return _parse_model_args(value)
-    return value if isinstance(value, bool) else coerce(FIELDS[name], value, _flag(name), from_cli=True)
+    f = field_of(name)
+    assert f is not None
+    return value if isinstance(value, bool) else coerce(f, value, _flag(name), from_cli=True)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """TOML file (or, with --resume, the run's own config.toml), then the flags given, in that order."""
-    overrides = {name: _flag_value(name, v) for name, v in vars(args).items() if name in FIELDS}
+    overrides = {name: _flag_value(name, v) for name, v in vars(args).items() if field_of(name) is not None}
     base = Config.from_toml(args.config) if args.config else Config()
     if overrides.get("resume"):
         out = overrides.get("out") or base.out
@@ -129,7 +146,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             raise SplitfedError(f"nothing to resume in {out}: it has no config.toml")
         # The run's own config, with what this command line changes on top (checked in run()).
         file_values = read_toml(args.config) if args.config else {}
-        base = Config.from_toml(saved_file).replace(**{k: getattr(base, k) for k in file_values})
+        given = {k: base.get(LEGACY.get(k, k)) for k in file_values}
+        base = Config.from_toml(saved_file).replace(**given)
     return base.replace(**overrides)
 
 

@@ -1,11 +1,14 @@
 """The run configuration: one frozen dataclass, defaults in one place, TOML file plus flag overrides.
 
-Every field is a CLI flag of the same name (``cut_layer`` is ``--cut-layer``); an unknown key, a value of
-the wrong type or out of range is a SplitfedError naming the key and what is accepted. Reading and
-writing the values is typed.py's, their rules validate.py's, the fixed lists of values choices.py's.
+Every field is a CLI flag of the same name (``cut_layer`` is ``--cut-layer``); the settings of one
+algorithm or mode are sections (sections.py: ``[sfl_v2] schedule``, ``--sfl-v2.schedule``,
+``cfg.sfl_v2.schedule``). An unknown key, a value of the wrong type or out of range is a SplitfedError
+naming the key and what is accepted. Reading and writing the values is typed.py's, their rules
+validate.py's, the fixed lists of values choices.py's.
 """
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,23 @@ from typing import Any
 from .choices import CHOICES, OBJECT_FIELDS, PARTITION_OPTIONS, object_hint
 from .errors import SplitfedError
 from .registry import given_name, object_label
+from .sections import (
+    LEGACY,
+    SECTIONS,
+    SETTINGS,
+    Correction,
+    Divergence,
+    FedOptimizer,
+    LrDecay,
+    MinibatchSfl,
+    Section,
+    SflV2,
+    Synthetic,
+    UshapedSl,
+    flatten,
+    lift,
+    setting,
+)
 from .typed import CUT, NAMED_OR_TABLE, coerce, dump_toml, from_table, read_toml
 from .validate import validate
 
@@ -21,14 +41,17 @@ __all__ = [
     "ALL_ALGORITHMS",
     "CHOICES",
     "CUT",
+    "DEFAULTS",
     "FIELDS",
     "MACHINE_FIELDS",
     "OBJECT_FIELDS",
     "PARTITION_OPTIONS",
     "REGISTRY_FIELDS",
+    "RUN_CONFIG",
     "Config",
     "coerce",
     "dump_toml",
+    "field_of",
     "read_toml",
 ]
 
@@ -43,13 +66,17 @@ MACHINE_FIELDS = frozenset(
 # Fields whose values name entries of a registry (extensible, so checked when a run is prepared); the
 # help lists the registry's names.
 REGISTRY_FIELDS = ("algorithm", "dataset", "model", "partition")
+# The file a run directory's resolved config is written to: splitfed wrote it, so its flat old keys (a
+# run from before the sections) are read without a deprecation note.
+RUN_CONFIG = "config.toml"
+
+_f = setting
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    meta = {"help": help, **kw}
-    if isinstance(default, dict):
-        return field(default_factory=lambda: dict(default), metadata=meta)
-    return field(default=default, metadata=meta)
+def section(cls: type[Section]) -> Any:
+    """A section's field. It stands where its keys stood as flat fields: ``to_dict()`` lists their flat
+    names in the order runs.csv's settings columns have always had them."""
+    return field(default=cls(), metadata={"help": cls.__doc__})
 
 
 @dataclass(frozen=True)
@@ -115,47 +142,19 @@ class Config:
     )
     client_lr_schedule: str | None = _f(None, "client-side lr_schedule; default: lr_schedule")
     server_lr_schedule: str | None = _f(None, "server-side lr_schedule; default: lr_schedule")
-    lr_step_size: int | None = _f(None, "lr_schedule=step: rounds between decays (required)")
-    lr_gamma: float | None = _f(
-        None, "lr_schedule=step, exponential: factor per decay (step's default 0.1; exponential: required)"
-    )
-    lr_min: float | None = _f(None, "lr_schedule=cosine: the final rate η_min; default 0")
-    lr_cosine_rounds: int | None = _f(
-        None, "lr_schedule=cosine: rounds T_max to reach lr_min; default: rounds"
-    )
+    lr_decay: LrDecay = section(LrDecay)  # noqa: RUF009 (a frozen default)
     clip_grad_norm: float | None = _f(
         None,
         "clip each copy's gradient to this L2 norm, per side (the whole model where it is not split); "
         "default: no clipping",
     )
     precision: str = _f("fp32", "training forward passes in fp32, or bf16 autocast (weights stay fp32)")
-    client_grad_scale: str = _f("local_mean", "the gradient sent back to a client's side (spec §2)")
-    sflv2_schedule: str = _f("client_sequential", "SFL-V2's order of clients at the main server (spec §3)")
-    # drift corrections any algorithm takes on its client parts (algorithms/fedprox.py, scaffold.py)
-    prox_mu: float | None = _f(
-        None,
-        "proximal term μ/2·‖w − w^r‖² on every client part (FedProx's); fedprox's default 0.01; set for "
-        "any other algorithm to add it",
-        metavar="MU",
-    )
-    control_variates: bool = _f(
-        False, "SCAFFOLD's control variates on the client parts of any algorithm (scaffold: always)"
-    )
-    # the fed server's own optimizer (algorithms/fedopt.py, scaffold.py)
-    fed_lr: float | None = _f(
-        None, "the fed server's rate η_g on the averaged update (fedavgm, scaffold: 1; fedadam: 0.01)"
-    )
-    fed_momentum: float | None = _f(None, "fedavgm's server momentum β; default 0.9")
-    fed_betas: tuple[float, ...] | None = _f(
-        None, "fedadam's server β1,β2; default 0.9,0.99", metavar="B1,B2"
-    )
-    fed_eps: float | None = _f(None, "fedadam's server τ (adaptivity); default 1e-3")
-    tail_cut: int | str | None = _f(
-        None,
-        "ushaped_sl: the second cut (a number, or a module's name, as cut_layer), after which the tail "
-        "(and the loss) stay on the client; default: the model's last cut",
-        metavar="LC|NAME",
-    )
+    # the settings of one algorithm, and the drift corrections and fed-server optimizer some take
+    minibatch_sfl: MinibatchSfl = section(MinibatchSfl)  # noqa: RUF009 (a frozen default)
+    sfl_v2: SflV2 = section(SflV2)  # noqa: RUF009 (a frozen default)
+    correction: Correction = section(Correction)  # noqa: RUF009 (a frozen default)
+    fed_optimizer: FedOptimizer = section(FedOptimizer)  # noqa: RUF009 (a frozen default)
+    ushaped_sl: UshapedSl = section(UshapedSl)  # noqa: RUF009 (a frozen default)
     profile: NAMED_OR_TABLE | None = _f(  # noqa: RUF009 (_f builds the field)
         None,
         "devices and links to time each round on (engine/profiles.py: phone-4g, phone-4g-mixed, sbc-wifi, "
@@ -180,13 +179,7 @@ class Config:
         "software, somewhat slower (the CPU repeats already)",
     )
     # measurement
-    divergence_every: int = _f(
-        5, "measure gradient divergence every K rounds, from round 1 (0: never); it costs a gradient pass"
-    )
-    divergence_samples: int = _f(1000, "samples per client for the divergence gradients")
-    divergence_clients: int | None = _f(
-        None, "clients the divergence is measured over: a fixed random draw of this many; default all"
-    )
+    divergence: Divergence = section(Divergence)  # noqa: RUF009 (a frozen default)
     eval_every: int = _f(1, "evaluate on the test set every K rounds (the last round always)")
     eval_batch_size: int = _f(
         0, "samples per evaluation forward; 0: as many as fit (CUDA: all, halved on out-of-memory; CPU: 1000)"
@@ -196,10 +189,7 @@ class Config:
         "training samples held out as a validation set before partitioning (one fixed draw for every run "
         "seed; 0: none); its accuracy is recorded each round as val_accuracy, for choosing hyper-parameters",
     )
-    synthetic_shape: tuple[int, ...] | None = _f(
-        None, "synthetic data: C,H,W; default 1,28,28", metavar="C,H,W"
-    )
-    synthetic_samples: int | None = _f(None, "synthetic data: training samples; default 2000")
+    synthetic: Synthetic = section(Synthetic)  # noqa: RUF009 (a frozen default)
     # reproducibility and output
     seed: int = _f(0, "seed of partition, init and sampling")
     partition_seed: int | None = _f(None, "seed of the partition alone; default: seed")
@@ -250,25 +240,47 @@ class Config:
     # --- construction -------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "Config":
-        return from_table(cls, values, source)
+        """From a table (a file's): a flat old key is noted, except in a run directory's own config.toml."""
+        return from_table(cls, lift(values, note=Path(source).name != RUN_CONFIG), source)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Config":
         return cls.from_dict(read_toml(path), source=str(path))
 
     def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes``: fields, ``section.key`` paths or flat old names."""
         return dataclasses.replace(self, **changes)
 
+    def get(self, name: str) -> Any:
+        """A field's value, or a section key's by its path (``sfl_v2.schedule``)."""
+        value = self
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
+
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        """Every value by its flat name, the sections' keys by the names they had before the sections
+        (``sflv2_schedule``): what run ids, runs.csv's columns and checkpoints hold."""
+        return flatten({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Every value's default by its flat name (``to_dict``'s names): what a run id leaves out."""
+        return flatten({f.name: _default(f) for f in dataclasses.fields(cls)})
 
     def run_identity(self) -> dict[str, Any]:
-        """The fields that decide the run's numbers (all but MACHINE_FIELDS): every party of a deployment
-        must agree on them, and checks that it does before any work."""
+        """The fields that decide the run's numbers (all but MACHINE_FIELDS), flat (``to_dict``): every
+        party of a deployment must agree on them, and checks that it does before any work."""
         return {k: v for k, v in self.to_dict().items() if k not in MACHINE_FIELDS}
 
-    def to_toml(self) -> str:
-        return dump_toml({k: v for k, v in self.to_dict().items() if v is not None})
+    def to_toml(self, without: tuple[str, ...] = ()) -> str:
+        """The fields (but ``without``), then each section as a table of its keys set (none unset)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in without}
+        tables = {
+            name: {k: v for k, v in dataclasses.asdict(values.pop(name)).items() if v is not None}
+            for name in SECTIONS
+        }
+        return dump_toml({k: v for k, v in values.items() if v is not None}, tables)
 
     # --- derived values -----------------------------------------------------------------------------
     @property
@@ -283,4 +295,25 @@ class Config:
         return self.seed if own is None else own
 
 
+def _default(f: dataclasses.Field) -> Any:
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
+_dataclass_init = Config.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init(self: Config, **values: Any) -> None:
+    # Config(sflv2_schedule=...) and replace(**{"sfl_v2.schedule": ...}): into their sections first
+    _dataclass_init(self, **lift(values))
+
+
+Config.__init__ = _init  # type: ignore[method-assign]
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+DEFAULTS = Config.defaults()
+
+
+def field_of(name: str) -> dataclasses.Field | None:
+    """The field a key names: a config field, a section key's path (``sfl_v2.schedule``) or a flat old name
+    (``sflv2_schedule``); None for no key of a config."""
+    return FIELDS.get(name) or SETTINGS.get(LEGACY.get(name, name))

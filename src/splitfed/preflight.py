@@ -100,10 +100,10 @@ def preflight(cfg: "Config", check_out: bool = True) -> None:
             raise SplitfedError(
                 "profile: the edge-time model times a round run in one process (processes = 1)"
             )
-    known = known_shape(cfg.dataset, cfg.synthetic_shape)
+    known = known_shape(cfg.dataset, cfg.synthetic.shape)
     if cfg.dataset == "synthetic":
-        samples = cfg.synthetic_samples or SYNTHETIC_SAMPLES
-        check_synthetic_fits(tuple(cfg.synthetic_shape or SYNTHETIC_SHAPE), samples)
+        samples = cfg.synthetic.samples or SYNTHETIC_SAMPLES
+        check_synthetic_fits(tuple(cfg.synthetic.shape or SYNTHETIC_SHAPE), samples)
         # the partition's own checks need the data; these two need only the count, known already
         for name in ("clients", "batch_size"):
             if getattr(cfg, name) > samples:

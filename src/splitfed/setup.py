@@ -31,6 +31,7 @@ from .engine.user_optim import TorchOptimizer
 from .errors import SplitfedError
 from .models import PYTHON_MODEL, ModelLike, import_name, split
 from .preflight import check_batches
+from .sections import Synthetic
 from .setup_data import check_names, run_data
 from .setup_data import load_data as load_data  # re-exported: export.py and the tests import it from here
 from .setup_model import build as build  # re-exported: export.py imports it from here
@@ -240,8 +241,8 @@ def resolved(cfg: Config, model_name: str, cut_layer: int | str) -> Config:
     if knob is not None and getattr(cfg, knob[0]) is None:
         changes[knob[0]] = knob[1]
     if cfg.dataset == "synthetic":
-        changes["synthetic_shape"] = tuple(cfg.synthetic_shape or SYNTHETIC_SHAPE)
-        changes["synthetic_samples"] = cfg.synthetic_samples or SYNTHETIC_SAMPLES
+        shape, samples = cfg.synthetic.shape or SYNTHETIC_SHAPE, cfg.synthetic.samples or SYNTHETIC_SAMPLES
+        changes["synthetic"] = Synthetic(shape=tuple(shape), samples=samples)
     return cfg.replace(**changes)
 
 
@@ -272,16 +273,17 @@ def divergence_samples(
 ) -> dict[int, torch.Tensor]:
     """The divergence's clients (all, or a fixed draw: thousands of clients) and their fixed samples."""
     chosen = range(cfg.clients)
-    if cfg.divergence_clients is not None and cfg.divergence_clients < cfg.clients:
+    among = cfg.divergence.clients
+    if among is not None and among < cfg.clients:
         draw = torch.randperm(
             cfg.clients, generator=generator(cfg.seed_for("sampling"), "divergence-clients")
         )
-        chosen = sorted(draw[: cfg.divergence_clients].tolist())
+        chosen = sorted(draw[:among].tolist())
     div_idx = {}
     for n in chosen:
         p = parts[n]
         order = torch.randperm(len(p), generator=generator(cfg.seed_for("sampling"), "divergence", n))
-        div_idx[n] = p[order[: cfg.divergence_samples]].to(device)
+        div_idx[n] = p[order[: cfg.divergence.samples]].to(device)
     return div_idx
 
 

@@ -37,8 +37,8 @@ def load_data(cfg: Config) -> Dataset:
     if cfg.dataset == "synthetic":
         return loader(
             cfg.data_dir,
-            shape=tuple(cfg.synthetic_shape or SYNTHETIC_SHAPE),
-            samples=cfg.synthetic_samples or SYNTHETIC_SAMPLES,
+            shape=tuple(cfg.synthetic.shape or SYNTHETIC_SHAPE),
+            samples=cfg.synthetic.samples or SYNTHETIC_SAMPLES,
         )
     return loader(cfg.data_dir)
 

@@ -54,9 +54,10 @@ from ._limits import check_output_dir, check_threads
 from ._log import clock, logging_only_to, message_handler
 from .analysis import tables
 from .analysis.ids import run_id
-from .config import FIELDS, MACHINE_FIELDS, Config, coerce, read_toml
+from .config import MACHINE_FIELDS, Config, coerce, field_of, read_toml
 from .errors import SplitfedError
 from .preflight import preflight
+from .sections import LEGACY, by_path
 
 log = logging.getLogger("splitfed")
 INDEX_FIELDS = ["run", "status", "rounds_done", "final_accuracy", "best_accuracy"]
@@ -77,6 +78,7 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
     grids = raw.pop("grid", [])
     if isinstance(grids, dict):
         grids = [grids]
+    grids = [by_path(t) for t in grids]
     if not grids:
         raise SplitfedError(f"{grid_file} has no [[grid]] table: nothing to sweep")
     for key in ("out", "resume"):
@@ -89,15 +91,15 @@ def expand(grid_file: str | Path, out_dir: str | Path) -> list[Point]:
     points: dict[str, Point] = {}
     for t in grids:
         for key, values in t.items():
-            if key not in FIELDS or key in ("out", "resume"):
+            if field_of(key) is None or key in ("out", "resume"):
                 raise SplitfedError(f"[[grid]] in {grid_file}: {key!r} is not a config field to sweep")
             if not isinstance(values, list) or not values:
                 raise SplitfedError(f"[[grid]] in {grid_file}: {key} must be a non-empty list of values")
         keys = list(t)
         for combo in itertools.product(*(t[k] for k in keys)):
             where = f"in [[grid]] of {grid_file}"
-            values = {k: coerce(FIELDS[k], v, f"{k} {where}") for k, v in zip(keys, combo, strict=True)}
-            varied = {k: values.get(k, getattr(base, k)) for k in varied_keys}
+            values = {k: coerce(field_of(k), v, f"{k} {where}") for k, v in zip(keys, combo, strict=True)}
+            varied = {k: values.get(k, base.get(LEGACY.get(k, k))) for k in varied_keys}
             config = base.replace(**values)
             name = run_id(config)
             seen = points[name].config.replace(out=None) if name in points else config

@@ -86,6 +86,18 @@ def _tables(tp: Any, value: Any, where: str) -> Any:
     )
 
 
+def _table(tp: Any, value: Any, where: str) -> Any:
+    """A table (or an instance) as the dataclass ``tp`` (a config's section, ``[sfl_v2]``), else _WRONG."""
+    if not dataclasses.is_dataclass(tp):
+        return _WRONG
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, Mapping):
+        return _WRONG
+    name, _, source = where.partition(" in ")
+    return from_table(tp, value, source or "config", kind=name, prefix=f"{name}.")
+
+
 def base_type(tp: Any) -> tuple[Any, bool]:
     """(type without None, whether None is allowed)."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
@@ -116,7 +128,11 @@ def convert(tp: Any, value: Any, where: str, *, from_cli: bool = False) -> Any:
     try:
         out = _parse(base, value) if from_cli else _check(base, value)
         if out is _WRONG and not from_cli:
-            out = _tables(base, value, where)
+            out = (
+                _tables(base, value, where)
+                if typing.get_origin(base) is tuple
+                else _table(base, value, where)
+            )
     except ValueError:
         out = _WRONG
     if out is not _WRONG:
@@ -185,6 +201,8 @@ def type_name(tp: Any) -> str:
         base = dict
     names[CUT] = "an integer or a module's name"
     names[NAMED_OR_TABLE] = "a name or a table"
+    if dataclasses.is_dataclass(base):
+        return "a table of " + ", ".join(f.name for f in dataclasses.fields(base))
     lists = {int: "a list of integers", float: "a list of numbers"}
     args = typing.get_args(base)
     item = args[0] if args else None
@@ -196,8 +214,9 @@ def type_name(tp: Any) -> str:
     return name + (" or none" if optional else "")
 
 
-def dump_toml(values: dict[str, Any]) -> str:
-    """A flat TOML document (scalars, lists, and inline tables) for the resolved config."""
+def dump_toml(values: dict[str, Any], tables: dict[str, dict[str, Any]] | None = None) -> str:
+    """A TOML document for the resolved config: ``values`` (scalars, lists, inline tables), then each of
+    ``tables`` that holds a value as a ``[name]`` table."""
 
     def fmt(v: Any) -> str:
         if isinstance(v, bool):
@@ -217,7 +236,10 @@ def dump_toml(values: dict[str, Any]) -> str:
     def key(k: str) -> str:
         return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else fmt(k)
 
-    return "".join(f"{k} = {fmt(v)}\n" for k, v in values.items())
+    def lines(table: dict[str, Any]) -> str:
+        return "".join(f"{key(k)} = {fmt(v)}\n" for k, v in table.items())
+
+    return lines(values) + "".join(f"\n[{key(k)}]\n{lines(t)}" for k, t in (tables or {}).items() if t)
 
 
 _TOML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}

@@ -18,6 +18,7 @@ from .choices import (
     object_hint,
 )
 from .errors import SplitfedError
+from .sections import SETTINGS
 from .typed import base_type
 
 if TYPE_CHECKING:
@@ -44,19 +45,27 @@ POSITIVE = (
     "batch_size",
     "rounds",
     "local_epochs",
-    "divergence_samples",
+    "divergence.samples",
     "processes",
     "eval_every",
 )
 OPTIONAL_POSITIVE = (
     "clients_per_round",
-    "divergence_clients",
+    "divergence.clients",
     "local_iters",
     "shards_per_client",
-    "synthetic_samples",
+    "synthetic.samples",
     "threads",
 )
-RATES = ("lr", "client_lr", "server_lr", "dirichlet_alpha", "fed_lr", "fed_eps", "client_state_mb")
+RATES = (
+    "lr",
+    "client_lr",
+    "server_lr",
+    "dirichlet_alpha",
+    "fed_optimizer.lr",
+    "fed_optimizer.eps",
+    "client_state_mb",
+)
 RULES: tuple[Rule, ...] = (
     (("validation_samples",), lambda v: v >= 0, ">= 0"),
     (POSITIVE + OPTIONAL_POSITIVE, lambda v: v >= 1, "a positive integer"),
@@ -67,16 +76,16 @@ VALUE_RULES: tuple[Rule, ...] = (
         lambda v: math.isfinite(v) and 0 < v <= FLOAT32_MAX,
         f"a positive number up to {FLOAT32_MAX:.3g} (float32)",
     ),
-    (("prox_mu",), lambda v: math.isfinite(v) and v >= 0, ">= 0"),
-    (("fed_momentum",), _unit, "in [0, 1)"),
-    (("fed_betas",), lambda v: len(v) == 2 and all(map(_unit, v)), "two numbers in [0, 1)"),
+    (("correction.prox_mu",), lambda v: math.isfinite(v) and v >= 0, ">= 0"),
+    (("fed_optimizer.momentum",), _unit, "in [0, 1)"),
+    (("fed_optimizer.betas",), lambda v: len(v) == 2 and all(map(_unit, v)), "two numbers in [0, 1)"),
     (
-        ("cut_layer", "tail_cut"),
+        ("cut_layer", "ushaped_sl.tail_cut"),
         lambda v: v >= 1 if isinstance(v, int) else bool(v.strip()),
         "a positive integer or a module's name",
         repr,
     ),
-    (("divergence_every",), lambda v: v >= 0, ">= 0"),
+    (("divergence.every",), lambda v: v >= 0, ">= 0"),
     (("model_every",), lambda v: v >= 0, ">= 0 (0: final models only)"),
     (("eval_batch_size",), lambda v: v >= 0, ">= 0 (0: automatic)"),
     (("non_iid_ratio",), lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
@@ -84,9 +93,9 @@ VALUE_RULES: tuple[Rule, ...] = (
 OPTIMIZER_RULES: tuple[Rule, ...] = (
     (("momentum", "dampening"), lambda v: _f32(v) and 0 <= v < 1, "in [0, 1)" + _F32),
     (("weight_decay", "eps"), lambda v: _f32(v) and v >= 0, ">= 0" + _F32),
-    (("clip_grad_norm", "lr_gamma"), lambda v: _f32(v) and v > 0, "a positive number" + _F32),
-    (("lr_min",), lambda v: _f32(v) and v >= 0, ">= 0" + _F32),
-    (("lr_step_size", "lr_cosine_rounds"), lambda v: v >= 1, "a positive integer"),
+    (("clip_grad_norm", "lr_decay.gamma"), lambda v: _f32(v) and v > 0, "a positive number" + _F32),
+    (("lr_decay.min_lr",), lambda v: _f32(v) and v >= 0, ">= 0" + _F32),
+    (("lr_decay.step_size", "lr_decay.cosine_rounds"), lambda v: v >= 1, "a positive integer"),
     (
         ("betas",),
         lambda v: len(v) == 2 and all(map(_unit, v)),
@@ -104,7 +113,7 @@ def need(ok: bool, msg: str) -> None:
 def check_rules(c: "Config", rules: tuple[Rule, ...]) -> None:
     for names, ok, what, *show in rules:
         for name in names:
-            v = getattr(c, name)
+            v = c.get(name)
             need(v is None or ok(v), f"{name} must be {what}, got {(show or [str])[0](v)}")
 
 
@@ -135,9 +144,10 @@ def validate(c: "Config") -> None:
 def check_choices(c: "Config") -> None:
     """Each CHOICES field one of its values (none where the field is optional; an object's label for
     OBJECT_FIELDS)."""
-    optional = {f.name for f in dataclasses.fields(c) if base_type(f.type)[1]}
+    fields = {f.name: f for f in dataclasses.fields(c)} | SETTINGS
+    optional = {name for name, f in fields.items() if base_type(f.type)[1]}
     for name, allowed in CHOICES.items():
-        v = getattr(c, name)
+        v = c.get(name)
         if v is None and name in optional:  # the shared field's value (client_optimizer: optimizer's)
             continue
         if name in OBJECT_FIELDS:
@@ -170,12 +180,15 @@ def check_optimizer_knobs(c: "Config") -> None:
     kinds = {c.client_lr_schedule or c.lr_schedule, c.server_lr_schedule or c.lr_schedule}
     for name, schedules in SCHEDULE_OPTIONS.items():
         need(
-            getattr(c, name) is None or bool(kinds & set(schedules)),
+            c.get(name) is None or bool(kinds & set(schedules)),
             f"{name} applies to lr_schedule={' or '.join(schedules)} only "
             f"(it is {' and '.join(sorted(kinds))})",
         )
-    need("step" not in kinds or c.lr_step_size is not None, "lr_schedule=step needs lr_step_size")
-    need("exponential" not in kinds or c.lr_gamma is not None, "lr_schedule=exponential needs lr_gamma")
+    decay = c.lr_decay
+    need("step" not in kinds or decay.step_size is not None, "lr_schedule=step needs lr_decay.step_size")
+    need(
+        "exponential" not in kinds or decay.gamma is not None, "lr_schedule=exponential needs lr_decay.gamma"
+    )
 
 
 def check_data(c: "Config") -> None:
@@ -197,12 +210,13 @@ def check_data(c: "Config") -> None:
         "partition",
     )
     if c.dataset != "synthetic":
-        for knob in ("synthetic_shape", "synthetic_samples"):
-            need(getattr(c, knob) is None, f"{knob} applies to dataset=synthetic only")
-    if c.synthetic_shape is not None:
+        for knob in ("shape", "samples"):
+            need(getattr(c.synthetic, knob) is None, f"synthetic.{knob} applies to dataset=synthetic only")
+    shape = c.synthetic.shape
+    if shape is not None:
         need(
-            len(c.synthetic_shape) == 3 and min(c.synthetic_shape) >= 1,
-            f"synthetic_shape must be three positive integers C,H,W; got {c.synthetic_shape}",
+            len(shape) == 3 and min(shape) >= 1,
+            f"synthetic.shape must be three positive integers C,H,W; got {shape}",
         )
 
 

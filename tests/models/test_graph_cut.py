@@ -341,10 +341,10 @@ def test_a_model_that_cannot_be_cut_there_is_one_line(make, data, cut, message):
 
 
 def test_a_named_cut_round_trips_through_config_toml_and_the_command_line(tmp_path):
-    cfg = Config(cut_layer="layer2.0", tail_cut="fc")
+    cfg = Config(cut_layer="layer2.0", ushaped_sl={"tail_cut": "fc"})
     (tmp_path / "c.toml").write_text(cfg.to_toml())
     again = Config.from_toml(tmp_path / "c.toml")
-    assert (again.cut_layer, again.tail_cut) == ("layer2.0", "fc")
+    assert (again.cut_layer, again.ushaped_sl.tail_cut) == ("layer2.0", "fc")
     from splitfed.config import FIELDS, coerce
 
     assert coerce(FIELDS["cut_layer"], "3", "--cut-layer", from_cli=True) == 3

@@ -23,8 +23,9 @@ Its vocabulary has modules of its own, re-exported here: ``parts`` (``Part``, ``
 ``Average``). This module holds the definition itself, ``Algorithm``, and the registry of them.
 
 Drift corrections (a proximal term, control variates) are ``Correction`` components: an algorithm may
-always have one (FedProx, SCAFFOLD), and any other takes one from the config (``prox_mu``,
-``control_variates``), so "a proximal term on MiniBatch-SFL's client side" is a config, not a module.
+always have one (FedProx, SCAFFOLD), and any other takes one from the config
+(``[correction] prox_mu``, ``control_variates``), so "a proximal term on MiniBatch-SFL's client side" is a
+config, not a module.
 State is a ``State`` per part (flat parameters, buffers, optimizer state) whose entries are addressable by
 parameter and buffer name through the part's ``Layout``.
 """

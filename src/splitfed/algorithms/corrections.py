@@ -14,7 +14,7 @@ from .views import ClientRound
 class Correction:
     """A client-side drift correction and what the fed server keeps for it. Every hook is optional."""
 
-    knob: ClassVar[str] = ""  # the config field that adds it to any algorithm
+    knob: ClassVar[str] = ""  # the config setting that adds it to any algorithm (correction.prox_mu)
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -55,5 +55,5 @@ def register_correction(cls: type[Correction]) -> type[Correction]:
 
 
 def knob_set(cfg: Config, knob: str) -> bool:
-    value = getattr(cfg, knob)
+    value = cfg.get(knob)
     return value is not None and value is not False

@@ -98,30 +98,33 @@ class Adaptive(ServerStep):
 
 @register("fedavgm")
 class FedAvgM(FedAvg):
-    """FedAvg with server momentum: β = ``fed_momentum`` (0.9), η = ``fed_lr`` (1)."""
+    """FedAvg with server momentum: β = ``fed_optimizer.momentum`` (0.9), η = ``fed_optimizer.lr`` (1)."""
 
-    knobs = ("fed_lr", "fed_momentum")
+    knobs = ("fed_optimizer.lr", "fed_optimizer.momentum")
 
     def fed_server(self) -> Momentum:
         cfg = self.cfg
-        beta = 0.9 if cfg.fed_momentum is None else cfg.fed_momentum
-        return Momentum(self, 1.0 if cfg.fed_lr is None else cfg.fed_lr, beta)
+        fed = cfg.fed_optimizer
+        beta = 0.9 if fed.momentum is None else fed.momentum
+        return Momentum(self, 1.0 if fed.lr is None else fed.lr, beta)
 
 
 class _AdaptiveFedOpt(FedAvg):
     rule = "adam"
-    knobs = ("fed_lr", "fed_betas", "fed_eps")
+    knobs = ("fed_optimizer.lr", "fed_optimizer.betas", "fed_optimizer.eps")
 
     def fed_server(self) -> Adaptive:
         cfg = self.cfg
-        b1, b2 = cfg.fed_betas or (0.9, 0.99)
-        lr = 0.01 if cfg.fed_lr is None else cfg.fed_lr
-        return Adaptive(self, lr, (b1, b2), 1e-3 if cfg.fed_eps is None else cfg.fed_eps, self.rule)
+        fed = cfg.fed_optimizer
+        b1, b2 = fed.betas or (0.9, 0.99)
+        lr = 0.01 if fed.lr is None else fed.lr
+        return Adaptive(self, lr, (b1, b2), 1e-3 if fed.eps is None else fed.eps, self.rule)
 
 
 @register("fedadam")
 class FedAdam(_AdaptiveFedOpt):
-    """FedAvg with an Adam server: η ``fed_lr`` (0.01), β ``fed_betas`` (0.9, 0.99), τ ``fed_eps`` (1e-3)."""
+    """FedAvg with an Adam server; ``[fed_optimizer]`` η ``lr`` (0.01), β ``betas`` (0.9, 0.99), τ ``eps``
+    (1e-3)."""
 
     rule = "adam"
 

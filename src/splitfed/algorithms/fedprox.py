@@ -10,9 +10,9 @@ Heterogeneous Networks", MLSys 2020 (Algorithm 2).
             h_k(w; w^t) = F_k(w) + μ/2 ‖w − w^t‖²                   ∇h_k = ∇F_k + μ (w − w^t): ProxTerm
         w^{t+1} := the average of the w_k^{t+1}                    fed_server (Average): end
 
-The term is a ``Correction``: ``prox_mu`` adds it to any algorithm's client parts (a proximal term on the
-client side of MiniBatch-SFL is ``--algorithm minibatch_sfl --prox-mu 0.01``). With μ = 0 FedProx is
-FedAvg to every digit (a test).
+The term is a ``Correction``: ``correction.prox_mu`` adds it to any algorithm's client parts (a proximal
+term on the client side of MiniBatch-SFL is ``--algorithm minibatch_sfl --correction.prox-mu 0.01``).
+With μ = 0 FedProx is FedAvg to every digit (a test).
 """
 
 import torch
@@ -27,11 +27,12 @@ DEFAULT_MU = 0.01
 class ProxTerm(Correction):
     """μ/2 ‖w − w^r‖² on every client part: its gradient μ (w − w^r) joins the loss's."""
 
-    knob = "prox_mu"
+    knob = "correction.prox_mu"
 
     @property
     def mu(self) -> float:
-        return DEFAULT_MU if self.cfg.prox_mu is None else self.cfg.prox_mu
+        mu = self.cfg.correction.prox_mu
+        return DEFAULT_MU if mu is None else mu
 
     def begin(self, client: ClientRound) -> None:
         for part, state in client.start.model.items():
@@ -43,6 +44,6 @@ class ProxTerm(Correction):
 
 @register("fedprox")
 class FedProx(FedAvg):
-    """FedAvg with the proximal term μ/2 ‖w − w^r‖² (``prox_mu``, default 0.01)."""
+    """FedAvg with the proximal term μ/2 ‖w − w^r‖² (``correction.prox_mu``, default 0.01)."""
 
     always = (ProxTerm,)

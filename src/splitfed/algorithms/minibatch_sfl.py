@@ -9,7 +9,7 @@ Performance Evaluation", arXiv 2308.11953, 2023.
         repeat τ times, each client n in parallel: send (z_n, y_n)            schedule = LOCKSTEP, client
             main server, ONE model w_s:                                       parts: server shared
                 Z, Y := the giant mini-batch; ONE step of w_s on its mean loss   main_server
-                a_n := client n's slice of ∂L/∂Z, scaled per client_grad_scale
+                a_n := client n's slice of ∂L/∂Z, scaled per minibatch_sfl.client_grad_scale
             each client n: back-propagate a_n through f_c; step w_{c,n}       client
         fed server: w_c^{r+1} := Σ_n p_n w_{c,n}; w_s is never averaged        fed_server (Average)
 """
@@ -35,4 +35,4 @@ class MiniBatchSFL(Algorithm):
     def grad_scale(self, b_n: int, giant: int) -> float:
         """``local_mean``: a_n = ∂L_n/∂z_n for client n's own mean loss L_n, i.e. B/b_n times its slice of
         ∂L/∂Z, so each client takes a true local-SGD step; ``global_mean``: the raw slice."""
-        return giant / b_n if self.cfg.client_grad_scale == "local_mean" else 1.0
+        return giant / b_n if self.cfg.minibatch_sfl.client_grad_scale == "local_mean" else 1.0

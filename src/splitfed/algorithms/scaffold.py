@@ -19,8 +19,8 @@ Choices: clients are averaged with weights p_n (|D_n|-proportional, as FedAvg he
 shards, as in the paper); the uploads are y_i itself (Δy_i = y_i − x with x known to the server);
 η_g applies to the parameters, buffers (BatchNorm statistics) and optimizer state are averaged; with
 momentum or Adam on the clients option II is the paper's formula with the client's rate η_l of the round.
-``control_variates = true`` gives any algorithm's client parts the same correction (e.g. MiniBatch-SFL's
-client side).
+``[correction] control_variates = true`` gives any algorithm's client parts the same correction (e.g.
+MiniBatch-SFL's client side).
 """
 
 import torch
@@ -34,7 +34,7 @@ from .fedopt import ServerStep
 class ControlVariates(Correction):
     """c (the fed server's, per client part) and c_i (each client's), over the parameters."""
 
-    knob = "control_variates"
+    knob = "correction.control_variates"
 
     def __init__(self, cfg) -> None:  # type: ignore[no-untyped-def]
         super().__init__(cfg)
@@ -78,10 +78,10 @@ class ControlVariates(Correction):
 
 @register("scaffold")
 class Scaffold(FedAvg):
-    """FedAvg with control variates (option II) and the server rate η_g (``fed_lr``, default 1)."""
+    """FedAvg with control variates (option II) and the server rate η_g (``fed_optimizer.lr``, default 1)."""
 
     always = (ControlVariates,)
-    knobs = ("fed_lr",)
+    knobs = ("fed_optimizer.lr",)
 
     def fed_server(self) -> ServerStep:
-        return ServerStep(self, lr=1.0 if self.cfg.fed_lr is None else self.cfg.fed_lr)
+        return ServerStep(self, lr=1.0 if self.cfg.fed_optimizer.lr is None else self.cfg.fed_optimizer.lr)

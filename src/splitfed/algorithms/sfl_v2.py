@@ -6,7 +6,7 @@ Learning", AAAI 2022 (arXiv 2004.12088).
 
     for round r:
         every client n starts from w_c^r                          fed_server (Average)
-        clients take turns (``sflv2_schedule``):                    schedule
+        clients take turns (``sfl_v2.schedule``):                    schedule
             client_sequential (reference code): in a random order, each doing all τ iterations;
             interleaved (SplitFed paper text): every iteration, in a random order, one batch each
         main server, ONE model w_s: one step per client batch,     parts: server shared; main_server
@@ -25,7 +25,7 @@ class SFLV2(Algorithm):
 
     @property
     def schedule(self) -> str:  # type: ignore[override]
-        return self.cfg.sflv2_schedule  # "client_sequential" | "interleaved", the base's schedule names
+        return self.cfg.sfl_v2.schedule  # "client_sequential" | "interleaved", the base's schedule names
 
     def main_server(self, server: MainServer, batch: list[Smashed]) -> list[Message]:
         return [{"smashed_grad": a} for a in server.step_each(batch)]

@@ -16,9 +16,9 @@ learning, clients take turns and hand their parts on.
                 send ∂L/∂z
             client: back-propagate into the head, step        client: backward("client")
 
-``tail_cut`` is the second cut (default: the model's last, so the tail is the classifier). With several
-clients in one slot (another schedule), the body steps on their joint mean loss Σ (b_n/B) L_n and each
-client gets the gradient of its own mean loss, as MiniBatch-SFL's ``local_mean``.
+``[ushaped_sl] tail_cut`` is the second cut (default: the model's last, so the tail is the classifier).
+With several clients in one slot (another schedule), the body steps on their joint mean loss Σ (b_n/B) L_n
+and each client gets the gradient of its own mean loss, as MiniBatch-SFL's ``local_mean``.
 """
 
 from collections.abc import Generator
@@ -48,18 +48,20 @@ class UShapedSL(Algorithm):
 
     parts = (Part("client", CLIENT), Part("server", MAIN_SERVER, shared=True), Part("tail", CLIENT))
     schedule = CLIENT_SEQUENTIAL
-    knobs = ("tail_cut",)
+    knobs = ("ushaped_sl.tail_cut",)
 
     def cuts(self, cut_layer: int | str, cut_points: list[int | str]) -> list[int | str]:
-        tail = self.cfg.tail_cut if self.cfg.tail_cut is not None else cut_points[-1]
+        given = self.cfg.ushaped_sl.tail_cut
+        tail = given if given is not None else cut_points[-1]
         if isinstance(tail, str) != isinstance(cut_layer, str):
             raise SplitfedError(
-                f"tail_cut ({tail!r}) and cut_layer ({cut_layer!r}) must both be numbers or both module names"
+                f"ushaped_sl.tail_cut ({tail!r}) and cut_layer ({cut_layer!r}) must both be numbers or both "
+                "module names"
             )
         # Names are ordered by the model's forward; splitting refuses a tail named before the cut.
         if isinstance(tail, int) and isinstance(cut_layer, int) and tail <= cut_layer:
             raise SplitfedError(
-                f"tail_cut ({tail}) must come after cut_layer ({cut_layer}); cuts: {cut_points}"
+                f"ushaped_sl.tail_cut ({tail}) must come after cut_layer ({cut_layer}); cuts: {cut_points}"
             )
         return [cut_layer, tail]
 

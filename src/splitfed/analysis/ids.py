@@ -1,15 +1,15 @@
 """Names of a study's rows: a run id and a partition id are digests of what decides their numbers.
 
 A run id is the first 12 hex digits of sha256 over the canonical JSON (sorted keys, no spaces, lists for
-tuples) of the run's identity (``Config.run_identity()``: every field but ``config.MACHINE_FIELDS``), keeping
-only the fields whose value differs from the field's default. So where or how a run executed (device,
+tuples) of the run's identity (``Config.run_identity()``: every field but ``config.MACHINE_FIELDS``, a
+section's keys by their flat names as before the sections: ``sflv2_schedule`` for ``sfl_v2.schedule``),
+keeping only the fields whose value differs from the field's default. So where or how a run executed (device,
 threads, out) never changes its id, and neither does a later splitfed that adds a field with a default, nor a
 grid that gains a table or a key: a run keeps its id for as long as its numbers mean the same thing. A
 partition's option left unset is its default (``config.PARTITION_OPTIONS``), as the run resolves it: a grid's
 ``non_iid_ratio`` left out and the 0.8 a run's config.toml records are one setting.
 """
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import Sequence
@@ -18,14 +18,6 @@ from typing import Any
 from ..config import PARTITION_OPTIONS, Config
 
 ID_DIGITS = 12  # 48 bits: a collision among a million runs has odds of about 2e-3; a study holds hundreds
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING  # a field without a default always counts
 
 
 def _canonical(value: Any) -> Any:
@@ -46,7 +38,7 @@ def digest(value: Any) -> str:
 def deciding_settings(config: Config) -> dict[str, Any]:
     """The fields of the run's identity whose value differs from the field's default (a partition's option
     left unset counts as the partition's default)."""
-    defaults = {f.name: _default(f) for f in dataclasses.fields(Config)}
+    defaults = Config.defaults()  # of the Config at hand: a later one may have more fields
     identity = config.run_identity()
     option = PARTITION_OPTIONS.get(identity.get("partition"))
     if option is not None and identity.get(option[0]) == option[1]:

@@ -1,26 +1,25 @@
 """One run directory as the analysis reads it: its config.toml (as written, over Config's defaults), its
 round records, and whether it finished, diverged or stopped short."""
 
-import dataclasses
 import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
+from ..config import DEFAULTS
 from ..errors import SplitfedError
 from ..report import read_metrics
+from ..sections import flatten
 
-CONFIG_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(Config) if f.default is not dataclasses.MISSING
-}
+CONFIG_DEFAULTS = {k: v for k, v in DEFAULTS.items() if k != "model_args"}
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """A run's config.toml as written, with Config's defaults for fields it lacks. Read as TOML, not as a
-    Config, so that runs written by an older or newer splitfed still report."""
+    """A run's config.toml as written, with Config's defaults for fields it lacks, its sections' keys by
+    their flat names (``sflv2_schedule``, as runs.csv's columns). Read as TOML, not as a Config, so that runs
+    written by an older or newer splitfed still report."""
     try:
-        return CONFIG_DEFAULTS | tomllib.loads(path.read_text())
+        return CONFIG_DEFAULTS | flatten(tomllib.loads(path.read_text()))
     except tomllib.TOMLDecodeError as e:
         raise SplitfedError(f"{path}: {e}") from None
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from ..config import Config
+from ..config import DEFAULTS, Config
 from ..errors import SplitfedError
 from . import codec
 from .ids import partition_id, run_id
@@ -35,7 +35,8 @@ STATUSES = ("finished", "diverged", "failed")
 HEAD = ["run", "status", "note", "rounds_done", "partition_id"]
 # config fields that say where a run's files went, not what it was: no column
 NOT_SETTINGS = ("out", "resume")
-SETTINGS = [name for name in Config.__dataclass_fields__ if name not in NOT_SETTINGS]
+# runs.csv's settings columns: a section's keys by their flat names (sflv2_schedule), in the fields' order
+SETTINGS = [name for name in DEFAULTS if name not in NOT_SETTINGS]
 DATA = ["in_shape", "num_classes", "input_dtype", "train_samples", "test_samples", "loss"]
 # provenance.json's entries kept per run (of its sessions, different values joined by ";")
 PROVENANCE = ["commit", "clean", "splitfed", "torch", "cuda", "device", "device_name", "deterministic"]

@@ -291,10 +291,11 @@ class LRSchedule:
 
     Round r (from 1) gets the rates after r − 1 scheduler steps, as epoch r − 1 would under torch: so the
     sequence is exactly torch's. The rate changes per round (between fed-server aggregations), not per
-    iteration. ``cosine`` anneals from the base rate to ``lr_min`` over ``lr_cosine_rounds`` (default:
-    ``rounds``); ``step`` multiplies by ``lr_gamma`` every ``lr_step_size`` rounds; ``exponential`` by
-    ``lr_gamma`` every round. A factory ``optimizer -> LRScheduler`` (config.toml: its label) is called on
-    the twin and stepped the same way: warm-up included (``SequentialLR`` of ``LinearLR`` and a cosine).
+    iteration. ``cosine`` anneals from the base rate to ``lr_decay.min_lr`` over ``lr_decay.cosine_rounds``
+    (default: ``rounds``); ``step`` multiplies by ``lr_decay.gamma`` every ``lr_decay.step_size`` rounds;
+    ``exponential`` by ``lr_decay.gamma`` every round. A factory ``optimizer -> LRScheduler`` (config.toml:
+    its label) is called on the twin and stepped the same way: warm-up included (``SequentialLR`` of
+    ``LinearLR`` and a cosine).
 
     The twin is a plain SGD at ``base_lr`` for a named optimizer; for one given as an object
     (``optimizer``: a ``TorchOptimizer``) a fresh instance of it, so each parameter group gets its rate.
@@ -352,13 +353,14 @@ def _scheduler(
         return sched
     if name == "none":
         return None
+    decay = cfg.lr_decay
     if name == "step":
-        assert cfg.lr_step_size is not None  # the config requires it
-        return lr_scheduler.StepLR(opt, cfg.lr_step_size, 0.1 if cfg.lr_gamma is None else cfg.lr_gamma)
+        assert decay.step_size is not None  # the config requires it
+        return lr_scheduler.StepLR(opt, decay.step_size, 0.1 if decay.gamma is None else decay.gamma)
     if name == "exponential":
-        assert cfg.lr_gamma is not None
-        return lr_scheduler.ExponentialLR(opt, cfg.lr_gamma)
-    return lr_scheduler.CosineAnnealingLR(opt, cfg.lr_cosine_rounds or cfg.rounds, cfg.lr_min or 0.0)
+        assert decay.gamma is not None
+        return lr_scheduler.ExponentialLR(opt, decay.gamma)
+    return lr_scheduler.CosineAnnealingLR(opt, decay.cosine_rounds or cfg.rounds, decay.min_lr or 0.0)
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -123,7 +123,7 @@ class _Training:
 
     def divergence(self, rnd: int) -> dict[str, float]:
         """The gradient divergence at the round-start model, on the rounds divergence_every says."""
-        every = self.cfg.divergence_every
+        every = self.cfg.divergence.every
         if not (self.leader and every and (rnd - 1) % every == 0):
             return {}
         return self.setup.divergence(self.split, self.executor.w_c, self.executor.w_s)

@@ -90,7 +90,6 @@ def check_deployable(config: Config) -> None:
 
 def write_config(path: str | Path, config: Config, deploy: Deployment) -> Path:
     """A deployment config file for ``config`` and ``deploy`` (paths written as given)."""
-    values = {k: v for k, v in config.to_dict().items() if v is not None and k != "resume"}
-    text = dump_toml(values) + "\n[deploy]\n" + dump_toml(dataclasses.asdict(deploy))
+    text = config.to_toml(without=("resume",)) + "\n[deploy]\n" + dump_toml(dataclasses.asdict(deploy))
     Path(path).write_text(text)
     return Path(path)
