@@ -288,15 +288,14 @@ def base_config(algorithm: str, cut: int, quick: bool) -> Config:
     return Config(
         algorithm=(algorithm,),
         dataset="synthetic",
-        synthetic_shape=(1, 28, 28),
-        synthetic_samples=600,
+        synthetic={"shape": (1, 28, 28), "samples": 600},
         model="cnn4",
         cut_layer=cut,
         clients=2,
         batch_size=16,
         local_iters=4 if quick else 10,
         rounds=2 if quick else 4,
-        divergence_every=0,
+        divergence={"every": 0},
         eval_every=1000,  # the last round only: the fed server's evaluation is not training time
         threads=1,
         device="cpu",

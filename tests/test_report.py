@@ -702,3 +702,17 @@ def test_a_timed_sweep_reports_simulated_seconds_to_each_target(tmp_path):
     assert "| sim s to 45 % | sim s to 75 % |" in md and "| 25 ± 7 | never |" in md
     (row,) = _rows(tmp_path / "out" / "aggregate.csv")
     assert float(row["sim_s_to_0.45_mean"]) == 25.0
+
+
+def test_a_report_says_where_it_pools_runs_of_several_devices(tmp_path):
+    sweep = _fake_sweep(tmp_path)
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    for i, run_dir in enumerate(runs):  # the last run came from a GPU, the others from a CPU
+        device = "NVIDIA H100" if i == len(runs) - 1 else "cpu"
+        (run_dir / "provenance.json").write_text(json.dumps([{"device": "x", "device_name": device}]))
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert f"**Runs of 2 devices are pooled here**: NVIDIA H100 (1 run), cpu ({len(runs) - 1} runs)." in md
+    for run_dir in runs[:-1]:
+        (run_dir / "provenance.json").unlink()  # runs from before provenance count nowhere
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "Every run with a recorded provenance ran on one device: NVIDIA H100 (1 run)." in md

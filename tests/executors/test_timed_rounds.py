@@ -14,7 +14,7 @@ SERVER = {"server_flops": 1e12, "server_bps": 1e10, "server_rtt_s": 0.001}
 
 
 def _record(algorithm: str, tmp_path, **profile) -> dict:
-    config = small_config(algorithm=(algorithm,), rounds=1, divergence_every=0, out=str(tmp_path))
+    config = small_config(algorithm=(algorithm,), rounds=1, divergence={"every": 0}, out=str(tmp_path))
     result = run(config.replace(profile=PHONE | SERVER | profile))
     return result.history[-1]
 
@@ -74,9 +74,11 @@ def test_a_bad_profile_is_refused_before_training(tmp_path):
 
 def test_a_timed_run_gains_a_sim_column_and_a_figure_against_simulated_time(tmp_path):
     timed = run(
-        small_config(algorithm=("fedavg",), divergence_every=0, out=str(tmp_path / "a"), profile="phone-4g")
+        small_config(
+            algorithm=("fedavg",), divergence={"every": 0}, out=str(tmp_path / "a"), profile="phone-4g"
+        )
     )
-    plain = run(small_config(algorithm=("fedavg",), divergence_every=0, out=str(tmp_path / "b")))
+    plain = run(small_config(algorithm=("fedavg",), divergence={"every": 0}, out=str(tmp_path / "b")))
     assert "sim s/rd" in format_table(timed.summary) and "sim s/rd" not in format_table(plain.summary)
     assert timed.summary[0]["sim_s_per_round"] == pytest.approx(timed.history[-1]["sim_time_s"] / 2)
     assert "sim_s_per_round" not in (tmp_path / "b" / "summary.csv").read_text()  # as before profiles

@@ -3,6 +3,7 @@ status, config (as written, over Config's defaults) and round records. A study i
 (runs.csv, metrics.csv.gz: see ``tables``), or, for a live sweep that has none yet, from its run directories,
 or it is one run directory."""
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,35 @@ def _from_tables(study: Path) -> list[StudyRun]:
         run = StudyRun(row["run"], row["status"], row["note"], config, tables.records_of(records[row["run"]]))
         out.append(run)
     return out
+
+
+def devices(path: str | Path) -> dict[str, int]:
+    """How many finished runs each device produced, by the name their provenance gives (runs recorded
+    before provenance existed count nowhere): a report says where it pools runs of several devices."""
+    path = Path(path)
+    if tables.has_tables(path):
+        named = [
+            r.get("prov_device_name") or r.get("prov_device")
+            for r in tables.read_runs(path)
+            if r["status"] == "finished"
+        ]
+    else:
+        runs = [path] if is_run(path) else sorted(p.parent for p in path.glob("*/config.toml"))
+        named = [_device_of(run_dir) for run_dir in runs if status_of(run_dir)[0] == "finished"]
+    count: dict[str, int] = {}
+    for name in named:
+        if name:
+            count[name] = count.get(name, 0) + 1
+    return count
+
+
+def _device_of(run_dir: Path) -> str | None:
+    try:
+        sessions = json.loads((run_dir / "provenance.json").read_text())
+        names = {str(s.get("device_name") or s.get("device")) for s in sessions}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return ";".join(sorted(names))
 
 
 def load_groups(path: str | Path) -> list[Group]:

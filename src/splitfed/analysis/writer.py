@@ -14,7 +14,7 @@ from .cells import Group, cut_order, rank
 from .claims import Claims, resolve_claims
 from .clients import clients_sections
 from .figures import sections
-from .load import load_groups
+from .load import devices, load_groups
 from .rundir import is_run, read_config, read_history
 from .setting import Setting
 from .text import fmt, fmt_lr, fmt_rounds, fmt_seconds, safe, same
@@ -207,6 +207,7 @@ def report(
     out.mkdir(parents=True, exist_ok=True)
     single = is_run(sweep_dir)
     md = _preamble(sweep_dir.name, single, claims, sorted({name for g in groups for name, _ in g.others}))
+    md += _devices_lines(devices(sweep_dir))
     if single:
         md += _run_lines(sweep_dir, out)
     aggregate: list[dict[str, Any]] = []
@@ -225,6 +226,20 @@ def report(
         (out / "margins.csv").unlink(missing_ok=True)  # not left over from a report with claims
     (out / "report.md").write_text("\n".join(md) + "\n")
     return out / "report.md"
+
+
+def _devices_lines(count: dict[str, int]) -> list[str]:
+    """Where the runs ran, when their provenance says (a study pooled across machines says so)."""
+    if not count:
+        return []
+    listed = ", ".join(f"{name} ({n} run{'s' if n > 1 else ''})" for name, n in sorted(count.items()))
+    if len(count) == 1:
+        return ["", f"Every run with a recorded provenance ran on one device: {listed}."]
+    return [
+        "",
+        f"**Runs of {len(count)} devices are pooled here**: {listed}. Their float results differ in the last "
+        "bits, and more over many steps; runs.csv says which run ran where (prov_device_name).",
+    ]
 
 
 def _preamble(name: str, single: bool, claims: Claims, varying: list[str]) -> list[str]:
