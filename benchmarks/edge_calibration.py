@@ -88,10 +88,21 @@ def shaped_links(clients: int, up_mbit: float, down_mbit: float) -> Iterator[lis
 
 
 class DelayingProxy:
-    """A TCP proxy that holds each chunk ``delay_s`` before passing it on (one way's latency)."""
+    """A TCP proxy that holds each chunk ``delay_s`` (± a seeded ``jitter_s``) before passing it on, one
+    way's latency; now and then (1 % of chunks) it stalls a direction ``stall_s`` more, as netem would."""
 
-    def __init__(self, listen: tuple[str, int], target: tuple[str, int], delay_s: float) -> None:
-        self.target, self.delay_s = target, delay_s
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        target: tuple[str, int],
+        delay_s: float,
+        jitter_s: float = 0.0,
+        stall_s: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.target, self.delay_s, self.jitter_s, self.stall_s = target, delay_s, jitter_s, stall_s
+        self.rng = random.Random(seed)
+        self.stalls = 0
         self.sock = socket.create_server(listen)
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -107,11 +118,18 @@ class DelayingProxy:
                 a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
+    def _wait(self) -> float:
+        wait = self.delay_s + (self.rng.uniform(-self.jitter_s, self.jitter_s) if self.jitter_s else 0.0)
+        if self.stall_s and self.rng.random() < 0.01:
+            self.stalls += 1
+            wait += self.stall_s
+        return max(0.0, wait)
+
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(1 << 16):
-                if self.delay_s:
-                    time.sleep(self.delay_s)
+                if wait := self._wait():
+                    time.sleep(wait)
                 dst.sendall(data)
         except OSError:
             pass
@@ -146,14 +164,22 @@ def cpu_quota(name: str, share: float) -> Iterator[Path | None]:
 
 
 def machine_rates(config: Config) -> tuple[float, float]:
-    """This machine's training FLOP/s, one thread: the client part at batch b, the server part at the
-    batch it steps on (N·b in lockstep, b otherwise); forward, backward and an SGD step, best of 5."""
+    """This machine's training FLOP/s, one thread: what a client trains (its part; the whole model where
+    it trains alone, as in FedAvg) at batch b, the server part at the batch it steps on (N·b in lockstep,
+    b otherwise); forward, backward and an SGD step, best of 5."""
     setup = prepare(config.replace(out=None))
     torch.set_num_threads(1)
     lockstep = config.algorithm[0] == "minibatch_sfl"
+    alone = not create(config, config.algorithm[0]).talks_to_main_server
+    client, client_flops = setup.client_module, setup.flops_per_sample[0]
+    if alone:
+        client, client_flops = (
+            torch.nn.Sequential(setup.client_module, setup.server_module),
+            sum(setup.flops_per_sample),
+        )
     rates = []
     for module, per_sample, batch, first in (
-        (setup.client_module, setup.flops_per_sample[0], config.batch_size, True),
+        (client, client_flops, config.batch_size, True),
         (
             setup.server_module,
             setup.flops_per_sample[1],
@@ -308,9 +334,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="one case, two short rounds: try the harness")
     p.add_argument("--work", default="/tmp/splitfed-calibration")
+    p.add_argument("--algorithms", help="comma-separated: rerun these cases, keep the others' results")
     args = p.parse_args()
+    out = Path("benchmarks/results/edge_calibration.json")
+    cases = CASES[:1] if args.quick else CASES
     rows = []
-    for alg, cut, rate, quota, delay in CASES[:1] if args.quick else CASES:
+    if args.algorithms:
+        cases = [c for c in cases if c[0] in args.algorithms.split(",")]
+        rows = [r for r in json.loads(out.read_text())["cases"] if r["algorithm"] not in args.algorithms]
+    for alg, cut, rate, quota, delay in cases:
         config = base_config(alg, cut, args.quick)
         tmp = Path(args.work) / f"{alg}-cut{cut}-{rate:g}mbit"
         measured = measure(tmp / "deploy", config, rate, rate, quota, delay)
@@ -330,7 +362,7 @@ def main() -> None:
             f"predicted {predicted:7.2f} s  {residual:+.1%}",
             flush=True,
         )
-    out = Path("benchmarks/results/edge_calibration.json")
+    rows.sort(key=lambda r: [c[:3] for c in CASES].index((r["algorithm"], r["cut"], r["mbit"])))
     out.write_text(json.dumps({"torch": torch.__version__, "cases": rows}, indent=1))
     print(f"wrote {out}")
 

@@ -9,11 +9,11 @@ mean of round_time_s over the rounds (evaluation and the divergence rounds inclu
 training alone, the median of train_time_s over the rounds (the statistic §4 has printed since it ran).
 """
 
-import argparse
 import statistics
 from pathlib import Path
 
 from splitfed.analysis import Group, load_groups
+from splitfed.analysis.script import write_tables
 from splitfed.analysis.text import percent_pm, table_row, table_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,15 +61,7 @@ def tables(study: Path = STUDY) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/results/many-clients")
-    parser.add_argument(
-        "--study", type=Path, default=STUDY, help="the study's tables (default: the repository's)"
-    )
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tables.md").write_text(tables(args.study))
-    print(f"wrote {args.out / 'tables.md'}")
+    write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/many-clients", STUDY)
 
 
 if __name__ == "__main__":

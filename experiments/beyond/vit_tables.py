@@ -10,11 +10,11 @@ the clients, so its accuracy does not depend on the cut: it is printed at the fi
 (the same) at the others, which the script checks rather than assumes.
 """
 
-import argparse
 import statistics
 from pathlib import Path
 
 from splitfed.analysis import Group, load_groups
+from splitfed.analysis.script import write_tables
 from splitfed.analysis.text import percent_pm, table_row, table_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,15 +66,7 @@ def tables(study: Path = STUDY) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/results/vit-cuts")
-    parser.add_argument(
-        "--study", type=Path, default=STUDY, help="the study's tables (default: the repository's)"
-    )
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tables.md").write_text(tables(args.study))
-    print(f"wrote {args.out / 'tables.md'}")
+    write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/vit-cuts", STUDY)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ round's test accuracy, "last-5" the mean of the last 5 rounds'. A run diverged w
 turned non-finite (these ran under a splitfed that trained on and recorded the NaN rounds).
 """
 
-import argparse
 import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
 
 from splitfed.analysis import Group, load_groups, paired_margin, select_lr
+from splitfed.analysis.script import write_tables
 from splitfed.analysis.text import percent, percent_pm, table_row, table_rule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -244,15 +244,7 @@ def tables(study: Path = STUDY) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs/results/fmnist-epoch")
-    parser.add_argument(
-        "--study", type=Path, default=STUDY, help="the study's tables (default: the repository's)"
-    )
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tables.md").write_text(tables(args.study))
-    print(f"wrote {args.out / 'tables.md'}")
+    write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/fmnist-epoch", STUDY)
 
 
 if __name__ == "__main__":

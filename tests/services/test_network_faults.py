@@ -8,18 +8,16 @@ docs/deploy.md; nothing here asserts a time.
 Skipped, with the reason, where namespaces cannot be made (not root, no ``ip``).
 """
 
-import contextlib
 import dataclasses
 import random
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from benchmarks.edge_calibration import DelayingProxy
 from splitfed.services.deploy import load, write_config
 from splitfed.services.launch import free_ports, role_command
 from splitfed.services.security import make_credentials
@@ -66,48 +64,6 @@ def link():
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         subprocess.run(["ip", "link", "del", host_dev], capture_output=True, timeout=30)
-
-
-class DelayingProxy:
-    """A TCP proxy on loopback that holds every chunk for a seeded delay with jitter, and now and then
-    stalls a direction for ``stall_s`` mid-stream (what netem would do, for one client's connection)."""
-
-    def __init__(self, target: tuple[str, int], delay_s: float, jitter_s: float, stall_s: float, seed: int):
-        self.target, self.delay_s, self.jitter_s, self.stall_s = target, delay_s, jitter_s, stall_s
-        self.rng = random.Random(seed)
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.stalls = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            server = socket.create_connection(self.target)
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                wait = self.delay_s + self.rng.uniform(-self.jitter_s, self.jitter_s)
-                if self.rng.random() < 0.01:
-                    wait += self.stall_s
-                    self.stalls += 1
-                time.sleep(max(0.0, wait))
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _deployment(tmp_path: Path, host: str = HOST, **deploy_changes):
@@ -165,7 +121,7 @@ def test_a_client_behind_a_faulty_link_ends_equal_to_the_simulation(tmp_path, li
 def test_latency_jitter_and_stalls_on_one_clients_connection_end_equal_to_the_simulation(tmp_path):
     config_file, config, deploy = _deployment(tmp_path, host="127.0.0.1")
     host, port = deploy.main_server.rsplit(":", 1)
-    proxy = DelayingProxy((host, int(port)), delay_s=0.01, jitter_s=0.008, stall_s=1.5, seed=0)
+    proxy = DelayingProxy(("127.0.0.1", 0), (host, int(port)), delay_s=0.01, jitter_s=0.008, stall_s=1.5)
     try:
         # client 2's own deployment file (each machine has one): the main server through the proxy
         slow = tmp_path / "client_2.toml"
