@@ -158,7 +158,8 @@ class Config:
     profile: NAMED_OR_TABLE | None = _f(  # noqa: RUF009 (_f builds the field)
         None,
         "devices and links to time each round on (engine/profiles.py: phone-4g, phone-4g-mixed, sbc-wifi, "
-        "datacenter; or a table of a profile's fields): each round records its simulated seconds",
+        "datacenter; or a table of a profile's fields; or a list, timed at once): each round records its "
+        "simulated seconds",
         metavar="NAME",
     )
     client_state_mb: float = _f(

@@ -93,9 +93,9 @@ def preflight(cfg: "Config", check_out: bool = True) -> None:
     if check_out:
         check_output_dir(cfg.out or "runs")
     if cfg.profile is not None:  # a bad profile is refused before any training, in one line
-        from .engine.profiles import profile
+        from .engine.profiles import profiles
 
-        profile(cfg.profile)
+        profiles(cfg.profile)
         if cfg.processes > 1:
             raise SplitfedError(
                 "profile: the edge-time model times a round run in one process (processes = 1)"

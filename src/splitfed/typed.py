@@ -15,8 +15,9 @@ from .errors import SplitfedError
 
 # A cut: a block number of an nn.Sequential / CutModel, or the qualified name of any module (a traced graph).
 CUT = int | str
-# A named thing or a table of its settings (a device profile: "phone-4g", or {base = "phone-4g", ...}).
-NAMED_OR_TABLE = str | dict
+# A named thing or a table of its settings (a device profile: "phone-4g", or {base = "phone-4g", ...}), or a
+# list of them (several profiles, timed at once).
+NAMED_OR_TABLE = str | dict | tuple
 # A config is a few dozen lines; anything near this is not one, and parsing it would take a while.
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -154,8 +155,8 @@ def _parse(tp: Any, text: str) -> Any:
         return tp(text)
     if tp == CUT:  # a block number, or a module's qualified name ("3" on the command line is 3)
         return int(text) if text.strip().isdigit() else text
-    if tp == NAMED_OR_TABLE:  # a name; a table is written in a file
-        return text
+    if tp == NAMED_OR_TABLE:  # a name, or names; a table is written in a file
+        return tuple(v.strip() for v in text.split(",")) if "," in text else text
     if typing.get_origin(tp) is tuple:  # "a,b,c"; integer lists may also be written 3x32x32
         item = typing.get_args(tp)[0]
         return tuple(item(v.strip()) for v in (text.replace("x", ",") if item is int else text).split(","))
@@ -187,6 +188,9 @@ def _check(tp: Any, value: Any) -> Any:
             return tuple(item(v) for v in value)
         return _WRONG
     if tp == NAMED_OR_TABLE:
+        if isinstance(value, list | tuple):
+            items = [v if isinstance(v, str) else _check(dict, v) for v in value]
+            return tuple(items) if value and _WRONG not in items else _WRONG
         return value if isinstance(value, str) else _check(dict, value)
     if (tp is dict or typing.get_origin(tp) is dict) and isinstance(value, dict):  # a table of scalars
         return dict(value) if all(isinstance(v, int | float | str | bool) for v in value.values()) else _WRONG
@@ -200,7 +204,7 @@ def type_name(tp: Any) -> str:
     if typing.get_origin(base) is dict:
         base = dict
     names[CUT] = "an integer or a module's name"
-    names[NAMED_OR_TABLE] = "a name or a table"
+    names[NAMED_OR_TABLE] = "a name, a table or a list of them"
     if dataclasses.is_dataclass(base):
         return "a table of " + ", ".join(f.name for f in dataclasses.fields(base))
     lists = {int: "a list of integers", float: "a list of numbers"}

@@ -4,8 +4,10 @@ iteration waits for the slowest client's forward, the main server's step and the
 
 import pytest
 
-from splitfed import SplitfedError, run
+from splitfed import Config, SplitfedError, run
+from splitfed.config import FIELDS
 from splitfed.report import format_table, run_figures
+from splitfed.typed import coerce
 
 from ..conftest import small_config
 
@@ -86,3 +88,31 @@ def test_a_timed_run_gains_a_sim_column_and_a_figure_against_simulated_time(tmp_
     assert "accuracy_vs_sim_time" in figures and "accuracy_vs_sim_time" not in run_figures(
         plain.history, ["fedavg"], "t"
     )
+
+
+def test_several_profiles_time_one_training_at_once(tmp_path):
+    # the round trains once; its timeline is simulated on each profile: the first is the run's own
+    slow = {"name": "slow", "base": "phone-4g", "client_up_bps": 1e6}
+    both = run(
+        small_config(algorithm=("minibatch_sfl",), out=str(tmp_path / "a"), profile=("phone-4g", slow))
+    )
+    alone = run(small_config(algorithm=("minibatch_sfl",), out=str(tmp_path / "b"), profile="phone-4g"))
+    r, own = both.history[-1], alone.history[-1]
+    assert r["sim_round_s"] == own["sim_round_s"] and "sim_round_s_by_profile" not in own
+    assert r["sim_round_s_by_profile"]["phone-4g"] == own["sim_round_s"]
+    assert r["sim_round_s_by_profile"]["slow"] > 2 * own["sim_round_s"]  # uplink 6.3 -> 1 Mbit/s
+    assert both.history[0]["test_accuracy"] == alone.history[0]["test_accuracy"]  # the same training
+
+
+def test_a_profile_list_reads_from_a_file_and_the_command_line(tmp_path):
+    assert coerce(FIELDS["profile"], "phone-4g,sbc-wifi", "--profile", from_cli=True) == (
+        "phone-4g",
+        "sbc-wifi",
+    )
+    cfg = Config.from_dict(
+        {"dataset": "digits", "profile": ["phone-4g", {"base": "sbc-wifi", "spread": 0.2}]}
+    )
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    assert Config.from_toml(tmp_path / "c.toml").profile == cfg.profile  # an array of a name and a table
+    with pytest.raises(SplitfedError, match="profile must be a name, a table or a list of them"):
+        Config(dataset="digits", profile=[3])

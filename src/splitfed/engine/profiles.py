@@ -75,6 +75,22 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def profiles(value: "str | dict | tuple") -> dict[str, Profile]:
+    """The config's ``profile``: one profile or a list of them, by label (a name, or a table's ``name``,
+    else "custom", "custom 2", ...); the first is the run's own, the others timed beside it."""
+    out: dict[str, Profile] = {}
+    for item in value if isinstance(value, tuple | list) else (value,):
+        table = dict(item) if isinstance(item, dict) else None
+        label = item if table is None else str(table.pop("name", "custom"))
+        if label in out:
+            n = 2
+            while f"{label} {n}" in out:
+                n += 1
+            label = f"{label} {n}"
+        out[label] = profile(item if table is None else table)
+    return out
+
+
 def profile(name_or_table: "str | dict[str, float]") -> Profile:
     """A named profile, or a custom one from a table of Profile's fields (a named ``base`` to start from)."""
     if isinstance(name_or_table, str):

@@ -85,6 +85,9 @@ FIELDS: dict[str, Field] = {
         list, "simulated seconds each client's links carried its messages", True, SIMULATION
     ),
     "sim_client_idle_s": Field(list, "simulated seconds each client waited", True, SIMULATION),
+    "sim_round_s_by_profile": Field(
+        dict, "with several profiles: each one's simulated seconds of the round", True, SIMULATION
+    ),
     "sim_critical_s": Field(
         dict, "the round's critical path, simulated seconds by kind of work", True, SIMULATION
     ),

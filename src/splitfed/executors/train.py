@@ -14,7 +14,7 @@ import torch
 from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
-from ..engine.profiles import profile
+from ..engine.profiles import profiles
 from ..engine.record import SIMULATION, round_record
 from ..engine.side import State
 from ..errors import Diverged, StopAlgorithm
@@ -97,7 +97,10 @@ class _Training:
         # the devices and links of the edge-time model, drawn with the partition: a client keeps its device
         cfg = self.cfg
         timed = cfg.profile is not None
-        self.parties = profile(cfg.profile).draw(cfg.clients, cfg.seed_for("partition")) if timed else None
+        self.parties = {}  # by profile label: the first is the run's own, the others timed beside it
+        if timed:
+            seed = cfg.seed_for("partition")
+            self.parties = {label: p.draw(cfg.clients, seed) for label, p in profiles(cfg.profile).items()}
         self.sim_time = 0.0
 
     def resume(self) -> list[dict[str, Any]]:
@@ -211,9 +214,10 @@ class _Training:
     def simulated(self) -> dict[str, Any]:
         """The round on the profile's devices and links (engine/timeline.py), when the config has one."""
         timeline = self.executor.timeline
-        if self.parties is None or timeline is None:
+        if not self.parties or timeline is None:
             return {}
-        timing = timeline.simulate(self.parties)
+        first, *others = self.parties
+        timing = timeline.simulate(self.parties[first])
         self.sim_time += timing.time_s
         clients = [str(n) for n in range(self.cfg.clients)]
         return {
@@ -223,6 +227,15 @@ class _Training:
             "sim_client_transfer_s": [timing.transfer_s.get(n, 0.0) for n in clients],
             "sim_client_idle_s": [timing.idle_s.get(n, timing.time_s) for n in clients],
             "sim_critical_s": timing.critical_share(),
+            **(
+                {
+                    "sim_round_s_by_profile": {
+                        k: timeline.simulate(self.parties[k]).time_s for k in self.parties
+                    }
+                }
+                if others
+                else {}
+            ),
         }
 
     def save(self, rnd: int, state: tuple[dict[str, Any], dict | None], history: list) -> None:
