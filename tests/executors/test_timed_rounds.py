@@ -116,3 +116,9 @@ def test_a_profile_list_reads_from_a_file_and_the_command_line(tmp_path):
     assert Config.from_toml(tmp_path / "c.toml").profile == cfg.profile  # an array of a name and a table
     with pytest.raises(SplitfedError, match="profile must be a name, a table or a list of them"):
         Config(dataset="digits", profile=[3])
+
+
+def test_centralized_training_computes_on_the_main_server_and_sends_nothing(tmp_path):
+    r = _record("centralized", tmp_path)
+    assert r["client_flops"] == 0 and r["sim_client_transfer_s"] == [0.0] * 4
+    assert r["sim_round_s"] == pytest.approx(r["server_flops"] / SERVER["server_flops"], rel=1e-9)

@@ -135,58 +135,61 @@ class RoundRecorder:
     """Builds a round's Timeline while an executor runs it, from what the executor does anyway: the
     clients' and the main server's compute (samples times a part's training FLOPs per sample) and the
     bytes the link counted since the last message. Each client's tasks follow one another; a server step
-    waits for the messages of the clients it serves; a reply waits for the step."""
+    waits for the messages of the clients it serves; a reply waits for the step. ``waits``: the clients
+    whose start waits for the uploads before it (a model handed from client to client). The union of
+    centralized training (a negative id) is in one place, the main server: it computes there and sends
+    nothing."""
 
-    def __init__(self, link: Any) -> None:
+    def __init__(self, link: Any, waits: set[int]) -> None:
         self.link = link  # its ``sent`` and ``received`` bytes per client, read as they grow
+        self.waits = waits
         self.timeline = Timeline()
         self.last: dict[int, int] = {}  # client -> its latest task
         self.step: int | None = None  # the main server's latest step
         self.uploads: list[int] = []  # the round-end uploads so far
-        self._sent = list(link.sent)
-        self._received = list(link.received)
+        self._counted = {"up": list(link.sent), "down": list(link.received)}
 
     def _after(self, n: int, *more: int | None) -> list[int]:
         return [t for t in (self.last.get(n), *more) if t is not None]
 
-    def _up(self, n: int) -> int:
-        size, self._sent[n] = self.link.sent[n] - self._sent[n], self.link.sent[n]
-        return size
+    def _message(self, kind: str, n: int, after: list[int]) -> None:
+        """Client n's message over its uplink or downlink (``kind``): the bytes the link counted for it
+        since its last message."""
+        if n < 0:
+            return
+        total = (self.link.sent if kind == "up" else self.link.received)[n]
+        size, self._counted[kind][n] = total - self._counted[kind][n], total
+        self.last[n] = self.timeline._add(Task(kind, str(n), float(size), tuple(after)))
 
-    def _down(self, n: int) -> int:
-        size, self._received[n] = self.link.received[n] - self._received[n], self.link.received[n]
-        return size
-
-    def start(self, n: int, after_uploads: bool) -> None:
-        """Client n received what it starts from (``after_uploads``: which waited for the uploads so far,
-        as a model handed from client to client does)."""
-        size = self._down(n)
-        self.last[n] = self.timeline.down(str(n), size, after=self.uploads if after_uploads else ())
+    def start(self, n: int) -> None:
+        """Client n received what it starts from."""
+        self._message("down", n, self.uploads if n in self.waits else [])
 
     def compute(self, clients: list[int], samples: list[int], flops_per_sample: float, share: float) -> None:
         for n, b in zip(clients, samples, strict=True):
-            self.last[n] = self.timeline.compute(str(n), b * flops_per_sample * share, after=self._after(n))
+            party = MAIN_SERVER if n < 0 else str(n)
+            self.last[n] = self.timeline.compute(party, b * flops_per_sample * share, after=self._after(n))
 
     def send(self, clients: list[int]) -> None:
-        """Each client's message of the current exchange (what the link counted since its last one)."""
+        """Each client's message of the current exchange."""
         for n in clients:
-            self.last[n] = self.timeline.up(str(n), self._up(n), after=self._after(n))
+            self._message("up", n, self._after(n))
 
     def serve(self, clients: list[int], flops: float) -> None:
         """A main-server step on the messages of ``clients``."""
-        after = [self.last[n] for n in clients if n in self.last]
-        self.step = self.timeline.compute(MAIN_SERVER, flops, after=after)
+        self.step = self.timeline.compute(
+            MAIN_SERVER, flops, after=[self.last[n] for n in clients if n in self.last]
+        )
 
     def reply(self, clients: list[int]) -> None:
         for n in clients:
-            size = self._down(n)
-            self.last[n] = self.timeline.down(str(n), size, after=self._after(n, self.step))
+            self._message("down", n, self._after(n, self.step))
 
     def finish(self, n: int) -> None:
         """Client n's upload at its round's end."""
-        size = self._up(n)
-        self.last[n] = self.timeline.up(str(n), size, after=self._after(n))
-        self.uploads.append(self.last[n])
+        self._message("up", n, self._after(n))
+        if n >= 0:
+            self.uploads.append(self.last[n])
 
     def end(self) -> Timeline:
         """The fed server's rule, once every upload is in: the round's end."""

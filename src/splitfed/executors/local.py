@@ -237,8 +237,8 @@ class LocalExecutor:
         plan = self._plan(rnd, clients)
         self.fed.begin(rnd, {p.name: self.model[p.name] for p in algo.client_parts}, plan.turns, plan.weights)
         if self.timed:  # a client whose start model is not ready at once waits for the uploads before it
-            self.recorder = RoundRecorder(self.ctx.link)
-            self._waits = {n for n in plan.participants if self.fed.download(n) is None}
+            waits = {n for n in plan.participants if self.fed.download(n) is None}
+            self.recorder = RoundRecorder(self.ctx.link, waits)
         self._server_parts = ServerParts(algo, self.sides)
         for part in algo.server_parts:
             if part.shared:
@@ -287,7 +287,7 @@ class LocalExecutor:
         algo.client_begin(view)
         self._rounds[n] = view
         if self.recorder is not None:
-            self.recorder.start(n, n in self._waits)
+            self.recorder.start(n)
 
     def _finish(self, n: int, i: int, p_n: float) -> None:
         """Participant n ends its round: its model and extras go to the fed server."""
