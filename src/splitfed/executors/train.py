@@ -220,23 +220,20 @@ class _Training:
         timing = timeline.simulate(self.parties[first])
         self.sim_time += timing.time_s
         clients = [str(n) for n in range(self.cfg.clients)]
-        return {
+        record = {
             "sim_round_s": timing.time_s,
             "sim_time_s": self.sim_time,
             "sim_client_compute_s": [timing.compute_s.get(n, 0.0) for n in clients],
             "sim_client_transfer_s": [timing.transfer_s.get(n, 0.0) for n in clients],
             "sim_client_idle_s": [timing.idle_s.get(n, timing.time_s) for n in clients],
             "sim_critical_s": timing.critical_share(),
-            **(
-                {
-                    "sim_round_s_by_profile": {
-                        k: timeline.simulate(self.parties[k]).time_s for k in self.parties
-                    }
-                }
-                if others
-                else {}
-            ),
         }
+        if others:  # the same round on the other profiles
+            by_profile = {first: timing.time_s} | {
+                k: timeline.simulate(self.parties[k]).time_s for k in others
+            }
+            record["sim_round_s_by_profile"] = by_profile
+        return record
 
     def save(self, rnd: int, state: tuple[dict[str, Any], dict | None], history: list) -> None:
         """The run's checkpoint after round ``rnd``: everything a resume goes on from."""
