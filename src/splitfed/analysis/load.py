@@ -24,6 +24,7 @@ class StudyRun:
     note: str
     config: dict[str, Any]
     records: list[dict[str, Any]] = field(default_factory=list)  # as metrics.jsonl holds them
+    device: str = ""  # where it ran, as its provenance names the device ("": recorded before provenance)
 
     def histories(self) -> dict[str, list[dict[str, Any]]]:
         """The records by algorithm, each in round order, algorithms in the config's order."""
@@ -51,7 +52,7 @@ def load_study(path: str | Path) -> list[StudyRun]:
         status, note = status_of(run_dir)
         config = read_config(run_dir / "config.toml")
         records = read_records(run_dir, config) if status != "failed" else []
-        out.append(StudyRun(run_dir.name, status, note, config, records))
+        out.append(StudyRun(run_dir.name, status, note, config, records, _device_of(run_dir)))
     return out
 
 
@@ -62,44 +63,40 @@ def _from_tables(study: Path) -> list[StudyRun]:
     out = []
     for row in tables.read_runs(study):
         config = CONFIG_DEFAULTS | {k: codec.decode(row[k]) for k in tables.SETTINGS if k in row}
-        run = StudyRun(row["run"], row["status"], row["note"], config, tables.records_of(records[row["run"]]))
-        out.append(run)
+        device = row.get("prov_device_name") or row.get("prov_device") or ""
+        out.append(
+            StudyRun(
+                row["run"], row["status"], row["note"], config, tables.records_of(records[row["run"]]), device
+            )
+        )
     return out
 
 
-def devices(path: str | Path) -> dict[str, int]:
-    """How many finished runs each device produced, by the name their provenance gives (runs recorded
-    before provenance existed count nowhere): a report says where it pools runs of several devices."""
-    path = Path(path)
-    if tables.has_tables(path):
-        named = [
-            r.get("prov_device_name") or r.get("prov_device")
-            for r in tables.read_runs(path)
-            if r["status"] == "finished"
-        ]
-    else:
-        runs = [path] if is_run(path) else sorted(p.parent for p in path.glob("*/config.toml"))
-        named = [_device_of(run_dir) for run_dir in runs if status_of(run_dir)[0] == "finished"]
+def devices(runs: list[StudyRun]) -> dict[str, int]:
+    """How many finished runs each device produced (runs recorded before provenance count nowhere): a
+    report says where it pools runs of several devices."""
     count: dict[str, int] = {}
-    for name in named:
-        if name:
-            count[name] = count.get(name, 0) + 1
+    for run in runs:
+        if run.status == "finished" and run.device:
+            count[run.device] = count.get(run.device, 0) + 1
     return count
 
 
-def _device_of(run_dir: Path) -> str | None:
+def _device_of(run_dir: Path) -> str:
     try:
         sessions = json.loads((run_dir / "provenance.json").read_text())
         names = {str(s.get("device_name") or s.get("device")) for s in sessions}
     except (OSError, ValueError, AttributeError, TypeError):
-        return None
+        return ""
     return ";".join(sorted(names))
 
 
-def load_groups(path: str | Path) -> list[Group]:
-    """The cells of a study's finished runs (of one run's, where ``path`` is a run directory)."""
+def load_groups(path: str | Path, runs: list[StudyRun] | None = None) -> list[Group]:
+    """The cells of a study's finished runs (of one run's, where ``path`` is a run directory); ``runs``:
+    the study as ``load_study`` read it already."""
     path = Path(path)
-    finished = [(r.config, r.histories()) for r in load_study(path) if r.status == "finished"]
+    runs = load_study(path) if runs is None else runs
+    finished = [(r.config, r.histories()) for r in runs if r.status == "finished"]
     if not finished:
         raise SplitfedError(
             f"{path} is unfinished (no summary.csv): continue it with --resume"

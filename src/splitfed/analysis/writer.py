@@ -14,7 +14,7 @@ from .cells import Group, cut_order, rank
 from .claims import Claims, resolve_claims
 from .clients import clients_sections
 from .figures import sections
-from .load import devices, load_groups
+from .load import devices, load_groups, load_study
 from .rundir import is_run, read_config, read_history
 from .setting import Setting
 from .text import fmt, fmt_lr, fmt_rounds, fmt_seconds, safe, same
@@ -202,12 +202,13 @@ def report(
     if not sweep_dir.is_dir():
         raise SplitfedError(f"{sweep_dir} is not a directory")
     claims = resolve_claims(claims)
-    groups = load_groups(sweep_dir)
+    runs = load_study(sweep_dir)
+    groups = load_groups(sweep_dir, runs)
     out = Path(out) if out is not None else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     single = is_run(sweep_dir)
     md = _preamble(sweep_dir.name, single, claims, sorted({name for g in groups for name, _ in g.others}))
-    md += _devices_lines(devices(sweep_dir))
+    md += _devices_lines(devices(runs))
     if single:
         md += _run_lines(sweep_dir, out)
     aggregate: list[dict[str, Any]] = []
