@@ -34,9 +34,8 @@ import torch
 
 from splitfed import Config, run
 from splitfed.algorithms import create
-from splitfed.services.deploy import write_config
-from splitfed.services.launch import free_ports, role_command
-from splitfed.services.security import make_credentials
+from splitfed.services.deploy import load, write_config
+from splitfed.services.launch import prepare_deployment, role_command
 from splitfed.setup import prepare
 
 CGROUP = Path("/sys/fs/cgroup/cpu")
@@ -46,7 +45,7 @@ CGROUP = Path("/sys/fs/cgroup/cpu")
 BURST = "4kb"
 
 
-def _sh(*args: str, ns: str | None = None) -> None:
+def sh(*args: str, ns: str | None = None) -> None:
     cmd = ["ip", "netns", "exec", ns, *args] if ns else list(args)
     subprocess.run(cmd, check=True, capture_output=True, timeout=30)
 
@@ -56,6 +55,17 @@ class Link:
     ns: str
     host_dev: str
     host_ip: str
+
+
+def join_namespace(ns: str, host_dev: str, ns_dev: str, host_ip: str, peer_ip: str) -> None:
+    """Namespace ``ns`` (made already) joined to this one by a veth pair, a /30 between the two ends."""
+    sh("ip", "link", "add", host_dev, "type", "veth", "peer", "name", ns_dev)
+    sh("ip", "link", "set", ns_dev, "netns", ns)
+    sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_dev)
+    sh("ip", "link", "set", host_dev, "up")
+    sh("ip", "addr", "add", f"{peer_ip}/30", "dev", ns_dev, ns=ns)
+    sh("ip", "link", "set", ns_dev, "up", ns=ns)
+    sh("ip", "link", "set", "lo", "up", ns=ns)
 
 
 @contextlib.contextmanager
@@ -68,18 +78,12 @@ def shaped_links(clients: int, up_mbit: float, down_mbit: float) -> Iterator[lis
         for k in range(clients):
             ns, host_dev, ns_dev = f"{tag}{k}", f"{tag}{k}h", f"{tag}{k}n"
             host_ip, peer_ip = f"10.78.{k}.1", f"10.78.{k}.2"
-            _sh("ip", "netns", "add", ns)
+            sh("ip", "netns", "add", ns)
             links.append(Link(ns, host_dev, host_ip))
-            _sh("ip", "link", "add", host_dev, "type", "veth", "peer", "name", ns_dev)
-            _sh("ip", "link", "set", ns_dev, "netns", ns)
-            _sh("ip", "addr", "add", f"{host_ip}/30", "dev", host_dev)
-            _sh("ip", "link", "set", host_dev, "up")
-            _sh("ip", "addr", "add", f"{peer_ip}/30", "dev", ns_dev, ns=ns)
-            _sh("ip", "link", "set", ns_dev, "up", ns=ns)
-            _sh("ip", "link", "set", "lo", "up", ns=ns)
+            join_namespace(ns, host_dev, ns_dev, host_ip, peer_ip)
             for dev, rate, where in ((host_dev, down_mbit, None), (ns_dev, up_mbit, ns)):
                 cap = ["root", "tbf", "rate", f"{rate}mbit", "burst", BURST, "latency", "5s"]
-                _sh("tc", "qdisc", "add", "dev", dev, *cap, ns=where)
+                sh("tc", "qdisc", "add", "dev", dev, *cap, ns=where)
         yield links
     finally:
         for link in links:
@@ -215,22 +219,14 @@ def deployment_files(
 ) -> tuple[Path, list[Path], list]:
     """The servers' file (listening on every address) and one file per client dialling the servers at its
     link's host end, through a delaying proxy there."""
-    make_credentials(tmp / "certs", config.clients, hosts=("localhost", *(link.host_ip for link in links)))
-    main, fed = free_ports(2)
-    from splitfed.services.deploy import Deployment
-
-    deploy = Deployment(
-        main_server=f"localhost:{main}",
-        fed_server=f"localhost:{fed}",
-        main_server_listen=f"0.0.0.0:{main}",
-        fed_server_listen=f"0.0.0.0:{fed}",
-        ca=str(tmp / "certs" / "ca.pem"),
-        cert=str(tmp / "certs" / "server.pem"),
-        key=str(tmp / "certs" / "server.key"),
-        tokens=str(tmp / "certs" / "tokens.toml"),
-        state_dir=str(tmp / "state"),
+    hosts = ("localhost", *(link.host_ip for link in links))
+    servers = prepare_deployment(config.replace(out=str(tmp / "run")), tmp, hosts)
+    config, deploy = load(servers)
+    main, fed = (int(address.rsplit(":", 1)[1]) for address in (deploy.main_server, deploy.fed_server))
+    deploy = dataclasses.replace(
+        deploy, main_server_listen=f"0.0.0.0:{main}", fed_server_listen=f"0.0.0.0:{fed}"
     )
-    servers = write_config(tmp / "deploy.toml", config.replace(out=str(tmp / "run")), deploy)
+    write_config(servers, config, deploy)
     files, proxies = [], []
     for k, link in enumerate(links):
         ends = {}
@@ -241,7 +237,7 @@ def deployment_files(
         files.append(
             write_config(
                 tmp / f"client_{k}.toml",
-                config.replace(out=str(tmp / "run")),
+                config,
                 dataclasses.replace(deploy, **ends),
             )
         )

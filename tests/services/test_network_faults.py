@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.edge_calibration import DelayingProxy
+from benchmarks.edge_calibration import DelayingProxy, join_namespace, sh
 from splitfed.services.deploy import load, write_config
 from splitfed.services.launch import free_ports, role_command
 from splitfed.services.security import make_credentials
@@ -36,11 +36,6 @@ from .harness import (
 HOST, PEER = "10.77.0.1", "10.77.0.2"  # the link's two ends: root namespace, the client's namespace
 
 
-def _ip(*args: str, ns: str | None = None) -> None:
-    cmd = ["ip", "netns", "exec", ns, *args] if ns else list(args)
-    subprocess.run(cmd, check=True, capture_output=True, timeout=30)
-
-
 @pytest.fixture
 def link():
     """A namespace joined to this one by a veth pair: (namespace, host-side device, its device)."""
@@ -49,17 +44,11 @@ def link():
     if shutil.which("ip") is None or shutil.which("tc") is None:
         pytest.skip("no ip or tc command: network namespaces cannot be made here")
     try:
-        _ip("ip", "netns", "add", ns)
+        sh("ip", "netns", "add", ns)
     except (subprocess.CalledProcessError, OSError) as e:
         pytest.skip(f"network namespaces cannot be made here (root needed): {e}")
     try:
-        _ip("ip", "link", "add", host_dev, "type", "veth", "peer", "name", ns_dev)
-        _ip("ip", "link", "set", ns_dev, "netns", ns)
-        _ip("ip", "addr", "add", f"{HOST}/30", "dev", host_dev)
-        _ip("ip", "link", "set", host_dev, "up")
-        _ip("ip", "addr", "add", f"{PEER}/30", "dev", ns_dev, ns=ns)
-        _ip("ip", "link", "set", ns_dev, "up", ns=ns)
-        _ip("ip", "link", "set", "lo", "up", ns=ns)
+        join_namespace(ns, host_dev, ns_dev, HOST, PEER)
         yield ns, host_dev, ns_dev
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
@@ -106,15 +95,15 @@ def test_a_client_behind_a_faulty_link_ends_equal_to_the_simulation(tmp_path, li
     config_file, config, deploy = _deployment(tmp_path, keepalive_s=2.0)
     if fault == "bandwidth cap":  # 2 Mbit/s each way on the client's link (its smashed data ~25 kB/step)
         cap = ["root", "tbf", "rate", "2mbit", "burst", "32kb", "latency", "1s"]
-        _ip("tc", "qdisc", "add", "dev", host_dev, *cap)
-        _ip("tc", "qdisc", "add", "dev", ns_dev, *cap, ns=ns)
+        sh("tc", "qdisc", "add", "dev", host_dev, *cap)
+        sh("tc", "qdisc", "add", "dev", ns_dev, *cap, ns=ns)
     roles = Roles(config_file, config.clients - 1, servers_first=True)
     _start_in(roles, ns, config_file, config.clients - 1)
     if fault == "link outage":  # mid-run, longer than keepalive: the connection is found dead, retried
         wait_for(lambda: metrics_lines(tmp_path / "run") >= 1)
-        _ip("ip", "link", "set", host_dev, "down")
+        sh("ip", "link", "set", host_dev, "down")
         time.sleep(8.0)
-        _ip("ip", "link", "set", host_dev, "up")
+        sh("ip", "link", "set", host_dev, "up")
     _finish_equal_to_simulation(tmp_path, roles, config, deploy, fault)
 
 

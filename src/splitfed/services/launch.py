@@ -41,9 +41,10 @@ def role_command(
     return [*cmd, "--threads", str(threads)] if threads else cmd
 
 
-def prepare_deployment(config: Config, workdir: Path) -> Path:
-    """Certificates, tokens, ports and the deployment file for ``config`` in ``workdir``."""
-    make_credentials(workdir / "certs", config.clients)
+def prepare_deployment(config: Config, workdir: Path, hosts: tuple[str, ...] = ("localhost",)) -> Path:
+    """Certificates (the servers' for ``hosts``), tokens, ports and the deployment file for ``config`` in
+    ``workdir``."""
+    make_credentials(workdir / "certs", config.clients, hosts=hosts)
     ports = free_ports(2)
     deploy = Deployment(
         main_server=f"localhost:{ports[0]}",
