@@ -133,7 +133,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         for r in cells
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    legend = TABLE_LEGEND + (SIM_LEGEND if len(shown) > len(SUMMARY_COLUMNS) - len(OPTIONAL_COLUMNS) else "")
+    legend = TABLE_LEGEND + (SIM_LEGEND if any(key == "sim_s_per_round" for key, _, _ in shown) else "")
     return "\n".join([*lines, legend])
 
 
