@@ -44,3 +44,14 @@ def test_a_bad_profile_is_refused_in_one_line(table, message):
     with pytest.raises(SplitfedError) as e:
         profile(table)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_availability_draws_the_same_offline_clients_for_one_seed_and_round():
+    p = profile({"base": "phone-4g", "availability": 0.7, "offline_s": 60.0})
+    waits = p.offline(200, seed=3, rnd=2)
+    assert waits == p.offline(200, seed=3, rnd=2) and waits != p.offline(200, seed=3, rnd=3)
+    assert 40 <= len(waits) <= 80  # about 30 % of 200 offline
+    assert all(w > 0 for w in waits.values()) and 30 < sum(waits.values()) / len(waits) < 90  # mean 60 s
+    assert PROFILES["phone-4g"].offline(200, seed=3, rnd=2) == {}  # always online by default
+    with pytest.raises(SplitfedError, match=r"availability must be in \[0, 1\]"):
+        profile({"base": "phone-4g", "availability": 1.5})

@@ -63,3 +63,16 @@ def test_latency_delays_a_message_but_does_not_hold_the_link():
 def test_a_task_waits_only_for_tasks_issued_before_it():
     with pytest.raises(ValueError, match="issued before"):
         Timeline().compute("a", 1, after=[0])
+
+
+def test_an_offline_client_starts_when_it_is_back_and_its_wait_is_on_the_critical_path():
+    t = Timeline()
+    lockstep_slot(t, ["a", "b"], fwd=1, up=1, server=1, down=1)
+    one = Party(1, 8, 8)
+    parties = {"a": one, "b": one, MAIN_SERVER: Party(1)}
+    assert t.simulate(parties).time_s == 6.0  # forward 1, up 1, step 1, down 1, backward 2
+    timing = t.simulate(parties, offline={"b": 2.5})  # b comes online 2.5 s into the round
+    # b waited 2.5 s to come online and 1 s for the step; a waited as long, for b's message and the step
+    assert timing.time_s == 8.5 and timing.idle_s["b"] == timing.idle_s["a"] == 3.5
+    assert timing.critical_path[0] == ("offline", "b", 2.5)
+    assert sum(timing.critical_share().values()) == timing.time_s

@@ -6,6 +6,7 @@ import pytest
 
 from splitfed import Config, SplitfedError, run
 from splitfed.config import FIELDS
+from splitfed.engine.profiles import profile
 from splitfed.report import format_table, run_figures
 from splitfed.typed import coerce
 
@@ -122,3 +123,16 @@ def test_centralized_training_computes_on_the_main_server_and_sends_nothing(tmp_
     r = _record("centralized", tmp_path)
     assert r["client_flops"] == 0 and r["sim_client_transfer_s"] == [0.0] * 4
     assert r["sim_round_s"] == pytest.approx(r["server_flops"] / SERVER["server_flops"], rel=1e-9)
+
+
+def test_a_round_waits_for_its_offline_clients(tmp_path):
+    away_profile = {"availability": 0.0, "offline_s": 30.0}  # every client offline at the round's start
+    online = _record("fedavg", tmp_path / "a")
+    away = _record("fedavg", tmp_path / "b", **away_profile)
+    # identical clients that overlap (FedAvg): the round ends with the client that came back last
+    seed = small_config().seed_for("partition")
+    waits = profile(PHONE | SERVER | away_profile).offline(away["participants"], seed, rnd=1)
+    assert len(waits) == away["participants"]
+    assert away["sim_round_s"] == pytest.approx(online["sim_round_s"] + max(waits.values()), rel=1e-9)
+    assert away["sim_critical_s"]["offline"] == pytest.approx(max(waits.values()), rel=1e-9)
+    assert away["test_accuracy"] == online["test_accuracy"]  # availability changes the clock only

@@ -1,8 +1,9 @@
 """Device and link profiles: how fast the clients and the servers of a simulated deployment compute and talk.
 
 A ``Profile`` describes a population of client devices (a median device, a seeded log-normal spread of
-compute and bandwidth around it, a tail of stragglers) and the servers they talk to; ``draw`` turns it
-into one ``Party`` per client, the same for the same seed. The named profiles and the public measurements
+compute and bandwidth around it, a tail of stragglers, how often a device is online) and the servers they
+talk to; ``draw`` turns it into one ``Party`` per client, the same for the same seed, and ``offline``
+draws which clients a round finds offline and how long it waits for each. The named profiles and where
 their numbers come from are in docs/performance.md ("Edge time"); a custom one is a TOML table of the same
 fields. Compute rates are *effective training* FLOP/s (what a whole training step achieves, well below a
 chip's peak), bandwidths bit/s, round trips seconds.
@@ -28,6 +29,11 @@ class Profile:
     spread: float = 0.0  # σ of the log of each client's compute and of its bandwidth (0: identical clients)
     straggler_share: float = 0.0  # this share of the clients (rounded) is slower by straggler_slowdown
     straggler_slowdown: float = 1.0
+    # availability: the chance that a client is online when a round starts. splitfed's rounds are
+    # synchronous over a fixed list of participants (dropping one would change what is trained), so a
+    # round waits for an offline client: its first task starts after an exponential wait of mean offline_s
+    availability: float = 1.0
+    offline_s: float = 0.0
     server_flops: float = 6e12  # the main and the fed server: a data-centre GPU (see the docs)
     server_bps: float = 10e9
     server_rtt_s: float = 0.001
@@ -41,6 +47,8 @@ class Profile:
                 raise SplitfedError(f"profile {f.name} must be a finite number above 0, got {value!r}")
         if self.straggler_share > 1 or self.straggler_slowdown < 1:
             raise SplitfedError("profile straggler_share must be in [0, 1] and straggler_slowdown at least 1")
+        if self.availability > 1:
+            raise SplitfedError(f"profile availability must be in [0, 1], got {self.availability!r}")
 
     def draw(self, clients: int, seed: int) -> dict[str, Party]:
         """One Party per client ("0" .. "N-1") and the two servers; the same seed draws the same devices."""
@@ -59,6 +67,20 @@ class Profile:
         }
         server = Party(self.server_flops, self.server_bps, self.server_bps, self.server_rtt_s)
         return parties | {MAIN_SERVER: server, FED_SERVER: server}
+
+    def offline(self, clients: int, seed: int, rnd: int) -> dict[str, float]:
+        """The clients round ``rnd`` finds offline ("0" .. "N-1") and the seconds until each is back; the
+        same seed and round draw the same (a string seed: Python hashes it the same in every process)."""
+        if self.availability >= 1:
+            return {}
+        rng = random.Random(f"offline {seed} {rnd}")
+        waits = {}
+        for n in range(clients):
+            away = rng.random() >= self.availability
+            wait = rng.expovariate(1 / self.offline_s) if self.offline_s > 0 else 0.0
+            if away:
+                waits[str(n)] = wait
+        return waits
 
 
 _PHONE_4G = Profile(

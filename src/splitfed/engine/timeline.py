@@ -88,11 +88,14 @@ class Timeline:
         self.tasks.append(task)
         return len(self.tasks) - 1
 
-    def simulate(self, parties: dict[str, Party]) -> RoundTiming:
+    def simulate(self, parties: dict[str, Party], offline: dict[str, float] | None = None) -> RoundTiming:
+        """The round's timing; ``offline``: parties offline at the round's start and the seconds until each
+        is back (nothing of theirs, compute or link, starts before)."""
+        offline = offline or {}
         free: dict[tuple[str, str], tuple[float, int | None]] = {}
         for i, t in enumerate(self.tasks):
             resource = (t.kind if t.kind != "compute" else "cpu", t.party)
-            start, cause = free.get(resource, (0.0, None))
+            start, cause = free.get(resource, (offline.get(t.party, 0.0), None))
             for a in t.after:
                 if self.tasks[a].finish > start:
                     start, cause = self.tasks[a].finish, a
@@ -113,12 +116,14 @@ class Timeline:
         idle = {p: max(0.0, end - compute.get(p, 0.0) - transfer.get(p, 0.0)) for p in parties}
         # back from the last task: each step's share lasts until the next one on the path started, so the
         # shares partition [0, end] (a message's latency after its link freed counts for the message)
-        path, until = [], end
+        path, until, first = [], end, None
         i = max(range(len(self.tasks)), key=lambda k: self.tasks[k].finish) if self.tasks else None
         while i is not None:
-            t = self.tasks[i]
-            path.append((t.kind, t.party, until - t.start))
-            until, i = t.start, t.cause
+            first = self.tasks[i]
+            path.append((first.kind, first.party, until - first.start))
+            until, i = first.start, first.cause
+        if first is not None and until > 0:  # the path begins with its first party's wait to come online
+            path.append(("offline", first.party, until))
         return RoundTiming(end, dict(compute), dict(transfer), idle, path[::-1])
 
 

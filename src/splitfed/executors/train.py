@@ -14,7 +14,7 @@ import torch
 from ..algorithms import create
 from ..engine.checkpoint import load_run_checkpoint, save_run_checkpoint
 from ..engine.context import Context
-from ..engine.profiles import profiles
+from ..engine.profiles import Profile, profiles
 from ..engine.record import SIMULATION, round_record
 from ..engine.side import State
 from ..errors import Diverged, StopAlgorithm
@@ -97,10 +97,12 @@ class _Training:
         # the devices and links of the edge-time model, drawn with the partition: a client keeps its device
         cfg = self.cfg
         timed = cfg.profile is not None
-        self.parties = {}  # by profile label: the first is the run's own, the others timed beside it
+        self.profiles: dict[str, Profile] = {}  # by label: the first is the run's own, the others beside it
+        self.parties = {}  # each profile's devices
         if timed:
             seed = cfg.seed_for("partition")
-            self.parties = {label: p.draw(cfg.clients, seed) for label, p in profiles(cfg.profile).items()}
+            self.profiles = profiles(cfg.profile)
+            self.parties = {label: p.draw(cfg.clients, seed) for label, p in self.profiles.items()}
         self.sim_time = 0.0
 
     def resume(self) -> list[dict[str, Any]]:
@@ -208,16 +210,18 @@ class _Training:
             client_bytes_up=list(ctx.link.sent),
             client_bytes_down=list(ctx.link.received),
             **clock.times(),
-            **self.simulated(),
+            **self.simulated(rnd),
         )
 
-    def simulated(self) -> dict[str, Any]:
+    def simulated(self, rnd: int) -> dict[str, Any]:
         """The round on the profile's devices and links (engine/timeline.py), when the config has one."""
         timeline = self.executor.timeline
         if not self.parties or timeline is None:
             return {}
+        seed, n = self.cfg.seed_for("partition"), self.cfg.clients
+        offline = {k: p.offline(n, seed, rnd) for k, p in self.profiles.items()}
         first, *others = self.parties
-        timing = timeline.simulate(self.parties[first])
+        timing = timeline.simulate(self.parties[first], offline[first])
         self.sim_time += timing.time_s
         clients = [str(n) for n in range(self.cfg.clients)]
         record = {
@@ -230,7 +234,7 @@ class _Training:
         }
         if others:  # the same round on the other profiles
             by_profile = {first: timing.time_s} | {
-                k: timeline.simulate(self.parties[k]).time_s for k in others
+                k: timeline.simulate(self.parties[k], offline[k]).time_s for k in others
             }
             record["sim_round_s_by_profile"] = by_profile
         return record
