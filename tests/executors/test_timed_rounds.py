@@ -136,3 +136,25 @@ def test_a_round_waits_for_its_offline_clients(tmp_path):
     assert away["sim_round_s"] == pytest.approx(online["sim_round_s"] + max(waits.values()), rel=1e-9)
     assert away["sim_critical_s"]["offline"] == pytest.approx(max(waits.values()), rel=1e-9)
     assert away["test_accuracy"] == online["test_accuracy"]  # availability changes the clock only
+
+
+def test_sfl_v1s_clients_step_their_own_server_copies_side_by_side(tmp_path):
+    # identical clients, each with its own server-side copy: nobody waits for anybody, so the round is
+    # one client's chain: download, then per iteration forward, message, its copy's step, reply, backward
+    r = _record("sfl_v1", tmp_path)
+    n, tau, rtt = r["participants"], 2, PHONE["client_rtt_s"]
+    kinds = r["bytes"]
+    client_step = r["client_flops"] / n / tau / PHONE["client_flops"]
+    server_step = r["server_flops"] / n / tau / SERVER["server_flops"]
+    iteration = (
+        client_step
+        + 8 * (kinds["smashed"] + kinds["labels"]) / n / tau / PHONE["client_up_bps"]
+        + server_step
+        + 8 * kinds["smashed_grad"] / n / tau / PHONE["client_down_bps"]
+        + rtt
+    )
+    start = 8 * kinds["global_client_weights"] / n / PHONE["client_down_bps"] + rtt / 2
+    end = 8 * kinds["client_weights"] / n / PHONE["client_up_bps"] + rtt / 2
+    assert r["sim_round_s"] == pytest.approx(start + tau * iteration + end, rel=1e-9)
+    turns = _record("sfl_v2", tmp_path / "v2")["sim_round_s"]  # one shared server model: in turn
+    assert turns > 2 * r["sim_round_s"]

@@ -3,8 +3,9 @@
 An executor that runs a definition knows what each party computes and sends and what each step waits for;
 recorded here as *tasks* (compute on a party, a message over a client's link) with their dependencies, in
 the order the round issued them, the model needs no knowledge of the algorithm. Each resource (a party's
-processor, a client's uplink, a client's downlink) does its tasks one at a time in issue order; a task
-starts when its resource is free and every task it waits for has finished:
+processor, a client's uplink, a client's downlink; the main server has one processor lane per model it
+steps, a shared one or a client's own copy) does its tasks one at a time in issue order; a task starts
+when its resource is free and every task it waits for has finished:
 
     start = max(resource free, finish of each dependency);   finish = start + duration
     compute: flops / the party's rate;   message: bytes / the link's bandwidth + rtt / 2 (the link is busy
@@ -41,6 +42,7 @@ class Task:
     party: str  # who computes, or the client whose link carries the message
     amount: float  # FLOPs, or bytes
     after: tuple[int, ...]
+    lane: str = ""  # a party's compute lanes run side by side (the main server's copies of a model)
     start: float = 0.0
     finish: float = 0.0
     cause: int | None = None  # the task whose finish decided this start (None: the round's start)
@@ -71,8 +73,12 @@ class Timeline:
 
     tasks: list[Task] = field(default_factory=list)
 
-    def compute(self, party: str, flops: float, after: tuple[int, ...] | list[int] = ()) -> int:
-        return self._add(Task("compute", party, float(flops), tuple(after)))
+    def compute(
+        self, party: str, flops: float, after: tuple[int, ...] | list[int] = (), lane: str = ""
+    ) -> int:
+        """``lane``: work of one party that may overlap its other lanes' (one lane does its tasks in issue
+        order, like every resource)."""
+        return self._add(Task("compute", party, float(flops), tuple(after), lane))
 
     def up(self, client: str, nbytes: float, after: tuple[int, ...] | list[int] = ()) -> int:
         """A message from ``client`` to a server, over the client's uplink."""
@@ -92,9 +98,9 @@ class Timeline:
         """The round's timing; ``offline``: parties offline at the round's start and the seconds until each
         is back (nothing of theirs, compute or link, starts before)."""
         offline = offline or {}
-        free: dict[tuple[str, str], tuple[float, int | None]] = {}
+        free: dict[tuple[str, str, str], tuple[float, int | None]] = {}
         for i, t in enumerate(self.tasks):
-            resource = (t.kind if t.kind != "compute" else "cpu", t.party)
+            resource = (t.kind if t.kind != "compute" else "cpu", t.party, t.lane)
             start, cause = free.get(resource, (offline.get(t.party, 0.0), None))
             for a in t.after:
                 if self.tasks[a].finish > start:
@@ -140,7 +146,9 @@ class RoundRecorder:
     """Builds a round's Timeline while an executor runs it, from what the executor does anyway: the
     clients' and the main server's compute (samples times a part's training FLOPs per sample) and the
     bytes the link counted since the last message. Each client's tasks follow one another; a server step
-    waits for the messages of the clients it serves; a reply waits for the step. ``waits``: the clients
+    waits for the messages of the clients it serves, and for the step before it on the same model (its
+    lane: the main server's steps on a shared model run one after another, its steps on the clients' own
+    copies side by side); a reply waits for the step that served the client. ``waits``: the clients
     whose start waits for the uploads before it (a model handed from client to client). The union of
     centralized training (a negative id) is in one place, the main server: it computes there and sends
     nothing."""
@@ -150,7 +158,7 @@ class RoundRecorder:
         self.waits = waits
         self.timeline = Timeline()
         self.last: dict[int, int] = {}  # client -> its latest task
-        self.step: int | None = None  # the main server's latest step
+        self.step_of: dict[int, int] = {}  # client -> the main-server step that last served it
         self.uploads: list[int] = []  # the round-end uploads so far
         self._counted = {"up": list(link.sent), "down": list(link.received)}
 
@@ -180,15 +188,16 @@ class RoundRecorder:
         for n in clients:
             self._message("up", n, self._after(n))
 
-    def serve(self, clients: list[int], flops: float) -> None:
-        """A main-server step on the messages of ``clients``."""
-        self.step = self.timeline.compute(
-            MAIN_SERVER, flops, after=[self.last[n] for n in clients if n in self.last]
+    def serve(self, clients: list[int], flops: float, lane: str = "") -> None:
+        """A main-server step on the messages of ``clients``, on the model ``lane`` names."""
+        step = self.timeline.compute(
+            MAIN_SERVER, flops, after=[self.last[n] for n in clients if n in self.last], lane=lane
         )
+        self.step_of.update(dict.fromkeys(clients, step))
 
     def reply(self, clients: list[int]) -> None:
         for n in clients:
-            self._message("down", n, self._after(n, self.step))
+            self._message("down", n, self._after(n, self.step_of.get(n)))
 
     def finish(self, n: int) -> None:
         """Client n's upload at its round's end."""

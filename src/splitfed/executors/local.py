@@ -123,14 +123,22 @@ class InProcessMainServer:
     ``copy_of[part][client]``: the copy of ``part`` that serves the client (0 for a shared part)."""
 
     def __init__(
-        self, sides: dict[str, Side], copy_of: dict[str, dict[int, int]], timed: Timed | None = None
+        self,
+        sides: dict[str, Side],
+        copy_of: dict[str, dict[int, int]],
+        timed: Timed | None = None,
+        own: frozenset[str] = frozenset(),
     ) -> None:
-        self.sides, self.copy_of, self.timed = sides, copy_of, timed
+        """``own``: the parts of which each client has a copy of its own (for the edge-time model)."""
+        self.sides, self.copy_of, self.timed, self.own = sides, copy_of, timed, own
 
     def _time(self, part: str, clients: list[int] | None, rows: int, share: float) -> None:
         if self.timed is not None:
             flops = rows * self.sides[part].flops_per_sample * share
-            self.timed.rec.serve(self.timed.clients if clients is None else clients, flops)
+            served = self.timed.clients if clients is None else clients
+            # a shared model's steps follow one another; a client's own copy steps beside the others'
+            lane = f"{part}:{served[0]}" if part in self.own and len(served) == 1 else part
+            self.timed.rec.serve(served, flops, lane)
 
     def step(self, smashed: torch.Tensor, labels: torch.Tensor, part: str = "server") -> torch.Tensor:
         self._time(part, None, len(smashed), STEP)
@@ -363,7 +371,8 @@ class LocalExecutor:
         own = dict(zip(ns, copies, strict=True))
         copy_of = {p.name: (dict.fromkeys(ns, 0) if p.shared else own) for p in self.algo.server_parts}
         timed = None if self.recorder is None else Timed(self.recorder, ns)
-        return self.algo.main_server(InProcessMainServer(self.sides, copy_of, timed), batch)
+        own = frozenset(p.name for p in self.algo.server_parts if not p.shared)
+        return self.algo.main_server(InProcessMainServer(self.sides, copy_of, timed, own), batch)
 
 
 EXECUTIONS = tuple(e for e in choices.EXECUTIONS if e != "auto")  # auto is resolved before
