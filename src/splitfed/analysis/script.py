@@ -6,8 +6,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def write_tables(description: str, compose: Callable[[Path], str], out: Path, study: Path) -> None:
-    """``--out`` (default ``out``) gets tables.md, composed from ``--study`` (default ``study``)."""
+def write_tables(
+    description: str, compose: Callable[[Path], str], out: Path, study: Path
+) -> tuple[Path, Path]:
+    """``--out`` (default ``out``) gets tables.md, composed from ``--study`` (default ``study``); returns
+    both, for a script that writes more there (figures)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument(
@@ -17,3 +20,4 @@ def write_tables(description: str, compose: Callable[[Path], str], out: Path, st
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "tables.md").write_text(compose(args.study))
     print(f"wrote {args.out / 'tables.md'}")
+    return args.out, args.study
