@@ -1,4 +1,4 @@
-"""docs/results.md's tables of §1b, §1c, §2b and §4 are what experiments/*'s scripts make of the committed
+"""docs/results.md's tables of §1b, §1c, §2b, §4 and §5 are what experiments/*'s scripts make of the committed
 study tables: every table of those sections, verbatim, and each script's tables.md as committed."""
 
 import importlib.util
@@ -29,6 +29,7 @@ SECTIONS = {  # the doc's section: the study whose tables.md holds its tables, a
     "1c": ("fmnist-epoch-drift", drift),
     "2b": ("vit-cuts", lambda: script("experiments/beyond/vit_tables.py").tables()),
     "4": ("many-clients", lambda: script("experiments/beyond/clients_tables.py").tables()),
+    "5": ("phone-time", lambda: script("experiments/edge/time_tables.py").tables()),
 }
 
 
