@@ -58,6 +58,7 @@ STUDIES = {  # results folder: its grid and the grid of the rest (for a GPU), wh
     "paper/results/fmnist-epoch-drift": ("paper/fmnist-epoch-drift.toml", None),
     "beyond/results/many-clients": ("beyond/many-clients.toml", None),
     "beyond/results/vit-cuts": ("beyond/vit-cuts.toml", None),
+    "edge/results/phone-time": ("edge/phone-time.toml", None),
 }
 
 
