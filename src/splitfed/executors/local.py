@@ -148,7 +148,7 @@ class InProcessMainServer:
 
     def step_each(self, batch: list[Smashed], part: str = "server") -> list[torch.Tensor]:
         copies = [self.copy_of[part][s.client] for s in batch]
-        for s in batch:  # one step after another: each waits for the one before it
+        for s in batch:  # each client's own copy: the edge-time model lets them step side by side
             self._time(part, [s.client], len(s.smashed), STEP)
         return self.sides[part].train_each(copies, [s.smashed for s in batch], [s.labels for s in batch])
 
@@ -219,6 +219,7 @@ class LocalExecutor:
         capturable = all(side.opt.capturable for side in self.sides.values())
         # with a device profile each step tells the edge-time model what it did: a replayed graph would not
         self.timed = cfg.profile is not None
+        self.own_server_parts = frozenset(p.name for p in algo.server_parts if not p.shared)
         self.recorder: RoundRecorder | None = None
         self.timeline: Timeline | None = None  # the last round's, when timed
         self.graphs = StepGraphs(
@@ -371,8 +372,8 @@ class LocalExecutor:
         own = dict(zip(ns, copies, strict=True))
         copy_of = {p.name: (dict.fromkeys(ns, 0) if p.shared else own) for p in self.algo.server_parts}
         timed = None if self.recorder is None else Timed(self.recorder, ns)
-        own = frozenset(p.name for p in self.algo.server_parts if not p.shared)
-        return self.algo.main_server(InProcessMainServer(self.sides, copy_of, timed, own), batch)
+        server = InProcessMainServer(self.sides, copy_of, timed, self.own_server_parts)
+        return self.algo.main_server(server, batch)
 
 
 EXECUTIONS = tuple(e for e in choices.EXECUTIONS if e != "auto")  # auto is resolved before

@@ -17,6 +17,7 @@ from ..engine.context import Context
 from ..engine.profiles import Profile, profiles
 from ..engine.record import SIMULATION, round_record
 from ..engine.side import State
+from ..engine.timeline import Party, RoundTiming
 from ..errors import Diverged, StopAlgorithm
 from ..setup import Setup
 from .distributed import DistributedExecutor, Group, merged_streams, share
@@ -96,13 +97,12 @@ class _Training:
             self.executor = DistributedExecutor(self.algo, self.ctx, group, batched, rounds)
         # the devices and links of the edge-time model, drawn with the partition: a client keeps its device
         cfg = self.cfg
-        timed = cfg.profile is not None
-        self.profiles: dict[str, Profile] = {}  # by label: the first is the run's own, the others beside it
-        self.parties = {}  # each profile's devices
-        if timed:
-            seed = cfg.seed_for("partition")
-            self.profiles = profiles(cfg.profile)
-            self.parties = {label: p.draw(cfg.clients, seed) for label, p in self.profiles.items()}
+        self.device_seed = cfg.seed_for("partition")
+        # by label, each profile and its devices: the first is the run's own, the others timed beside it
+        self.profiles: dict[str, tuple[Profile, dict[str, Party]]] = {
+            label: (p, p.draw(cfg.clients, self.device_seed))
+            for label, p in (profiles(cfg.profile) if cfg.profile is not None else {}).items()
+        }
         self.sim_time = 0.0
 
     def resume(self) -> list[dict[str, Any]]:
@@ -216,12 +216,15 @@ class _Training:
     def simulated(self, rnd: int) -> dict[str, Any]:
         """The round on the profile's devices and links (engine/timeline.py), when the config has one."""
         timeline = self.executor.timeline
-        if not self.parties or timeline is None:
+        if not self.profiles or timeline is None:
             return {}
-        seed, n = self.cfg.seed_for("partition"), self.cfg.clients
-        offline = {k: p.offline(n, seed, rnd) for k, p in self.profiles.items()}
-        first, *others = self.parties
-        timing = timeline.simulate(self.parties[first], offline[first])
+
+        def simulate(label: str) -> RoundTiming:
+            profile, parties = self.profiles[label]
+            return timeline.simulate(parties, profile.offline(self.cfg.clients, self.device_seed, rnd))
+
+        first, *others = self.profiles
+        timing = simulate(first)
         self.sim_time += timing.time_s
         clients = [str(n) for n in range(self.cfg.clients)]
         record = {
@@ -233,9 +236,7 @@ class _Training:
             "sim_critical_s": timing.critical_share(),
         }
         if others:  # the same round on the other profiles
-            by_profile = {first: timing.time_s} | {
-                k: timeline.simulate(self.parties[k], offline[k]).time_s for k in others
-            }
+            by_profile = {first: timing.time_s} | {k: simulate(k).time_s for k in others}
             record["sim_round_s_by_profile"] = by_profile
         return record
 
