@@ -19,6 +19,7 @@ client data; only the clients' order changes, which moves a sequential round a l
 states how far a round's time strayed from its run's mean, and between p = 0 and 0.95.
 """
 
+import itertools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ TARGETS = (0.7, 0.8)
 OWN = "6.3 Mbit/s"  # the runs' own profile: phone-4g-mixed at 4G's median uplink
 
 
+def route_key(algorithm: str, cut: int) -> tuple[str, int | None]:
+    """An (algorithm, cut) as the study keys it: FedAvg has no cut."""
+    return algorithm, None if algorithm == "fedavg" else cut
+
+
 def trained_as(algorithm: str, cut: int) -> tuple[str, int | None]:
     """The run whose accuracy an (algorithm, cut) has: its own, or one equal to it by an identity."""
     if algorithm in ("sfl_v1", "fedavg"):
@@ -58,7 +64,7 @@ class Study:
 
     def timed(self, algorithm: str, cut: int, n: int) -> list[list[dict[str, float]]]:
         """Every run's simulated round times of (algorithm, cut) at N = n, whatever its p."""
-        key = (algorithm, None if algorithm == "fedavg" else cut, n)
+        key = (*route_key(algorithm, cut), n)
         return [v for k, v in self.rounds.items() if k[:3] == key]
 
     def per_round(self, algorithm: str, cut: int, n: int) -> dict[str, float] | None:
@@ -83,9 +89,9 @@ class Study:
         curve, mean = self.curve(algorithm, cut, n, p), self.per_round(algorithm, cut, n)
         if curve is None or mean is None:
             return None
-        own = self.rounds.get((algorithm, None if algorithm == "fedavg" else cut, n, p), [])
+        own = self.rounds.get((*route_key(algorithm, cut), n, p), [])
         seconds = [own[k][speed] if k < len(own) else mean[speed] for k in range(len(curve))]
-        return [sum(seconds[: k + 1]) / 3600 for k in range(len(seconds))]
+        return [t / 3600 for t in itertools.accumulate(seconds)]
 
     def hours_to(self, algorithm: str, cut: int, n: int, p: float, target: float, speed: str) -> float | None:
         """Simulated hours to the target; inf: not within the rounds run; None: not run."""
@@ -111,14 +117,6 @@ class Study:
         return within, across
 
 
-def _check_prefix(longer: list[float], shorter: "list[dict] | list[float]", run: str) -> None:
-    """A point run twice for different lengths (the grid's later tables): the same seed must have
-    repeated the shorter run's rounds exactly; the longer run is read."""
-    values = [r["test_accuracy"] if isinstance(r, dict) else r for r in shorter]
-    if longer[: len(values)] != values:
-        raise SystemExit(f"run {run}: the longer run of its point does not repeat the shorter one's rounds")
-
-
 def speed_of(name: str) -> float:
     return float(name.split()[0])
 
@@ -132,15 +130,17 @@ def load(study: Path = STUDY) -> Study:
             continue
         c = run.config
         (algorithm,) = c["algorithm"]
-        key = (algorithm, None if algorithm == "fedavg" else c["cut_layer"], c["clients"], c["non_iid_ratio"])
+        key = (*route_key(algorithm, c["cut_layer"]), c["clients"], c["non_iid_ratio"])
         (history,) = run.histories().values()
-        if key in rounds and len(rounds[key]) > len(history):
-            _check_prefix(curves[key], history, run.run)
-            continue
-        if key in rounds:
-            _check_prefix([r["test_accuracy"] for r in history], curves.get(key, []), run.run)
+        accuracy = [r["test_accuracy"] for r in history]
+        if key in rounds:  # a point run twice for different lengths (the grid's later tables)
+            shorter, longer = sorted((curves.get(key, []), accuracy), key=len)
+            if longer[: len(shorter)] != shorter:  # the same seed repeats the shorter run's rounds
+                raise SystemExit(f"run {run.run}: the longer run of its point does not repeat the other's")
+            if len(rounds[key]) > len(history):
+                continue  # the longer run is read
         if c["rounds"] > 1:  # a timing-only run (one round) trains nothing §5 reads
-            curves[key] = [r["test_accuracy"] for r in history]
+            curves[key] = accuracy
         rounds[key] = [r["sim_round_s_by_profile"] for r in history]
         first[key[:3]] = history[0]
     speeds = sorted({v for run in rounds.values() for v in run[0]}, key=speed_of)
@@ -185,7 +185,7 @@ def anatomy_table(s: Study) -> list[str]:
     for algorithm, cut in routes():
         cells = []
         for n in CLIENTS:
-            r = s.first.get((algorithm, None if algorithm == "fedavg" else cut, n))
+            r = s.first.get((*route_key(algorithm, cut), n))
             if r is None:
                 cells += [""] * 5
                 continue
