@@ -10,7 +10,10 @@ from splitfed.models import CutModel, build_model, num_params
 # Every registered model with inputs it is meant for; ResNet-18 at a small width keeps the forward fast
 # (the full width is checked by parameter count below).
 INPUTS = {"cnn4": (1, 28, 28), "digits_cnn": (1, 8, 8), "resnet18": (3, 32, 32)}
-ARGS = {"resnet18": [{"width": 8, "norm": "batch"}, {"width": 8, "norm": "group"}]}
+ARGS = {
+    "resnet18": [{"width": 8, "norm": "batch"}, {"width": 8, "norm": "group"}],
+    "cnn4": [{}, {"norm": "batch"}, {"norm": "group"}],
+}
 
 
 def model_cases():
@@ -105,3 +108,38 @@ def test_register_model_makes_it_available_by_name():
 
     model = build_model(name, 3, (1, 4, 4))
     assert isinstance(model, CutModel) and list(model.cut_points) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_cnn4_with_a_norm_adds_one_layer_after_each_conv(norm):
+    plain, normed = build_model("cnn4", 10, (1, 28, 28)), build_model("cnn4", 10, (1, 28, 28), {"norm": norm})
+    assert num_params(normed) == 1_592_258 + 2 * (16 + 32 + 1000)  # a weight and a bias per channel
+    kinds = [nn.BatchNorm2d, nn.BatchNorm2d, nn.BatchNorm1d] if norm == "batch" else [nn.GroupNorm] * 3
+    assert [
+        type(m) for m in normed.modules() if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm))
+    ] == kinds
+    # at cut 2 (the studies' cut) the server side holds fc1's normalisation: the control of issue 25
+    client, server = split(normed, 2)
+    assert (num_params(client), num_params(server)) == (13_248 + 2 * (16 + 32), 1_579_010 + 2 * 1000)
+    x = torch.randn(4, 1, 28, 28)
+    assert normed(x).shape == plain(x).shape == (4, 10)
+
+
+def test_cnn4_without_a_norm_is_the_spec_net_module_for_module():
+    # checkpoints of the spec's net must load: the default's state keys are the ones they were
+    torch.manual_seed(0)
+    default = build_model("cnn4", 10, (1, 28, 28))
+    torch.manual_seed(0)
+    explicit = build_model("cnn4", 10, (1, 28, 28), {"norm": "none"})
+    assert list(default.state_dict()) == [
+        "conv1.0.weight", "conv1.0.bias", "conv2.0.weight", "conv2.0.bias",
+        "fc1.1.weight", "fc1.1.bias", "fc2.weight", "fc2.bias",
+    ]  # fmt: skip
+    assert all(
+        torch.equal(a, b) for a, b in zip(default.state_dict().values(), explicit.state_dict().values())
+    )
+
+
+def test_cnn4_refuses_an_unknown_norm_in_one_line():
+    with pytest.raises(SplitfedError, match=r"cnn4 norm must be 'none', 'batch' or 'group', got 'layer'"):
+        build_model("cnn4", 10, (1, 28, 28), {"norm": "layer"})

@@ -7,25 +7,22 @@ from torch import nn
 
 from ..errors import SplitfedError
 from ._cut import CutModel
+from ._norm import NORMS, norm_layer
 from ._registry import MODELS
-
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    # GroupNorm keeps each sample's forward independent of the rest of the batch, which is what makes
-    # split training with BatchNorm-free client sides exactly equal to centralized SGD (spec §2).
-    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(min(32, channels), channels)
 
 
 class BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = _norm(norm, c_out)
+        self.bn1 = norm_layer(norm, c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = _norm(norm, c_out)
+        self.bn2 = norm_layer(norm, c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm(norm, c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), norm_layer(norm, c_out)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -42,13 +39,15 @@ def resnet18(
     ``norm``: "batch" or "group"; ``width``: channels of the stem and stage 1 (stages double it).
     Cut Lc in 1..4: the client holds the stem and stages 1..Lc.
     """
-    if norm not in ("batch", "group"):
+    if norm not in NORMS:
         raise SplitfedError(f"resnet18 norm must be 'batch' or 'group', got {norm!r}")
     if not isinstance(width, int) or isinstance(width, bool) or width < 1:
         raise SplitfedError(f"resnet18 width must be a positive integer, got {width!r}")
     widths = [width, 2 * width, 4 * width, 8 * width]
     blocks: OrderedDict[str, nn.Module] = OrderedDict(
-        stem=nn.Sequential(nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), _norm(norm, width), nn.ReLU())
+        stem=nn.Sequential(
+            nn.Conv2d(in_shape[0], width, 3, 1, 1, bias=False), norm_layer(norm, width), nn.ReLU()
+        )
     )
     c_in = width
     for i, c_out in enumerate(widths):
