@@ -4,6 +4,7 @@ sweep report's numbers on hand-written runs whose every number is known."""
 import csv
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -716,3 +717,18 @@ def test_a_report_says_where_it_pools_runs_of_several_devices(tmp_path):
         (run_dir / "provenance.json").unlink()  # runs from before provenance count nowhere
     md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
     assert "Every run with a recorded provenance ran on one device: NVIDIA H100 (1 run)." in md
+
+
+def test_the_95_percent_interval_of_paired_margins_uses_students_t():
+    from splitfed.analysis import interval95
+    from splitfed.analysis.text import interval_text
+
+    # three seeds: mean 2, std 1, so the half-width is t(0.975, 2 dof) / sqrt(3) = 4.303 / 1.732 = 2.484
+    low, high = interval95([0.01, 0.02, 0.03])
+    assert low == pytest.approx(0.02 - 0.04303 / 3**0.5) and high == pytest.approx(0.02 + 0.04303 / 3**0.5)
+    assert interval_text((low, high)) == "[−0.5, +4.5]"
+    # 23 values: 22 dof is not tabled, the next smaller dof's (wider) quantile is taken
+    values = [0.0, 1.0] * 11 + [0.5]
+    half = (interval95(values)[1] - interval95(values)[0]) / 2
+    assert half == pytest.approx(2.086 * statistics.stdev(values) / 23**0.5)
+    assert interval95([0.05]) is None and interval_text(None) == "–"

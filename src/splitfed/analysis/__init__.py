@@ -22,7 +22,7 @@ rate chosen on validation, paired margins, costs), ``setting``, ``figures`` and 
 ``claims`` (the claims file), ``writer`` (report.md and its CSVs).
 """
 
-from .aggregate import Margin, Selection, paired_margin, select_lr
+from .aggregate import Margin, Selection, interval95, paired_margin, select_lr
 from .cells import Group, cut_order
 from .claims import Claims, PaperFigure, load_claims
 from .load import StudyRun, load_groups, load_study
@@ -39,6 +39,7 @@ __all__ = [
     "Setting",
     "StudyRun",
     "cut_order",
+    "interval95",
     "is_run",
     "load_claims",
     "load_groups",

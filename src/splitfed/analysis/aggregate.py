@@ -59,6 +59,27 @@ class Margin:
     relative: list[float]  # (a − b) / b
 
 
+# Student's t, two-sided 95 %: the 0.975 quantile by degrees of freedom (a few seeds: the normal's 1.96
+# would claim intervals two to six times too narrow)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+T975 |= {11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093}
+T975 |= {20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def interval95(values: list[float]) -> tuple[float, float] | None:
+    """The 95 % confidence interval of the mean of ``values`` (paired differences, one per seed), by
+    Student's t with n − 1 degrees of freedom; None for fewer than two values. Beyond 30 seeds it takes
+    30's quantile (wider by under 2 %)."""
+    n = len(values)
+    if n < 2:
+        return None
+    dof = min(n - 1, 30)
+    t = T975.get(dof) or T975[max(d for d in T975 if d <= dof)]  # between tabled dofs: the wider one
+    half = t * statistics.stdev(values) / math.sqrt(n)
+    centre = statistics.fmean(values)
+    return centre - half, centre + half
+
+
 def paired_margin(a: Group, b: Group, stat: Callable[[Group], list[float]]) -> Margin:
     """The margin of ``a`` over ``b`` in ``stat`` (one value per seed), paired by seed."""
     va, vb = a.by_seed(stat(a)), b.by_seed(stat(b))

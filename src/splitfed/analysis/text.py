@@ -43,6 +43,13 @@ def percent_pm(values: list[float], sign: bool = False, scale: float = 100.0) ->
     return centre if len(values) == 1 else f"{centre} ± {percent(std(values), scale=scale)}"
 
 
+def interval_text(bounds: tuple[float, float] | None, scale: float = 100.0) -> str:
+    """A 95 % interval as docs/results.md prints it, "[+0.7, +12.1]"; none (one seed): "–"."""
+    return (
+        "–" if bounds is None else f"[{percent(bounds[0], True, scale)}, {percent(bounds[1], True, scale)}]"
+    )
+
+
 def table_row(cells: list[str]) -> str:
     """A markdown table row as docs/results.md writes it (an empty cell is one space)."""
     return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
