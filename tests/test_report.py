@@ -404,6 +404,28 @@ def test_without_validation_accuracy_no_lr_is_chosen_and_the_report_says_so(tmp_
     assert all(s.chosen is None for s in select_lr(load_groups(sweep), 3).values())
 
 
+def test_a_rate_that_diverged_in_any_seed_is_not_chosen_on_its_surviving_seeds(tmp_path):
+    # lr 0.1 scores 0.9 on validation in seed 0 and diverged in seed 1 (a sweep's diverged run: its
+    # diverged.txt, no summary): choosing it on seed 0 alone would hide the divergence; 0.01 is chosen
+    sweep = tmp_path / "sweep"
+    for lr, seed, val in ((0.01, 0, 0.5), (0.01, 1, 0.5), (0.1, 0, 0.9), (0.1, 1, 0.9)):
+        records = [_record("minibatch_sfl", r, 0.5, val_accuracy=val) for r in range(1, 4)]
+        _write_run(sweep / f"lr={lr}__seed={seed}", lr, seed, records)
+    (sweep / "lr=0.1__seed=1" / "summary.csv").unlink()
+    (sweep / "lr=0.1__seed=1" / "diverged.txt").write_text("diverged in round 3: the training loss is nan")
+    groups = {g.lr[0]: g for g in load_groups(sweep)}
+    assert (groups[0.1].seed_ids(), groups[0.1].diverged) == ([0], [1]) and groups[0.01].diverged == []
+    (selection,) = select_lr(list(groups.values()), 3).values()
+    assert selection.chosen is groups[0.01]
+    # every seed of 0.1 diverged: the cell is kept only where asked for (a search's reach), never chosen
+    (sweep / "lr=0.1__seed=0" / "summary.csv").unlink()
+    (sweep / "lr=0.1__seed=0" / "diverged.txt").write_text("diverged in round 2: the training loss is nan")
+    assert [g.lr[0] for g in load_groups(sweep)] == [0.01]
+    cells = load_groups(sweep, diverged_cells=True)
+    assert {g.lr[0]: (g.histories, g.diverged) for g in cells}[0.1] == ([], [0, 1])
+    assert next(iter(select_lr(cells, 3).values())).chosen.lr[0] == 0.01
+
+
 def test_a_report_without_claims_shows_the_generic_tables(tmp_path, monkeypatch):
     sweep = _fake_sweep(tmp_path)
     monkeypatch.chdir(tmp_path)  # no experiments/paper/claims.toml here

@@ -25,7 +25,8 @@ class Selection:
 def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
     """Per slot, the cell whose lr gives the best validation accuracy (mean over seeds of its last-k
     mean). Test accuracy is never looked at: choosing on it would report the test set's best case.
-    A slot tried at one lr only keeps it; a slot where some candidate lacks val_accuracy is not chosen."""
+    A slot tried at one lr only keeps it; a slot where some candidate lacks val_accuracy is not chosen.
+    A rate that diverged in any seed is never chosen: its surviving seeds' score would hide the others."""
     slots: dict[tuple, list[Group]] = defaultdict(list)
     for g in groups:
         slots[g.slot()].append(g)
@@ -36,10 +37,11 @@ def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
             statistics.fmean(g.last_k(k, "val_accuracy")) if g.has("val_accuracy") else None
             for g in candidates
         ]
+        stable = [i for i, g in enumerate(candidates) if not g.diverged]
         if len(candidates) == 1:
-            chosen: Group | None = candidates[0]
-        elif all(s is not None for s in scores):
-            chosen = candidates[max(range(len(candidates)), key=lambda i: (scores[i], -i))]
+            chosen: Group | None = candidates[0] if candidates[0].histories else None
+        elif stable and all(scores[i] is not None for i in stable):
+            chosen = candidates[max(stable, key=lambda i: (scores[i], -i))]
         else:
             chosen = None
         out[key] = Selection(candidates, scores, chosen)

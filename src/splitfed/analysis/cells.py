@@ -3,6 +3,7 @@
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,9 @@ class Group:
     seeds: list[Any] = field(default_factory=list)  # each history's seed: pairs runs across cells
     lr: tuple[float, float] | None = None  # effective (client-side, server-side) learning rate
     others: tuple[tuple[str, Any], ...] = ()  # the other config fields that vary across the sweep
+    # seeds of this cell whose run diverged (stopped on a non-finite loss): not in ``histories``, but a
+    # rate that diverged in any seed is not one to choose
+    diverged: list[Any] = field(default_factory=list)
 
     def seed_ids(self) -> list[Any]:
         return self.seeds if len(self.seeds) == len(self.histories) else list(range(len(self.histories)))
@@ -131,14 +135,20 @@ def rank(algorithm: str) -> tuple[int, str]:
     return (len(COMPARED) + 1 if algorithm == "centralized" else len(COMPARED)), algorithm
 
 
-def group_runs(finished: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]]) -> list[Group]:
+def group_runs(
+    finished: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]],
+    diverged: Sequence[dict[str, Any]] = (),
+) -> list[Group]:
     """The cells of a study's finished runs, each given as (its config, its records by algorithm): runs
-    that differ only in their seed share a cell; the fields that vary across the study name the rest."""
+    that differ only in their seed share a cell; the fields that vary across the study name the rest.
+    ``diverged``: the configs of runs that diverged, whose seeds join their cell's ``diverged`` (a cell
+    where every seed diverged has no history)."""
     fields = sorted({k for cfg, _ in finished for k in cfg} - NOT_GROUPED)
     varying = [f for f in fields if len({freeze(cfg.get(f)) for cfg, _ in finished}) > 1]
     variants = variant_fields(finished, [f for f in varying if f not in OWN_PLACE])
     groups: dict[tuple, Group] = {}
-    for cfg, histories in finished:
+    lost = [(cfg, dict.fromkeys(cfg.get("algorithm") or ())) for cfg in diverged]
+    for (cfg, histories), failed in [*((run, False) for run in finished), *((run, True) for run in lost)]:
         setting = (cfg.get("dataset"), cfg.get("model") or "", cfg.get("clients"))
         ratio = cfg.get("non_iid_ratio") if cfg.get("partition") == "non_iid_ratio" else None
         lr = (cfg.get("client_lr") or cfg.get("lr"), cfg.get("server_lr") or cfg.get("lr"))
@@ -156,6 +166,9 @@ def group_runs(finished: list[tuple[dict[str, Any], dict[str, list[dict[str, Any
             at = None if name == "centralized" else ratio
             key = (setting, others, algorithm, cut, at, lr)
             group = groups.setdefault(key, Group(setting, algorithm, cut, at, lr=lr, others=others))
+            if failed:
+                group.diverged.append(seed)
+                continue
             group.histories.append(history)
             group.seeds.append(seed)
     return list(groups.values())

@@ -91,9 +91,12 @@ def _device_of(run_dir: Path) -> str:
     return ";".join(sorted(names))
 
 
-def load_groups(path: str | Path, runs: list[StudyRun] | None = None) -> list[Group]:
-    """The cells of a study's finished runs (of one run's, where ``path`` is a run directory); ``runs``:
-    the study as ``load_study`` read it already."""
+def load_groups(
+    path: str | Path, runs: list[StudyRun] | None = None, diverged_cells: bool = False
+) -> list[Group]:
+    """The cells of a study's finished runs (of one run's, where ``path`` is a run directory), each with
+    the seeds whose run diverged; ``runs``: the study as ``load_study`` read it already. A cell where
+    every seed diverged has no history: left out unless ``diverged_cells`` (a rate search's reach)."""
     path = Path(path)
     runs = load_study(path) if runs is None else runs
     finished = [(r.config, r.histories()) for r in runs if r.status == "finished"]
@@ -103,4 +106,5 @@ def load_groups(path: str | Path, runs: list[StudyRun] | None = None) -> list[Gr
             if is_run(path)
             else f"no finished runs in {path} yet"
         )
-    return group_runs(finished)
+    groups = group_runs(finished, [r.config for r in runs if r.status == "diverged"])
+    return groups if diverged_cells else [g for g in groups if g.histories]
