@@ -417,6 +417,8 @@ def test_a_rate_that_diverged_in_any_seed_is_not_chosen_on_its_surviving_seeds(t
     assert (groups[0.1].seed_ids(), groups[0.1].diverged) == ([0], [1]) and groups[0.01].diverged == []
     (selection,) = select_lr(list(groups.values()), 3).values()
     assert selection.chosen is groups[0.01]
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "| 0.01 | 0.01: 50.0, 0.1: 90.0 (1 of 2 seeds diverged) |" in md
     # every seed of 0.1 diverged: the cell is kept only where asked for (a search's reach), never chosen
     (sweep / "lr=0.1__seed=0" / "summary.csv").unlink()
     (sweep / "lr=0.1__seed=0" / "diverged.txt").write_text("diverged in round 2: the training loss is nan")

@@ -126,7 +126,8 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
         ]
     lines = [
         f"Learning rate chosen per cell on validation accuracy (mean over seeds of the last-{k} mean of "
-        "`val_accuracy`; test accuracy is never used); each candidate's score in %",
+        "`val_accuracy`; test accuracy is never used); each candidate's score in % (a rate that diverged in "
+        "some seed is scored on the others and never chosen)",
         "",
         "| algorithm | cut | p | chosen lr | candidates |",
         "|---|---|---|---|---|",
@@ -135,6 +136,11 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
         g = s.candidates[0]
         cands = ", ".join(
             f"{fmt_lr(c.lr)}: {'–' if v is None else f'{100 * v:.1f}'}"
+            + (
+                f" ({len(c.diverged)} of {len(c.diverged) + len(c.histories)} seeds diverged)"
+                if c.diverged
+                else ""
+            )
             for c, v in zip(s.candidates, s.scores, strict=True)
         )
         chosen = fmt_lr(s.chosen.lr) if s.chosen else "none (no val_accuracy)"
