@@ -342,6 +342,41 @@ def test_a_run_records_what_produced_it_once_per_session(tmp_path):
         assert sessions[0]["commit"] == head.stdout.strip() and isinstance(sessions[0]["clean"], bool)
 
 
+def test_a_tree_is_clean_when_only_the_studies_results_changed(tmp_path):
+    # a sweep writes its study's tables (experiments/*/results/) while its runs record provenance: those
+    # are outputs; a changed source file or grid is not
+    import subprocess
+
+    from splitfed.provenance import git_state
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True
+        )
+
+    package, results, grid = (
+        tmp_path / "src/pkg",
+        tmp_path / "experiments/paper/results/s",
+        tmp_path / "experiments/paper",
+    )
+    package.mkdir(parents=True)
+    results.mkdir(parents=True)
+    (package / "code.py").write_text("x = 1\n")
+    (results / "runs.csv").write_text("run\n")
+    (grid / "s.toml").write_text("lr = 0.01\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    assert git_state(package)["clean"] is True
+    (results / "runs.csv").write_text("run\nabc\n")
+    assert git_state(package)["clean"] is True
+    (grid / "s.toml").write_text("lr = 0.02\n")
+    assert git_state(package)["clean"] is False
+    git("checkout", "-q", "--", "experiments/paper/s.toml")
+    (package / "code.py").write_text("x = 2\n")
+    assert git_state(package)["clean"] is False
+
+
 def test_the_one_message_handler_writes_bare_lines_to_stdout_or_appends_to_a_file(tmp_path, capsys):
     import logging
 

@@ -19,9 +19,14 @@ import torch
 SOURCE = Path(__file__).resolve().parent
 
 
+# a study's committed results (experiments/*/results/: its tables, the grid a sweep copies there) are what
+# runs write, not what produces them: a sweep that updates them must not make its own runs "dirty"
+OUTPUTS = ":(top,exclude)experiments/*/results/**"
+
+
 def git_state(folder: Path = SOURCE) -> dict[str, Any]:
-    """The commit of the checkout ``folder`` is in and whether its tree is clean; {} where it is not a
-    git checkout (an installed wheel) or git is missing."""
+    """The commit of the checkout ``folder`` is in and whether its tree is clean (no tracked file changed
+    but the studies' results); {} where it is not a git checkout (an installed wheel) or git is missing."""
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -31,7 +36,7 @@ def git_state(folder: Path = SOURCE) -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", OUTPUTS))
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"commit": commit, "clean": not dirty}
