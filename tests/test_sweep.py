@@ -322,3 +322,22 @@ def test_a_run_is_done_only_when_its_files_say_so_completely(tmp_path):
         assert _status(point)[0] == "partial", name
         rows = write_index([point], tmp_path)  # an unfinished run has no accuracy, and no crash
         assert rows[0]["status"] == "partial" and "final_accuracy" not in rows[0], name
+
+
+def test_the_index_names_a_section_key_one_table_varies_and_another_leaves_at_its_default(tmp_path):
+    # SFL-V2's schedule swept in one [[grid]] table and not in the other: the index row of every point
+    # still says which schedule it ran (this crashed at the end of a sweep, after every run had finished)
+    from splitfed.sweep import expand, write_index
+
+    grid = tmp_path / "grid.toml"
+    grid.write_text(
+        'dataset = "synthetic"\nrounds = 1\n\n[[grid]]\nalgorithm = ["fedavg"]\n\n'
+        '[[grid]]\nalgorithm = ["sfl_v2"]\nsfl_v2.schedule = ["interleaved"]\n'
+    )
+    points = expand(grid, tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    rows = write_index(points, tmp_path / "out")
+    assert [(r["algorithm"], r["sfl_v2.schedule"]) for r in rows] == [
+        ("fedavg", "client_sequential"),
+        ("sfl_v2", "interleaved"),
+    ]

@@ -253,7 +253,7 @@ def write_index(
     for p in points:
         status, done = _status(p, tabled)
         row: dict[str, Any] = {"run": p.name, "status": status, "rounds_done": done}
-        row |= {k: _cell(p.varied.get(k, getattr(p.config, k))) for k in varied_keys}
+        row |= {k: _cell(p.varied[k] if k in p.varied else p.config.get(k)) for k in varied_keys}
         summary = Path(p.config.out or "") / "summary.csv"
         if status == "done" and summary.is_file():  # a row for every algorithm: the first one's
             with summary.open(newline="") as f:
