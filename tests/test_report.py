@@ -428,6 +428,24 @@ def test_a_rate_that_diverged_in_any_seed_is_not_chosen_on_its_surviving_seeds(t
     assert next(iter(select_lr(cells, 3).values())).chosen.lr[0] == 0.01
 
 
+def test_in_a_diverged_run_of_several_algorithms_only_the_one_named_diverged(tmp_path):
+    # the runner trains a run's algorithms one after another and stops at the first that diverges: the
+    # ones before it finished (their records count), the one its note names diverged, later ones never ran
+    sweep = tmp_path / "sweep"
+    records = [_record(a, r, 0.5, val_accuracy=0.5) for a in ("minibatch_sfl", "sfl_v2") for r in (1, 2, 3)]
+    _write_run(sweep / "seed=0", 0.01, 0, records)
+    (sweep / "seed=0" / "summary.csv").unlink()
+    (sweep / "seed=0" / "diverged.txt").write_text("sfl_v2 diverged in round 3: the training loss is nan")
+    _write_run(sweep / "seed=1", 0.01, 1, [_record("fedavg", 1, 0.5)])  # a finished run beside it
+    cells = {g.algorithm: g for g in load_groups(sweep, diverged_cells=True)}
+    assert (cells["minibatch_sfl"].seed_ids(), cells["minibatch_sfl"].diverged) == ([0], [])
+    assert (cells["sfl_v2"].histories, cells["sfl_v2"].diverged) == ([], [0])
+    # a note that names none of its algorithms: every one of them is taken as diverged
+    (sweep / "seed=0" / "diverged.txt").write_text("diverged")
+    cells = {g.algorithm: g for g in load_groups(sweep, diverged_cells=True)}
+    assert cells["minibatch_sfl"].diverged == cells["sfl_v2"].diverged == [0]
+
+
 def test_a_report_without_claims_shows_the_generic_tables(tmp_path, monkeypatch):
     sweep = _fake_sweep(tmp_path)
     monkeypatch.chdir(tmp_path)  # no experiments/paper/claims.toml here

@@ -128,8 +128,10 @@ def draw_figure(groups: list[Group], plt: Any) -> Any:
     ratios = sorted({g.ratio for g in groups})
     cuts = sorted({g.cut_layer for g in groups})
     seeds = sorted({s for g in groups for s in g.seed_ids()})
-    if {len(g.histories) for g in groups} != {len(seeds)}:
+    if any(sorted(g.seed_ids()) != seeds for g in groups):
         raise ValueError("the cells were not all run at the same seeds")
+    if len(ratios) != len(FORMS):  # the second row holds a divergence form under each ratio's panel
+        raise ValueError(f"the figure lays out {len(FORMS)} ratios, the study has {len(ratios)}")
     over = f"min–max over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
     fig, axes = plt.subplots(2, len(ratios) + 1, figsize=(4.6 * (len(ratios) + 1), 9.4))
     xs = list(range(len(cuts)))

@@ -25,8 +25,10 @@ class Selection:
 def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
     """Per slot, the cell whose lr gives the best validation accuracy (mean over seeds of its last-k
     mean). Test accuracy is never looked at: choosing on it would report the test set's best case.
-    A slot tried at one lr only keeps it; a slot where some candidate lacks val_accuracy is not chosen.
-    A rate that diverged in any seed is never chosen: its surviving seeds' score would hide the others."""
+    A slot tried at one lr only keeps it (there is no choice to make, diverged seeds or not); otherwise a
+    rate that diverged in any seed is never chosen (its surviving seeds' score would hide the others), and
+    a slot where some other candidate lacks val_accuracy, or where every rate diverged somewhere, is not
+    chosen."""
     slots: dict[tuple, list[Group]] = defaultdict(list)
     for g in groups:
         slots[g.slot()].append(g)
@@ -70,8 +72,9 @@ T975 |= {20: 2.086, 25: 2.060, 30: 2.042}
 
 def interval95(values: list[float]) -> tuple[float, float] | None:
     """The 95 % confidence interval of the mean of ``values`` (paired differences, one per seed), by
-    Student's t with n − 1 degrees of freedom; None for fewer than two values. Beyond 30 seeds it takes
-    30's quantile (wider by under 2 %)."""
+    Student's t with n − 1 degrees of freedom; None for fewer than two values. Between tabled degrees of
+    freedom, and beyond 30, it takes the quantile of the next smaller tabled one (a wider interval; at
+    most 4 % wider than the normal's 1.96 for very many seeds)."""
     n = len(values)
     if n < 2:
         return None

@@ -137,17 +137,19 @@ def rank(algorithm: str) -> tuple[int, str]:
 
 def group_runs(
     finished: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]],
-    diverged: Sequence[dict[str, Any]] = (),
+    diverged: Sequence[tuple[dict[str, Any], str]] = (),
 ) -> list[Group]:
     """The cells of a study's finished runs, each given as (its config, its records by algorithm): runs
-    that differ only in their seed share a cell; the fields that vary across the study name the rest.
-    ``diverged``: the configs of runs that diverged, whose seeds join their cell's ``diverged`` (a cell
-    where every seed diverged has no history)."""
-    fields = sorted({k for cfg, _ in finished for k in cfg} - NOT_GROUPED)
-    varying = [f for f in fields if len({freeze(cfg.get(f)) for cfg, _ in finished}) > 1]
-    variants = variant_fields(finished, [f for f in varying if f not in OWN_PLACE])
+    that differ only in their seed share a cell; the fields that vary across the study (finished or
+    diverged) name the rest. ``diverged``: (config, the algorithm that diverged) of each run that stopped
+    on a non-finite loss; its seed joins that cell's ``diverged`` (a cell where every seed diverged has no
+    history)."""
+    lost = [(cfg, {name: []}) for cfg, name in diverged]
+    every = [*finished, *lost]
+    fields = sorted({k for cfg, _ in every for k in cfg} - NOT_GROUPED)
+    varying = [f for f in fields if len({freeze(cfg.get(f)) for cfg, _ in every}) > 1]
+    variants = variant_fields(every, [f for f in varying if f not in OWN_PLACE])
     groups: dict[tuple, Group] = {}
-    lost = [(cfg, dict.fromkeys(cfg.get("algorithm") or ())) for cfg in diverged]
     for (cfg, histories), failed in [*((run, False) for run in finished), *((run, True) for run in lost)]:
         setting = (cfg.get("dataset"), cfg.get("model") or "", cfg.get("clients"))
         ratio = cfg.get("non_iid_ratio") if cfg.get("partition") == "non_iid_ratio" else None

@@ -91,9 +91,14 @@ def _figure(
     for row, p in zip(axes, ratios, strict=True):
         for ax, n in zip(row, ns, strict=True):
             here = [g for g in cells if g.ratio == p and g.setting[2] == n]
+            if not here:  # a (p, N) the study did not run
+                ax.set_axis_off()
+                continue
             for g in here:
                 rounds, acc, _ = g.curve("test_accuracy")
                 ys = [100 * a for a in acc]
+                if not ys:
+                    continue
                 (line,) = ax.plot(rounds, ys, linewidth=1.4, markersize=5, markevery=5, **look(g))
                 handles.setdefault(name(g), line)
                 last = g.last_k(k)

@@ -106,5 +106,19 @@ def load_groups(
             if is_run(path)
             else f"no finished runs in {path} yet"
         )
-    groups = group_runs(finished, [r.config for r in runs if r.status == "diverged"])
+    stopped = [_diverged(r) for r in runs if r.status == "diverged"]
+    finished += [(r.config, done) for r, done, _ in stopped if done]
+    groups = group_runs(finished, [(r.config, name) for r, _, names in stopped for name in names])
     return groups if diverged_cells else [g for g in groups if g.histories]
+
+
+def _diverged(run: StudyRun) -> tuple[StudyRun, dict[str, list[dict[str, Any]]], list[str]]:
+    """A diverged run: the algorithms it trained to the end before it stopped, with their records (the
+    runner trains them one after another and stops at the first that diverges, which its note names), and
+    the one that diverged; where the note names none of them, every algorithm is taken as diverged."""
+    names = algorithms_of(run.config)
+    at = next((i for i, n in enumerate(names) if run.note.startswith(f"{n} diverged")), None)
+    if at is None:
+        return run, {}, names
+    histories = run.histories()
+    return run, {n: histories[n] for n in names[:at] if histories.get(n)}, [names[at]]

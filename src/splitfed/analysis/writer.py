@@ -112,6 +112,13 @@ def _report_setting(
     return md, aggregate, margins
 
 
+def _no_choice(s: Selection) -> str:
+    """Why a slot with several rates has none chosen."""
+    if any(v is None for c, v in zip(s.candidates, s.scores, strict=True) if not c.diverged):
+        return "no val_accuracy"
+    return "every rate diverged in some seed"
+
+
 def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
     """The learning rate chosen per cell, on validation accuracy, with every candidate's score."""
     multi = {key: s for key, s in selection.items() if len(s.candidates) > 1}
@@ -143,15 +150,15 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
             )
             for c, v in zip(s.candidates, s.scores, strict=True)
         )
-        chosen = fmt_lr(s.chosen.lr) if s.chosen else "none (no val_accuracy)"
+        chosen = fmt_lr(s.chosen.lr) if s.chosen else f"none ({_no_choice(s)})"
         lines.append(
             f"| {g.algorithm} | {g.cut_layer} | {'–' if g.ratio is None else g.ratio} | {chosen} | {cands} |"
         )
     if any(s.chosen is None for s in multi.values()):
         lines += [
             "",
-            "Some cells lack `val_accuracy`, so there is no best-lr view "
-            "(it would mix tuned and untuned cells).",
+            "Some cells have no chosen rate (no `val_accuracy`, or every rate diverged in some seed), so "
+            "there is no best-lr view (it would mix tuned and untuned cells).",
         ]
     if uneven := _uneven_searches(selection):
         lines += [
