@@ -52,13 +52,17 @@ def test_every_shipped_grid_expands_to_valid_configs(tmp_path, grid):
     assert points and len({p.name for p in points}) == len(points)
 
 
-STUDIES = {  # results folder: its grid and the grid of the rest (for a GPU), which writes into it too
-    "paper/results/fmnist-epoch": ("paper/fmnist-epoch.toml", "paper/fmnist-epoch-rest.toml"),
-    "paper/results/fmnist-epoch5": ("paper/fmnist-epoch5.toml", "paper/fmnist-epoch5-rest.toml"),
-    "paper/results/fmnist-epoch-drift": ("paper/fmnist-epoch-drift.toml", None),
-    "beyond/results/many-clients": ("beyond/many-clients.toml", None),
-    "beyond/results/vit-cuts": ("beyond/vit-cuts.toml", None),
-    "edge/results/phone-time": ("edge/phone-time.toml", None),
+STUDIES = {  # results folder: the grids run to the end, and the grids of the rest (for a GPU), which write
+    # into it too
+    "paper/results/fmnist-epoch": (
+        ("paper/fmnist-epoch.toml", "paper/fmnist-tuned.toml"),
+        ("paper/fmnist-epoch-rest.toml", "paper/fmnist-tuned-rest.toml"),
+    ),
+    "paper/results/fmnist-epoch5": (("paper/fmnist-epoch5.toml",), ("paper/fmnist-epoch5-rest.toml",)),
+    "paper/results/fmnist-epoch-drift": (("paper/fmnist-epoch-drift.toml",), ()),
+    "beyond/results/many-clients": (("beyond/many-clients.toml",), ()),
+    "beyond/results/vit-cuts": (("beyond/vit-cuts.toml",), ()),
+    "edge/results/phone-time": (("edge/phone-time.toml",), ()),
 }
 
 
@@ -66,14 +70,14 @@ STUDIES = {  # results folder: its grid and the grid of the rest (for a GPU), wh
 def test_a_results_grid_is_run_to_the_end_and_its_rest_names_runs_alike(tmp_path, study):
     # docs/results.md is reproduced by sweeping the main grid (every run already in the study's tables, by
     # its id) and reporting the folder; the -rest grid, for a GPU, writes into the same tables by the same ids
-    grid, rest_grid = STUDIES[study]
+    grids, rest_grids = STUDIES[study]
     results = ROOT / "experiments" / study
     # what is committed: the tables and the grid (a sweep's run directories beside them are working state)
     assert {"grid.toml", "metrics.csv.gz", "partitions.csv", "runs.csv"} <= {
         p.name for p in results.iterdir()
     }
-    main = {p.name for p in expand(ROOT / "experiments" / grid, tmp_path)}
-    rest = {p.name for p in expand(ROOT / "experiments" / rest_grid, tmp_path)} if rest_grid else set()
+    main = {p.name for grid in grids for p in expand(ROOT / "experiments" / grid, tmp_path)}
+    rest = {p.name for grid in rest_grids for p in expand(ROOT / "experiments" / grid, tmp_path)}
     tried = {r["run"] for r in tables.read_runs(results) if r["status"] in ("finished", "diverged")}
     assert main <= tried, sorted(main - tried)[:3]
     assert tried <= main | rest, sorted(tried - main - rest)[:3]

@@ -12,24 +12,35 @@ turned non-finite (these ran under a splitfed that trained on and recorded the N
 
 import math
 import statistics
+from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
-from splitfed.analysis import Group, load_groups, paired_margin, select_lr
+from splitfed.analysis import Group, Margin, interval95, load_groups, paired_margin, select_lr
 from splitfed.analysis.script import write_tables
-from splitfed.analysis.text import percent, percent_pm, table_row, table_rule
+from splitfed.analysis.text import interval_text, percent, percent_pm, table_row, table_rule
+from splitfed.plotstyle import save_figure, style
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "experiments/paper/results/fmnist-epoch"
 K = 5
+CNN, RESNET = "cnn4", "resnet18 width=16"
 MB, V2, FL = "minibatch_sfl", "sfl_v2", "fedavg"
 IL = "sfl_v2 (sflv2_schedule=interleaved)"
 LABEL = {MB: "MiniBatch-SFL", V2: "SFL-V2", IL: "SFL-V2 interleaved", FL: "FedAvg"}
 OVER = {V2: "SFL-V2", IL: "SFL-V2 interleaved", FL: "FedAvg (FL)"}
 RATIOS = (0.0, 0.5, 0.8, 0.95, 1.0)
-SEARCHED_AT = 0.95  # the rate grid ran in full at the paper's "highly non-IID"
-SEARCH = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2)  # its columns; a larger rate tried is named in the last one
-CHOSEN_AT = (0.8, 0.95, 1.0)  # where every algorithm had a rate to choose
+SEARCH = (
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.4,
+)  # the rates tried anywhere: the selection table's columns
+CHOSEN_AT = (0.8, 0.95, 1.0)  # where the algorithms' rates were searched
 SHOWN = (0.01, 0.05, 0.1, 0.2)  # the rates of the last-5 table (the report has the 0.02 runs)
 SEEDS = 3  # a cell of the last-5 table has them all
 PAPER = {V2: "up to +24.1 (pts or %)", IL: "up to +24.1 (pts or %)", FL: "up to +17.1 (pts or %)"}
@@ -48,6 +59,7 @@ MARGINS = [
     (0.95, V2, "best"),
     (0.95, IL, 0.01),
     (0.95, IL, "best"),
+    (1.0, IL, "best"),
     (0.0, IL, 0.01),
     (0.5, IL, 0.01),
     (0.8, IL, 0.01),
@@ -61,27 +73,72 @@ MARGINS = [
     (1.0, FL, "best"),
 ]
 WORDS = {1: "one", 2: "two", 3: "three"}
+NAMES = {
+    CNN: "cnn4",
+    RESNET: "ResNet-18, width 16",
+    "cnn4 norm=batch": "cnn4",
+    "cnn4 norm=group": "cnn4",
+    "resnet18 norm=group width=16": "ResNet-18, width 16",
+}
+# the normalisation control's families: (model, how its hidden layers are normalised)
+NORM_CONTROL = [
+    [(CNN, "none"), ("cnn4 norm=batch", "BatchNorm"), ("cnn4 norm=group", "GroupNorm")],
+    [(RESNET, "BatchNorm"), ("resnet18 norm=group width=16", "GroupNorm")],
+]
+
+
+def model_label(g: Group) -> str:
+    """The model and its arguments, as the tables name it: "cnn4", "cnn4 norm=batch", "resnet18 width=16"."""
+    args = dict(g.others).get("model_args", ())
+    return " ".join([g.setting[1], *(f"{k}={v}" for k, v in args)])
+
+
+# where a chosen rate sits in the rates tried: what the tables and the figure say of it
+INSIDE, TOP, BOTTOM, ONLY = "", "top of its grid", "bottom of its grid", "the only rate run"
 
 
 class Study:
-    """The cnn4 and ResNet-18 cells of the study, by (model, algorithm, p, lr), and the rates chosen."""
+    """The study's cells by (model, algorithm, p, lr), and the rate chosen for each (model, algorithm, p).
+    ``get`` gives cells with a history; ``tried`` also those where every seed diverged (a search's reach)."""
 
     def __init__(self, study: Path) -> None:
-        groups = load_groups(study)
-        self.cells = {(g.setting[1], g.algorithm, g.ratio, g.lr[0]): g for g in groups if g.lr}
-        cnn4 = [g for g in groups if g.setting[1] == "cnn4"]
+        groups = load_groups(study, diverged_cells=True)
+        self.tried_cells = {(model_label(g), g.algorithm, g.ratio, g.lr[0]): g for g in groups if g.lr}
+        self.cells = {key: g for key, g in self.tried_cells.items() if g.histories}
         self.chosen = {
-            (s.chosen.algorithm, s.chosen.ratio): s.chosen for s in select_lr(cnn4, K).values() if s.chosen
+            (model_label(c), c.algorithm, c.ratio): c
+            for s in select_lr(groups, K).values()
+            if (c := s.chosen)
         }
+        unknown = {lr for *_, lr in self.tried_cells} - set(SEARCH)
+        if unknown:
+            raise ValueError(f"rates {sorted(unknown)} are not columns of the selection table (SEARCH)")
 
-    def get(self, algorithm: str, p: float, lr: float, model: str = "cnn4") -> Group | None:
+    def get(self, algorithm: str, p: float, lr: float, model: str = CNN) -> Group | None:
         return self.cells.get((model, algorithm, p, lr))
 
-    def rates(self, algorithm: str, p: float) -> list[float]:
-        return sorted(lr for m, a, q, lr in self.cells if (m, a, q) == ("cnn4", algorithm, p))
+    def tried(self, algorithm: str, p: float, lr: float, model: str = CNN) -> Group | None:
+        return self.tried_cells.get((model, algorithm, p, lr))
+
+    def rates(self, algorithm: str, p: float, model: str = CNN) -> list[float]:
+        return sorted(lr for m, a, q, lr in self.tried_cells if (m, a, q) == (model, algorithm, p))
+
+    def best(self, algorithm: str, p: float, model: str = CNN) -> Group | None:
+        """The cell at the rate chosen on validation (the one rate run, where only one ran); None where
+        none was chosen (every rate diverged in some seed)."""
+        return self.chosen.get((model, algorithm, p))
+
+    def bracket(self, algorithm: str, p: float, model: str = CNN) -> str:
+        """Where the chosen rate sits among the rates tried: INSIDE (a rate tried on each side), TOP,
+        BOTTOM or ONLY."""
+        rates, lr = self.rates(algorithm, p, model), self.best(algorithm, p, model).lr[0]
+        if len(rates) == 1:
+            return ONLY
+        return INSIDE if rates[0] < lr < rates[-1] else (TOP if lr == rates[-1] else BOTTOM)
 
 
-def diverged(h: list[dict]) -> bool:
+def trained_through_nan(h: list[dict]) -> bool:
+    """A run of the study's first grid that diverged: it trained on and recorded its non-finite rounds."""
     return any(not math.isfinite(r["train_loss"]) for r in h if r.get("train_loss") is not None)
 
 
@@ -100,65 +157,75 @@ def val(g: Group) -> float:
     return statistics.fmean(g.last_k(K, "val_accuracy"))
 
 
-def score_cell(g: Group | None, beyond: list[Group]) -> str:
-    """A rate's validation score, with how many of its seeds diverged, and the larger rates tried (beyond
-    the table's last column) that diverged."""
+def plural(n: int, word: str) -> str:
+    return word + "s" * (n != 1)
+
+
+def seeds_text(n: int) -> str:
+    return f"{WORDS.get(n, n)} {plural(n, 'seed')}"
+
+
+def score_cell(g: Group | None, chosen: bool) -> str:
+    """A rate's validation score (bold where it was chosen), with its seeds where it has fewer than the
+    study's three and how many of them diverged."""
     if g is None:
         return ""
-    text = percent(val(g))
-    bad = sum(map(diverged, g.histories))
-    if bad:
-        text += (
-            " (diverged)" if bad == len(g.histories) else f" ({WORDS[bad]} seed{'s' * (bad > 1)} diverged)"
-        )
-    lost = [f"{c.lr[0]:g}" for c in beyond if all(map(diverged, c.histories))]
-    return text + (f" ({', '.join(lost)} diverged)" if lost else "")
+    # a run that diverged either trained on and recorded chance-level rounds (the study's first runs) or
+    # stopped there (its seed is in g.diverged, its score is its surviving seeds')
+    n = len(g.histories) + len(g.diverged)
+    bad = sum(map(trained_through_nan, g.histories)) + len(g.diverged)
+    if not g.histories:
+        return f"diverged ({seeds_text(n)})"
+    score = percent(val(g))
+    text = f"**{score}**" if chosen else score
+    notes = (
+        ["diverged" if bad == n else f"{WORDS.get(bad, bad)} of {WORDS.get(n, n)} seeds diverged"]
+        if bad
+        else []
+    )
+    notes += [seeds_text(n)] if n < SEEDS and not (bad and bad < n) else []
+    return text + (f" ({', '.join(notes)})" if notes else "")
 
 
-def chosen_cell(s: Study, algorithm: str, p: float, others: list[str]) -> str:
-    """The rate chosen at p; "–" where one rate alone ran. A choice none of ``others`` made is in bold,
-    with its score against the score at the rate they chose."""
-    if len(s.rates(algorithm, p)) < 2:
-        return "–"
-    lr = s.chosen[algorithm, p].lr[0]
-    theirs = {s.chosen[o, p].lr[0] for o in others}
-    if lr in theirs or len(theirs) != 1:
-        return f"{lr:g}"
-    (other,) = theirs
-    mine, at_theirs = percent(val(s.chosen[algorithm, p])), percent(val(s.get(algorithm, p, other)))
-    return f"**{lr:g}** ({mine} against {at_theirs} at {other:g})"
-
-
-def selection_table(s: Study) -> list[str]:
-    """Validation accuracy at p = 0.95 by rate, and the rate each algorithm chose at each p."""
-    ratios = " / ".join(f"{p:g}" for p in CHOSEN_AT)
+def selection_table(s: Study, model: str = CNN) -> list[str]:
+    """Validation accuracy by rate at each p where the rates were searched, the chosen one in bold, and
+    whether it is bracketed (a rate tried on each side of it)."""
     lines = [
-        table_row(["algorithm", *(f"{lr:g}" for lr in SEARCH), f"chosen at p = {ratios}"]),
-        table_rule(len(SEARCH) + 2),
+        table_row(["p", "algorithm", *(f"{lr:g}" for lr in SEARCH), "chosen"]),
+        table_rule(len(SEARCH) + 3),
     ]
-    compared = [MB, V2, FL]
-    for algorithm, seeds in ((MB, None), (V2, None), (IL, (0,)), (FL, None)):
-        beyond = [s.get(algorithm, SEARCHED_AT, x) for x in s.rates(algorithm, SEARCHED_AT) if x > SEARCH[-1]]
-        cells = []
-        for lr in SEARCH:
-            g = s.get(algorithm, SEARCHED_AT, lr)
-            cells.append(
-                score_cell(seeds_only(g, seeds) if g and seeds else g, beyond if lr == SEARCH[-1] else [])
-            )
-        others = [a for a in compared if a != algorithm] if algorithm in compared else []
-        chosen = " / ".join(chosen_cell(s, algorithm, p, others) for p in CHOSEN_AT)
-        label = LABEL[algorithm] + (f" (seed {', '.join(map(str, seeds))})" if seeds else "")
-        lines.append(table_row([label, *cells, chosen]))
+    for p in CHOSEN_AT:
+        for algorithm in (MB, V2, IL, FL):
+            if not s.rates(algorithm, p, model):
+                continue
+            chosen_cell = s.best(algorithm, p, model)
+            best = chosen_cell.lr[0] if chosen_cell else None
+            cells = [score_cell(s.tried(algorithm, p, lr, model), lr == best) for lr in SEARCH]
+            where = s.bracket(algorithm, p, model) if chosen_cell else ""
+            chosen = "none: every rate diverged in some seed" if best is None else f"{best:g}"
+            chosen += f" ({where})" if where else ""
+            lines.append(table_row([ratio(p), LABEL[algorithm], *cells, chosen]))
     return lines
 
 
 def complete(g: Group | None) -> bool:
-    return g is not None and len(g.histories) == SEEDS and not any(map(diverged, g.histories))
+    return (
+        g is not None
+        and len(g.histories) == SEEDS
+        and not g.diverged
+        and not any(map(trained_through_nan, g.histories))
+    )
+
+
+def seeds_note(g: Group) -> str:
+    """ " (seed 0)" for a cell with fewer seeds than the study's three; "" for a full one."""
+    ids = sorted(g.seed_ids())
+    return "" if len(ids) >= SEEDS else f" ({plural(len(ids), 'seed')} {', '.join(map(str, ids))})"
 
 
 def last5_table(s: Study) -> list[str]:
-    """Last-5 test accuracy by p: every algorithm at 0.01, and at each larger rate of SHOWN where all three
-    ran it (three seeds, none diverged); interleaved SFL-V2 at its rate chosen at p = 0.95 (seed 0)."""
+    """Last-5 test accuracy by p: every algorithm at 0.01, and at each larger rate of SHOWN where the three
+    of the paper ran it (three seeds, none diverged); interleaved SFL-V2 at each rate but 0.01 it chose."""
     lines = [
         table_row(["algorithm", *(f"p = {ratio(p)}" for p in RATIOS)]),
         table_rule(6),
@@ -172,54 +239,109 @@ def last5_table(s: Study) -> list[str]:
                 cells.append(percent_pm(g.last_k(K)) if ran and complete(g) else "")
             if any(cells):
                 lines.append(table_row([f"{LABEL[algorithm]}, lr {lr:g}", *cells]))
-    il = seeds_only(s.chosen[IL, SEARCHED_AT], (0,))
-    cells = [percent_pm(il.last_k(K)) if p == SEARCHED_AT else "" for p in RATIOS]
-    lines.append(table_row([f"{LABEL[IL]}, lr {il.lr[0]:g} (seed 0)", *cells]))
+    chosen = {p: g for p in CHOSEN_AT if (g := s.best(IL, p)) and g.lr[0] != 0.01}
+    for lr in sorted({g.lr[0] for g in chosen.values()}):
+        at = {p: g for p, g in chosen.items() if g.lr[0] == lr}
+        cells = [percent_pm(at[p].last_k(K)) if p in at else "" for p in RATIOS]
+        note = next((n for g in at.values() if (n := seeds_note(g))), "")
+        lines.append(table_row([f"{LABEL[IL]}, lr {lr:g}{note}", *cells]))
     return lines
+
+
+def margins(a: Group, b: Group) -> tuple[Margin, Margin]:
+    """``a`` over ``b`` paired by seed, final and last-5, in points (× 100 before the difference, as the
+    doc's numbers were first computed: FedAvg's last-5 margin at p = 0.95 is −1.55, a tie at one decimal
+    that the float rounding then settles alike)."""
+    final = paired_margin(a, b, lambda g: [100 * v for v in g.final()])
+    return final, paired_margin(a, b, lambda g: [100 * v for v in g.last_k(K)])
 
 
 def margin_row(s: Study, p: float, over: str, lr: float | str) -> str:
     if lr == "best":
-        a, b = s.chosen[MB, p], s.chosen[over, p]
+        a, b = s.best(MB, p), s.best(over, p)
         rates = f"best: {a.lr[0]:g} / {b.lr[0]:g}"
     else:
         a, b = s.get(MB, p, lr), s.get(over, p, lr)
         rates = f"{lr:g}" if lr == 0.01 else f"{lr:g} / {lr:g}"
-    # per seed in points (× 100 before the difference, as the doc's numbers were first computed): FedAvg's
-    # last-5 margin at p = 0.95 is −1.55, a tie at one decimal that the float rounding then settles alike
-    final = paired_margin(a, b, lambda g: [100 * v for v in g.final()])
-    last5 = paired_margin(a, b, lambda g: [100 * v for v in g.last_k(K)])
+    final, last5 = margins(a, b)
     n = len(final.seeds)
     seeds = f"{n}" if n > 1 else f"1 (seed {final.seeds[0]})"
     cells = [
         percent_pm(final.points, True, 1),
         percent_pm(final.relative, True),
         percent_pm(last5.points, True, 1),
+        interval_text(interval95(last5.points), 1),
         percent_pm(last5.relative, True),
     ]
-    return table_row(
-        [
-            ratio(p),
-            OVER[over],
-            rates,
-            seeds,
-            *cells,
-            PAPER.get(over, "–") if p == 0.95 else "–",
-        ]
-    )
+    return table_row([ratio(p), OVER[over], rates, seeds, *cells, PAPER.get(over, "–") if p == 0.95 else "–"])
 
 
 def margins_table(s: Study) -> list[str]:
     head = ["p", "over", "lr (MiniBatch-SFL / baseline)", "seeds", "final: pts", "final: relative"]
-    head += ["last-5: pts", "last-5: relative", "paper"]
+    head += ["last-5: pts", "last-5: 95 % interval", "last-5: relative", "paper"]
     return [table_row(head), table_rule(len(head)), *(margin_row(s, *m) for m in MARGINS)]
+
+
+def tuned_table(s: Study) -> list[str]:
+    """The decisive comparison: at p = 0.95 and 1, each algorithm at the rate chosen for it on validation,
+    and MiniBatch-SFL's margin over it paired by seed, last-5 with its 95 % interval, and final."""
+    head = ["model", "p", "algorithm", "lr (chosen on validation)", "seeds", "last-5", "final"]
+    head += ["MiniBatch-SFL over it: last-5, pts", "95 % interval", "final, pts", "95 % interval"]
+    lines = [table_row(head), table_rule(len(head))]
+    for model in (CNN, RESNET):
+        for p in (0.95, 1.0):
+            mb = s.best(MB, p, model)
+            for algorithm in (MB, V2, IL, FL):
+                g = s.best(algorithm, p, model)
+                if g is None:
+                    continue
+                where = s.bracket(algorithm, p, model)
+                row = [
+                    NAMES[model],
+                    ratio(p),
+                    LABEL[algorithm],
+                    f"{g.lr[0]:g}" + (f" ({where})" if where else ""),
+                ]
+                row += [str(len(g.histories)), percent_pm(g.last_k(K)), percent_pm(g.final())]
+                if algorithm == MB or mb is None:
+                    row += ["", "", "", ""]
+                else:
+                    final, last5 = margins(mb, g)
+                    row += [percent_pm(last5.points, True, 1), interval_text(interval95(last5.points), 1)]
+                    row += [percent_pm(final.points, True, 1), interval_text(interval95(final.points), 1)]
+                lines.append(table_row(row))
+    return lines
+
+
+def norm_table(s: Study) -> list[str]:
+    """The normalisation control at p = 0.95 and lr 0.01: last-5 test accuracy of each algorithm on each
+    model variant, on the seeds every variant of its family ran, and MiniBatch-SFL's margins."""
+    head = ["model", "normalisation", "seeds", *(LABEL[a] for a in (MB, V2, IL, FL))]
+    head += [f"MiniBatch-SFL over {LABEL[a]}" for a in (V2, IL, FL)]
+    lines = [table_row(head), table_rule(len(head))]
+    for family in NORM_CONTROL:
+        ran = [(m, n) for m, n in family if s.get(MB, 0.95, 0.01, m)]
+        if len(ran) < 2:
+            continue
+        cells = {(m, a): s.get(a, 0.95, 0.01, m) for m, _ in ran for a in (MB, V2, IL, FL)}
+        common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g))
+        for m, norm in ran:
+            got = {a: seeds_only(g, tuple(common)) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
+            row = [NAMES[m].split(",")[0], norm, ", ".join(map(str, sorted(common)))]
+            row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
+            row += [
+                percent_pm(margins(got[MB], got[a])[1].points, True, 1) if a in got else ""
+                for a in (V2, IL, FL)
+            ]
+            lines.append(table_row(row))
+    return lines
 
 
 def resnet_table(s: Study) -> list[str]:
     lines = [table_row(["p", "algorithm", "final", "last-5", "best"]), table_rule(5)]
     for p in (0.95, 1.0):
         for algorithm in (MB, V2, FL):
-            g = s.get(algorithm, p, 0.01, model="resnet18")
+            g = s.get(algorithm, p, 0.01, model=RESNET)
             if g:
                 label = OVER.get(algorithm, LABEL[algorithm])
                 lines.append(
@@ -236,15 +358,93 @@ def resnet_table(s: Study) -> list[str]:
     return lines
 
 
+def tuned_figure(s: Study, out: Path) -> None:
+    """tuned.{png,svg}: at p = 0.8, 0.95 and 1, each algorithm at the rate chosen for it on validation:
+    test accuracy by round (mean over seeds, band min-max) and each seed's last-5 mean (dots, bar the mean),
+    on axes that show margins of a point."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = (MB, V2, IL, FL)
+    look = {a: style(a).kwargs() for a in (MB, V2, FL)} | {
+        IL: {"color": "C8", "linestyle": ":", "marker": "s"}
+    }
+    fig, axes = plt.subplots(2, len(CHOSEN_AT), figsize=(11.5, 7.6), gridspec_kw={"height_ratios": [3, 2]})
+    for j, p in enumerate(CHOSEN_AT):
+        top, bottom = axes[0][j], axes[1][j]
+        lows = []
+        for i, algorithm in enumerate(order):
+            g = s.best(algorithm, p)
+            if g is None:
+                continue
+            rounds, mean, _ = g.curve("test_accuracy")
+            per_round = defaultdict(list)  # the seeds' values by round, on the rounds curve() averages
+            for h in g.histories:
+                for r in h:
+                    if r.get("test_accuracy") is not None:
+                        per_round[r["round"]].append(100 * r["test_accuracy"])
+            top.plot(rounds, [100 * v for v in mean], **look[algorithm], markersize=3, label=LABEL[algorithm])
+            band = [min(per_round[r]) for r in rounds], [max(per_round[r]) for r in rounds]
+            top.fill_between(rounds, *band, color=look[algorithm]["color"], alpha=0.12, linewidth=0)
+            lows += [100 * v for v in mean[len(mean) // 4 :]]
+            last5 = [100 * v for v in g.last_k(K)]
+            centre, colour = statistics.fmean(last5), look[algorithm]["color"]
+            marker = look[algorithm]["marker"]
+            bottom.plot([i] * len(last5), last5, linestyle="none", marker=marker, color=colour, alpha=0.7)
+            bottom.hlines(centre, i - 0.3, i + 0.3, color=colour, linewidth=2)
+            bottom.annotate(f"{centre:.1f}", (i + 0.32, centre), fontsize=7, va="center")
+        top.set(title=f"p = {p:g}", ylim=(math.floor(min(lows)) - 2, math.ceil(max(lows)) + 2))
+        top.set_xlabel("round")
+        top.grid(True, alpha=0.3)
+        bottom.set_xticks(range(len(order)), [tick(s, a, p) for a in order])
+        bottom.tick_params(axis="x", labelsize=6.5)
+        bottom.set_xlim(-0.5, len(order) - 0.3)
+        bottom.grid(True, axis="y", alpha=0.3)
+        if j == 0:
+            top.set_ylabel("test accuracy, %")
+            bottom.set_ylabel("last-5 mean per seed, %")
+    fig.suptitle(
+        "FMNIST, cnn4, N = 10, one-epoch rounds: each algorithm at the rate chosen for it on validation "
+        "(bands and dots: seeds)",
+        fontsize=9.5,
+    )
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(order), fontsize=8, bbox_to_anchor=(0.5, 0.955))
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
+    save_figure(fig, out / "tuned", dpi=130)
+
+
+def tick(s: Study, algorithm: str, p: float) -> str:
+    """The bottom panels' label of an algorithm: its name, chosen rate (and where it sits in its grid)
+    and seeds."""
+    g = s.best(algorithm, p)
+    if g is None:
+        return LABEL[algorithm]
+    where = {INSIDE: "", TOP: "\ngrid's top", BOTTOM: "\ngrid's bottom", ONLY: "\nonly rate"}
+    name = LABEL[algorithm].replace(" interleaved", "\ninterleaved")
+    return f"{name}\nlr {g.lr[0]:g}{where[s.bracket(algorithm, p)]}\n{seeds_text(len(g.histories))}"
+
+
 def tables(study: Path = STUDY) -> str:
-    """tables.md: §1b's four tables, in the doc's order."""
+    """tables.md: §1b's tables, in the doc's order."""
     s = Study(study)
-    blocks = [selection_table(s), last5_table(s), margins_table(s), resnet_table(s)]
+    blocks = [
+        selection_table(s),
+        last5_table(s),
+        margins_table(s),
+        tuned_table(s),
+        norm_table(s),
+        resnet_table(s),
+    ]
     return "\n\n".join("\n".join(b) for b in blocks) + "\n"
 
 
 def main() -> None:
-    write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/fmnist-epoch", STUDY)
+    out, study = write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/fmnist-epoch", STUDY)
+    tuned_figure(Study(study), out)
+    print(f"wrote {out / 'tuned'}.{{png,svg}}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""experiments/paper/epoch_tables.py on a made-up study whose every number is known: where a chosen rate
+sits in its grid, how a rate's score is annotated, and the decisive table's margins and 95 % intervals."""
+
+import importlib.util
+import math
+from pathlib import Path
+
+from splitfed.analysis import Group
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("epoch_tables", ROOT / "experiments/paper/epoch_tables.py")
+et = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(et)
+
+
+def cell(algorithm, p, lr, test, val=None, loss=0.5, model="cnn4", others=()):
+    """A cell of three seeds (one per entry of ``test``), 5 rounds each at a constant accuracy."""
+    histories = [
+        [{"round": r, "test_accuracy": t, "val_accuracy": val or t, "train_loss": loss} for r in range(1, 6)]
+        for t in test
+    ]
+    return Group(("fmnist", model, 10), algorithm, 2, p, histories, list(range(len(test))), (lr, lr), others)
+
+
+def study(cells, chosen):
+    s = et.Study.__new__(et.Study)
+    s.tried_cells = {(et.model_label(g), g.algorithm, g.ratio, g.lr[0]): g for g in cells}
+    s.cells = {key: g for key, g in s.tried_cells.items() if g.histories}
+    s.chosen = {(et.model_label(g), g.algorithm, g.ratio): g for g in chosen}
+    return s
+
+
+def test_a_chosen_rate_is_said_to_sit_inside_its_grid_or_at_an_edge():
+    mb = [cell(et.MB, 1.0, lr, [0.6] * 3) for lr in (0.005, 0.01, 0.05)]
+    v2 = [cell(et.V2, 1.0, lr, [0.6] * 3) for lr in (0.01, 0.05)]
+    il = [cell(et.IL, 1.0, 0.01, [0.6] * 3)]
+    fl = [cell(et.FL, 1.0, lr, [0.6] * 3) for lr in (0.01, 0.05)]
+    s = study(mb + v2 + il + fl, [mb[1], v2[1], il[0], fl[0]])
+    assert s.bracket(et.MB, 1.0) == ""
+    assert s.bracket(et.V2, 1.0) == "top of its grid"
+    assert s.bracket(et.FL, 1.0) == "bottom of its grid"
+    assert s.bracket(et.IL, 1.0) == "the only rate run"
+
+
+def test_a_rate_score_is_bold_where_chosen_and_says_its_seeds_and_divergences():
+    assert et.score_cell(cell(et.MB, 0.95, 0.1, [0.8] * 3, val=0.853), True) == "**85.3**"
+    one = cell(et.MB, 0.95, 0.05, [0.8], val=0.863)
+    assert et.score_cell(one, False) == "86.3 (one seed)"
+    gone = cell(et.V2, 0.95, 0.2, [0.1], val=0.092, loss=math.nan)
+    assert et.score_cell(gone, False) == "9.2 (diverged, one seed)"
+    mixed = cell(et.MB, 0.95, 0.2, [0.8] * 3, val=0.605)
+    mixed.histories[0][-1]["train_loss"] = math.nan
+    assert et.score_cell(mixed, False) == "60.5 (one of three seeds diverged)"
+    # runs that stopped where they diverged: their seeds are the cell's diverged, the score the survivors'
+    stopped = cell(et.V2, 1.0, 0.1, [0.7], val=0.701)
+    stopped.diverged = [1, 2]
+    assert et.score_cell(stopped, False) == "70.1 (two of three seeds diverged)"
+    stopped.histories, stopped.seeds, stopped.diverged = [], [], [0, 1, 2]
+    assert et.score_cell(stopped, False) == "diverged (three seeds)"
+
+
+def test_the_decisive_table_pairs_margins_by_seed_with_students_t_intervals():
+    mb = cell(et.MB, 0.95, 0.1, [0.80, 0.82, 0.84])
+    v2 = cell(et.V2, 0.95, 0.1, [0.78, 0.79, 0.80])  # margins 2, 3, 4 points: mean 3, std 1
+    low_v2 = cell(et.V2, 0.95, 0.05, [0.7] * 3)
+    s = study([mb, v2, low_v2], [mb, v2])
+    rows = et.tuned_table(s)[2:]
+    assert rows[0].startswith("| cnn4 | 0.95 | MiniBatch-SFL | 0.1 (the only rate run) | 3 | 82.0 ± 2.0 |")
+    # half-width 4.303 × 1 / √3 = 2.48 points
+    assert rows[1] == (
+        "| cnn4 | 0.95 | SFL-V2 | 0.1 (top of its grid) | 3 | 79.0 ± 1.0 | 79.0 ± 1.0 "
+        "| +3.0 ± 1.0 | [+0.5, +5.5] | +3.0 ± 1.0 | [+0.5, +5.5] |"
+    )
