@@ -13,5 +13,7 @@ def norm_layer(kind: str, channels: int, dims: int = 2) -> nn.Module:
     # split training with BatchNorm-free client sides exactly equal to centralized SGD (spec §2).
     if kind == "batch":
         return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm1d(channels)
-    groups = min(32, channels)
-    return nn.GroupNorm(groups if channels % groups == 0 else math.gcd(32, channels), channels)
+    # images: up to 32 groups, as ResNet's GroupNorm has it (a width they do not divide is refused, by
+    # torch); features: the largest count up to 32 that divides them (fc1's 1000 in 8)
+    groups = min(32, channels) if dims == 2 else math.gcd(32, channels)
+    return nn.GroupNorm(groups, channels)
