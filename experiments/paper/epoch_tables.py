@@ -63,18 +63,13 @@ MARGINS = [
     (1.0, FL, "best"),
 ]
 WORDS = {1: "one", 2: "two", 3: "three"}
-NAMES = {
-    CNN: "cnn4",
-    RESNET: "ResNet-18, width 16",
-    "cnn4 norm=batch": "cnn4",
-    "cnn4 norm=group": "cnn4",
-    "resnet18 norm=group width=16": "ResNet-18, width 16",
+NAMES = {CNN: "cnn4", RESNET: "ResNet-18, width 16"}
+# the normalisation control's families, by the name its table gives them: (model, how its hidden layers
+# are normalised)
+NORM_CONTROL = {
+    "cnn4": [(CNN, "none"), ("cnn4 norm=batch", "BatchNorm"), ("cnn4 norm=group", "GroupNorm")],
+    "ResNet-18": [(RESNET, "BatchNorm"), ("resnet18 norm=group width=16", "GroupNorm")],
 }
-# the normalisation control's families: (model, how its hidden layers are normalised)
-NORM_CONTROL = [
-    [(CNN, "none"), ("cnn4 norm=batch", "BatchNorm"), ("cnn4 norm=group", "GroupNorm")],
-    [(RESNET, "BatchNorm"), ("resnet18 norm=group width=16", "GroupNorm")],
-]
 
 
 def model_label(g: Group) -> str:
@@ -189,9 +184,9 @@ def selection_table(s: Study, model: str = CNN) -> list[str]:
             chosen_cell = s.best(algorithm, p, model)
             best = chosen_cell.lr[0] if chosen_cell else None
             cells = [score_cell(s.tried(algorithm, p, lr, model), lr == best) for lr in search]
-            where = s.bracket(algorithm, p, model) if chosen_cell else ""
-            chosen = "none: every rate diverged in some seed" if best is None else f"{best:g}"
-            chosen += f" ({where})" if where else ""
+            chosen = (
+                rate_text(s, algorithm, p, model) if chosen_cell else "none: every rate diverged in some seed"
+            )
             lines.append(table_row([ratio(p), LABEL[algorithm], *cells, chosen]))
     return lines
 
@@ -236,6 +231,17 @@ def last5_table(s: Study) -> list[str]:
     return lines
 
 
+def points_and_interval(m: Margin) -> list[str]:
+    """A margin's two cells: its points (mean ± std over the seeds) and their 95 % interval."""
+    return [percent_pm(m.points, True, 1), interval_text(interval95(m.points), 1)]
+
+
+def rate_text(s: Study, algorithm: str, p: float, model: str = CNN) -> str:
+    """The rate chosen, and where it sits in its grid where that is not inside it."""
+    where = s.bracket(algorithm, p, model)
+    return f"{s.best(algorithm, p, model).lr[0]:g}" + (f" ({where})" if where else "")
+
+
 def margins(a: Group, b: Group) -> tuple[Margin, Margin]:
     """``a`` over ``b`` paired by seed, final and last-5, in points (× 100 before the difference, as the
     doc's numbers were first computed: FedAvg's last-5 margin at p = 0.95 is −1.55, a tie at one decimal
@@ -257,8 +263,7 @@ def margin_row(s: Study, p: float, over: str, lr: float | str) -> str:
     cells = [
         percent_pm(final.points, True, 1),
         percent_pm(final.relative, True),
-        percent_pm(last5.points, True, 1),
-        interval_text(interval95(last5.points), 1),
+        *points_and_interval(last5),
         percent_pm(last5.relative, True),
     ]
     return table_row([ratio(p), OVER[over], rates, seeds, *cells, PAPER.get(over, "–") if p == 0.95 else "–"])
@@ -283,20 +288,13 @@ def tuned_table(s: Study) -> list[str]:
                 g = s.best(algorithm, p, model)
                 if g is None:
                     continue
-                where = s.bracket(algorithm, p, model)
-                row = [
-                    NAMES[model],
-                    ratio(p),
-                    LABEL[algorithm],
-                    f"{g.lr[0]:g}" + (f" ({where})" if where else ""),
-                ]
+                row = [NAMES[model], ratio(p), LABEL[algorithm], rate_text(s, algorithm, p, model)]
                 row += [str(len(g.histories)), percent_pm(g.last_k(K)), percent_pm(g.final())]
                 if algorithm == MB or mb is None:
                     row += ["", "", "", ""]
                 else:
                     final, last5 = margins(mb, g)
-                    row += [percent_pm(last5.points, True, 1), interval_text(interval95(last5.points), 1)]
-                    row += [percent_pm(final.points, True, 1), interval_text(interval95(final.points), 1)]
+                    row += [*points_and_interval(last5), *points_and_interval(final)]
                 lines.append(table_row(row))
     return lines
 
@@ -307,7 +305,7 @@ def norm_table(s: Study) -> list[str]:
     head = ["model", "normalisation", "seeds", *(LABEL[a] for a in (MB, V2, IL, FL))]
     head += [f"MiniBatch-SFL over {LABEL[a]}" for a in (V2, IL, FL)]
     lines = [table_row(head), table_rule(len(head))]
-    for family in NORM_CONTROL:
+    for name, family in NORM_CONTROL.items():
         ran = [(m, n) for m, n in family if s.get(MB, 0.95, 0.01, m)]
         if len(ran) < 2:
             continue
@@ -315,7 +313,7 @@ def norm_table(s: Study) -> list[str]:
         common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g))
         for m, norm in ran:
             got = {a: seeds_only(g, tuple(common)) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
-            row = [NAMES[m].split(",")[0], norm, ", ".join(map(str, sorted(common)))]
+            row = [name, norm, ", ".join(map(str, sorted(common)))]
             row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
             row += [
                 percent_pm(margins(got[MB], got[a])[1].points, True, 1) if a in got else ""
