@@ -27,6 +27,7 @@ def study(cells, chosen):
     s.tried_cells = {(et.model_label(g), g.algorithm, g.ratio, g.lr[0]): g for g in cells}
     s.cells = {key: g for key, g in s.tried_cells.items() if g.histories}
     s.chosen = {(et.model_label(g), g.algorithm, g.ratio): g for g in chosen}
+    s.compared = {}
     return s
 
 
@@ -57,6 +58,13 @@ def test_a_rate_score_is_bold_where_chosen_and_says_its_seeds_and_divergences():
     assert et.score_cell(stopped, False) == "70.1 (two of three seeds diverged)"
     stopped.histories, stopped.seeds, stopped.diverged = [], [], [0, 1, 2]
     assert et.score_cell(stopped, False) == "diverged (three seeds)"
+    # the chosen rate given two more seeds for its margins: scored on the seeds the others ran, as chosen
+    five = cell(et.MB, 1.0, 0.005, [0.7, 0.7, 0.7, 0.4, 0.4])
+    assert (
+        et.score_cell(five, True, [0, 1, 2])
+        == "**70.0** (five seeds, scored on the three seeds the other rates ran)"
+    )
+    assert et.score_cell(five, True) == "**58.0**"
 
 
 def test_the_decisive_table_pairs_margins_by_seed_with_students_t_intervals():

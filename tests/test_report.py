@@ -428,6 +428,33 @@ def test_a_rate_that_diverged_in_any_seed_is_not_chosen_on_its_surviving_seeds(t
     assert next(iter(select_lr(cells, 3).values())).chosen.lr[0] == 0.01
 
 
+def test_rates_are_compared_on_the_seeds_they_share(tmp_path):
+    # lr 0.01 scores 0.6 in seeds 0 and 1, lr 0.1 0.5; 0.01 then gets seeds 2 and 3 (more seeds for its
+    # margins) that score 0.2: over its own four seeds it would fall to 0.4 and lose to 0.1, a choice made
+    # on a different sample than the one that chose it. On the seeds both ran it stays chosen.
+    sweep = tmp_path / "sweep"
+    for lr, seed, val in (
+        (0.01, 0, 0.6),
+        (0.01, 1, 0.6),
+        (0.1, 0, 0.5),
+        (0.1, 1, 0.5),
+        (0.01, 2, 0.2),
+        (0.01, 3, 0.2),
+    ):
+        records = [_record("minibatch_sfl", r, 0.5, val_accuracy=val) for r in range(1, 4)]
+        _write_run(sweep / f"lr={lr}__seed={seed}", lr, seed, records)
+    groups = {g.lr[0]: g for g in load_groups(sweep)}
+    (selection,) = select_lr(list(groups.values()), 3).values()
+    assert selection.chosen is groups[0.01] and selection.seeds == [0, 1]
+    assert selection.scores == pytest.approx([0.6, 0.5])
+    assert groups[0.01].only({1, 3}).seed_ids() == [1, 3]
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert (
+        "| 0.01 | 0.01: 60.0, 0.1: 50.0; compared on seeds 0, 1 (a seed only one rate ran does not count) |"
+        in md
+    )
+
+
 def test_in_a_diverged_run_of_several_algorithms_only_the_one_named_diverged(tmp_path):
     # the runner trains a run's algorithms one after another and stops at the first that diverges: the
     # ones before it finished (their records count), the one its note names diverged, later ones never ran

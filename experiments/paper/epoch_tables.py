@@ -13,7 +13,6 @@ turned non-finite (these ran under a splitfed that trained on and recorded the N
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 from splitfed.analysis import Group, Margin, interval95, load_groups, paired_margin, select_lr
@@ -62,7 +61,7 @@ MARGINS = [
     (1.0, FL, 0.01),
     (1.0, FL, "best"),
 ]
-WORDS = {1: "one", 2: "two", 3: "three"}
+WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
 NAMES = {CNN: "cnn4", RESNET: "ResNet-18, width 16"}
 # the normalisation control's families, by the name its table gives them: (model, how its hidden layers
 # are normalised)
@@ -90,11 +89,14 @@ class Study:
         groups = load_groups(study, diverged_cells=True)
         self.tried_cells = {(model_label(g), g.algorithm, g.ratio, g.lr[0]): g for g in groups if g.lr}
         self.cells = {key: g for key, g in self.tried_cells.items() if g.histories}
-        self.chosen = {
-            (model_label(c), c.algorithm, c.ratio): c
+        selections = {
+            (model_label(s.candidates[0]), s.candidates[0].algorithm, s.candidates[0].ratio): s
             for s in select_lr(groups, K).values()
-            if (c := s.chosen)
         }
+        self.chosen = {key: s.chosen for key, s in selections.items() if s.chosen}
+        self.compared = {
+            key: s.seeds for key, s in selections.items()
+        }  # the seeds the rates were compared on
 
     def get(self, algorithm: str, p: float, lr: float, model: str = CNN) -> Group | None:
         return self.cells.get((model, algorithm, p, lr))
@@ -124,12 +126,6 @@ def trained_through_nan(h: list[dict]) -> bool:
     return any(not math.isfinite(r["train_loss"]) for r in h if r.get("train_loss") is not None)
 
 
-def seeds_only(g: Group, seeds: tuple) -> Group:
-    """The cell restricted to ``seeds``."""
-    keep = [i for i, seed in enumerate(g.seed_ids()) if seed in seeds]
-    return replace(g, histories=[g.histories[i] for i in keep], seeds=[g.seed_ids()[i] for i in keep])
-
-
 def ratio(p: float) -> str:
     return f"{p:.1f}" if p in (0, 1) else f"{p:g}"
 
@@ -147,11 +143,19 @@ def seeds_text(n: int) -> str:
     return f"{WORDS.get(n, n)} {plural(n, 'seed')}"
 
 
-def score_cell(g: Group | None, chosen: bool) -> str:
+def score_cell(g: Group | None, chosen: bool, compared: list | None = None) -> str:
     """A rate's validation score (bold where it was chosen), with its seeds where it has fewer than the
-    study's three and how many of them diverged."""
+    study's three and how many of them diverged. ``compared``: the seeds the slot's rates were compared
+    on (select_lr's: a seed only one rate ran does not count); a cell run in more seeds is scored on those,
+    and says so."""
     if g is None:
         return ""
+    extra = sorted(set(g.seed_ids()) - set(compared)) if compared and not g.diverged else []
+    if extra:
+        score = percent(val(g.only(compared)))
+        text = f"**{score}**" if chosen else score
+        on = WORDS.get(len(compared), len(compared))
+        return f"{text} ({seeds_text(len(g.seed_ids()))}, scored on the {on} seeds the other rates ran)"
     # a run that diverged either trained on and recorded chance-level rounds (the study's first runs) or
     # stopped there (its seed is in g.diverged, its score is its surviving seeds')
     n = len(g.histories) + len(g.diverged)
@@ -183,7 +187,8 @@ def selection_table(s: Study, model: str = CNN) -> list[str]:
                 continue
             chosen_cell = s.best(algorithm, p, model)
             best = chosen_cell.lr[0] if chosen_cell else None
-            cells = [score_cell(s.tried(algorithm, p, lr, model), lr == best) for lr in search]
+            on = s.compared.get((model, algorithm, p))
+            cells = [score_cell(s.tried(algorithm, p, lr, model), lr == best, on) for lr in search]
             chosen = (
                 rate_text(s, algorithm, p, model) if chosen_cell else "none: every rate diverged in some seed"
             )
@@ -312,7 +317,7 @@ def norm_table(s: Study) -> list[str]:
         cells = {(m, a): s.get(a, 0.95, 0.01, m) for m, _ in ran for a in (MB, V2, IL, FL)}
         common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g))
         for m, norm in ran:
-            got = {a: seeds_only(g, tuple(common)) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
+            got = {a: g.only(common) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
             row = [name, norm, ", ".join(map(str, sorted(common)))]
             row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
             row += [

@@ -3,7 +3,7 @@ and a cell's row of aggregate.csv."""
 
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,36 +18,48 @@ class Selection:
     """For one slot (a cell without its lr): the lr candidates and the one chosen on validation accuracy."""
 
     candidates: list[Group]
-    scores: list[float | None]  # mean over seeds of the last-k mean of val_accuracy; None: not recorded
+    scores: list[float | None]  # mean over ``seeds`` of the last-k mean of val_accuracy; None: not recorded
     chosen: Group | None  # None: there was a choice to make but no validation accuracy to make it on
+    # where some candidate ran seeds no other candidate did (the chosen rate given more seeds for its
+    # margins), the seeds the rates are compared on: those two or more candidates ran. A rate must not be
+    # chosen again on seeds only it has. None: every seed counts.
+    seeds: list[Any] | None = None
 
 
 def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
-    """Per slot, the cell whose lr gives the best validation accuracy (mean over seeds of its last-k
-    mean). Test accuracy is never looked at: choosing on it would report the test set's best case.
-    A slot tried at one lr only keeps it (there is no choice to make, diverged seeds or not); otherwise a
-    rate that diverged in any seed is never chosen (its surviving seeds' score would hide the others), and
-    a slot where some other candidate lacks val_accuracy, or where every rate diverged somewhere, is not
-    chosen."""
+    """Per slot, the cell whose lr gives the best validation accuracy (mean over seeds of each seed's
+    last-k mean; a seed only one rate ran does not count). Test accuracy is never looked at: choosing on
+    it would report the test set's best case. A slot tried at one lr only keeps it (there is no choice to
+    make, diverged seeds or not); otherwise a rate that diverged in any seed is never chosen (its
+    surviving seeds' score would hide the others), and a slot where some other candidate lacks
+    val_accuracy, or where every rate diverged somewhere, is not chosen."""
     slots: dict[tuple, list[Group]] = defaultdict(list)
     for g in groups:
         slots[g.slot()].append(g)
     out = {}
     for key, candidates in slots.items():
         candidates.sort(key=lambda g: g.lr or (0.0, 0.0))
+        stable = [i for i, g in enumerate(candidates) if not g.diverged]
+        ran = Counter(seed for g in candidates for seed in {*g.seed_ids(), *g.diverged})
+        lone = len(candidates) > 1 and 1 in ran.values()
+        seeds = sorted(seed for seed, n in ran.items() if n > 1) if lone else None
         scores = [
-            statistics.fmean(g.last_k(k, "val_accuracy")) if g.has("val_accuracy") else None
+            _val_score(g.only(seeds) if seeds and set(seeds) & set(g.seed_ids()) else g, k)
             for g in candidates
         ]
-        stable = [i for i, g in enumerate(candidates) if not g.diverged]
+        seeds = seeds or None
         if len(candidates) == 1:
             chosen: Group | None = candidates[0] if candidates[0].histories else None
         elif stable and all(scores[i] is not None for i in stable):
             chosen = candidates[max(stable, key=lambda i: (scores[i], -i))]
         else:
             chosen = None
-        out[key] = Selection(candidates, scores, chosen)
+        out[key] = Selection(candidates, scores, chosen, seeds)
     return out
+
+
+def _val_score(g: Group, k: int) -> float | None:
+    return statistics.fmean(g.last_k(k, "val_accuracy")) if g.has("val_accuracy") else None
 
 
 # ---------------------------------------------------------------------------------------------------------

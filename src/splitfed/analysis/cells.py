@@ -3,8 +3,8 @@
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..plotstyle import VARIANT, split_variant
@@ -41,6 +41,12 @@ class Group:
 
     def seed_ids(self) -> list[Any]:
         return self.seeds if len(self.seeds) == len(self.histories) else list(range(len(self.histories)))
+
+    def only(self, seeds: Collection[Any]) -> "Group":
+        """The cell restricted to ``seeds`` (its runs of other seeds left out)."""
+        keep = [i for i, seed in enumerate(self.seed_ids()) if seed in seeds]
+        ids = self.seed_ids()
+        return replace(self, histories=[self.histories[i] for i in keep], seeds=[ids[i] for i in keep])
 
     def values(self, key: str, h: list[dict[str, Any]]) -> list[float]:
         return [r[key] for r in h if r.get(key) is not None]

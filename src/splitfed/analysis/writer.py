@@ -150,6 +150,9 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
             )
             for c, v in zip(s.candidates, s.scores, strict=True)
         )
+        if s.seeds is not None:
+            compared = ", ".join(map(str, s.seeds))
+            cands += f"; compared on seeds {compared} (a seed only one rate ran does not count)"
         chosen = fmt_lr(s.chosen.lr) if s.chosen else f"none ({_no_choice(s)})"
         lines.append(
             f"| {g.algorithm} | {g.cut_layer} | {'–' if g.ratio is None else g.ratio} | {chosen} | {cands} |"
