@@ -79,3 +79,26 @@ def test_the_decisive_table_pairs_margins_by_seed_with_students_t_intervals():
         "| cnn4 | 0.95 | SFL-V2 | 0.1 (top of its grid) | 3 | 79.0 ± 1.0 | 79.0 ± 1.0 "
         "| +3.0 ± 1.0 | [+0.5, +5.5] | +3.0 ± 1.0 | [+0.5, +5.5] |"
     )
+
+
+def test_the_normalisation_table_compares_the_variants_on_the_seeds_they_all_ran():
+    def family(args, mb, v2, il, fl):
+        others = (("model_args", args),) if args else ()
+        return [
+            cell(a, 0.95, 0.01, test, others=others)
+            for a, test in ((et.MB, mb), (et.V2, v2), (et.IL, il), (et.FL, fl))
+        ]
+
+    plain = family((), [0.80, 0.82, 0.84], [0.78, 0.79, 0.80], [0.8] * 3, [0.8] * 3)
+    batch = family((("norm", "batch"),), [0.9] * 3, [0.7] * 3, [0.7] * 3, [0.9] * 3)
+    batch[1].histories.append(batch[1].histories[0])  # a fourth seed only SFL-V2 ran: left out
+    batch[1].seeds.append(3)
+    cells = plain + batch
+    s = study(cells, [])
+    none, bn = et.norm_table(s)[2:]
+    # margins over SFL-V2: 2, 3, 4 points (std 1, half-width 4.303 / √3 = 2.48)
+    assert none == (
+        "| cnn4 | none | 0, 1, 2 | 82.0 ± 2.0 | 79.0 ± 1.0 | 80.0 ± 0.0 | 80.0 ± 0.0 "
+        "| +3.0 ± 1.0 [+0.5, +5.5] | +2.0 ± 2.0 [−3.0, +7.0] | +2.0 ± 2.0 [−3.0, +7.0] |"
+    )
+    assert bn.startswith("| cnn4 | BatchNorm | 0, 1, 2 | 90.0 ± 0.0 | 70.0 ± 0.0 |")

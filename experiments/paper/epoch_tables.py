@@ -241,6 +241,13 @@ def points_and_interval(m: Margin) -> list[str]:
     return [percent_pm(m.points, True, 1), interval_text(interval95(m.points), 1)]
 
 
+def margin_cell(m: Margin) -> str:
+    """A margin in one cell: its points, and over several seeds their 95 % interval:
+    "+6.5 ± 1.0 [+4.0, +9.0]"."""
+    text = percent_pm(m.points, True, 1)
+    return text if len(m.points) < 2 else f"{text} {interval_text(interval95(m.points), 1)}"
+
+
 def rate_text(s: Study, algorithm: str, p: float, model: str = CNN) -> str:
     """The rate chosen, and where it sits in its grid where that is not inside it."""
     where = s.bracket(algorithm, p, model)
@@ -306,7 +313,8 @@ def tuned_table(s: Study) -> list[str]:
 
 def norm_table(s: Study) -> list[str]:
     """The normalisation control at p = 0.95 and lr 0.01: last-5 test accuracy of each algorithm on each
-    model variant, on the seeds every variant of its family ran, and MiniBatch-SFL's margins."""
+    model variant, on the seeds every variant of its family ran, and MiniBatch-SFL's margins paired by
+    seed (with their 95 % interval over several seeds)."""
     head = ["model", "normalisation", "seeds", *(LABEL[a] for a in (MB, V2, IL, FL))]
     head += [f"MiniBatch-SFL over {LABEL[a]}" for a in (V2, IL, FL)]
     lines = [table_row(head), table_rule(len(head))]
@@ -320,10 +328,7 @@ def norm_table(s: Study) -> list[str]:
             got = {a: g.only(common) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
             row = [name, norm, ", ".join(map(str, sorted(common)))]
             row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
-            row += [
-                percent_pm(margins(got[MB], got[a])[1].points, True, 1) if a in got else ""
-                for a in (V2, IL, FL)
-            ]
+            row += [margin_cell(margins(got[MB], got[a])[1]) if a in got else "" for a in (V2, IL, FL)]
             lines.append(table_row(row))
     return lines
 
