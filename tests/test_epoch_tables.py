@@ -102,3 +102,11 @@ def test_the_normalisation_table_compares_the_variants_on_the_seeds_they_all_ran
         "| +3.0 ± 1.0 [+0.5, +5.5] | +2.0 ± 2.0 [−3.0, +7.0] | +2.0 ± 2.0 [−3.0, +7.0] |"
     )
     assert bn.startswith("| cnn4 | BatchNorm | 0, 1, 2 | 90.0 ± 0.0 | 70.0 ± 0.0 |")
+
+
+def test_the_last5_table_shows_seeds_0_to_2_of_a_cell_given_more():
+    cells = [cell(a, 1.0, 0.01, [0.6] * 3) for a in (et.MB, et.V2, et.FL)]
+    cells[0] = cell(et.MB, 1.0, 0.01, [0.6, 0.6, 0.6, 0.1, 0.1])
+    cells[0].diverged = [5]  # a diverged sixth seed is not one of the three either
+    rows = et.last5_table(study(cells, []))[2:]
+    assert "| MiniBatch-SFL, lr 0.01 | | | | | 60.0 ± 0.0 |" in rows

@@ -43,10 +43,15 @@ class Group:
         return self.seeds if len(self.seeds) == len(self.histories) else list(range(len(self.histories)))
 
     def only(self, seeds: Collection[Any]) -> "Group":
-        """The cell restricted to ``seeds`` (its runs of other seeds left out)."""
+        """The cell restricted to ``seeds`` (its runs of other seeds, finished or diverged, left out)."""
         keep = [i for i, seed in enumerate(self.seed_ids()) if seed in seeds]
         ids = self.seed_ids()
-        return replace(self, histories=[self.histories[i] for i in keep], seeds=[ids[i] for i in keep])
+        return replace(
+            self,
+            histories=[self.histories[i] for i in keep],
+            seeds=[ids[i] for i in keep],
+            diverged=[seed for seed in self.diverged if seed in seeds],
+        )
 
     def values(self, key: str, h: list[dict[str, Any]]) -> list[float]:
         return [r[key] for r in h if r.get(key) is not None]
