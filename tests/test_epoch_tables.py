@@ -110,3 +110,19 @@ def test_the_last5_table_shows_seeds_0_to_2_of_a_cell_given_more():
     cells[0].diverged = [5]  # a diverged sixth seed is not one of the three either
     rows = et.last5_table(study(cells, []))[2:]
     assert "| MiniBatch-SFL, lr 0.01 | | | | | 60.0 ± 0.0 |" in rows
+
+
+def test_the_recalibration_table_is_the_probe_s_csv_by_algorithm(tmp_path):
+    assert et.recalibration_table(tmp_path) == []  # the probe has not run: no table
+    (tmp_path / "bn_recalibration.csv").write_text(
+        "run,algorithm,schedule,non_iid_ratio,lr,seed,as_trained,server_bn,all_bn\n"
+        "a,sfl_v2,interleaved,0.95,0.01,0,0.7000,0.7500,0.7400\n"
+        "b,minibatch_sfl,,0.95,0.01,1,0.8600,0.8600,0.8700\n"
+        "c,minibatch_sfl,,0.95,0.01,0,0.8400,0.8500,0.8500\n"
+        "d,sfl_v2,client_sequential,0.95,0.01,0,0.6000,0.4000,0.4000\n"
+    )
+    assert et.recalibration_table(tmp_path)[2:] == [
+        "| MiniBatch-SFL | 0.95 | 0.01 | 0, 1 | 85.0 ± 1.4 | 85.5 ± 0.7 | 86.0 ± 1.4 | +0.5 ± 0.7 |",
+        "| SFL-V2 | 0.95 | 0.01 | 0 | 60.0 | 40.0 | 40.0 | −20.0 |",
+        "| SFL-V2 interleaved | 0.95 | 0.01 | 0 | 70.0 | 75.0 | 74.0 | +5.0 |",
+    ]

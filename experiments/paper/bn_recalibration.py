@@ -9,10 +9,10 @@ For each finished run of ``cnn4 norm=batch`` in a sweep folder, the test accurac
 trained, with the server side's BatchNorm statistics recomputed, and with every BatchNorm's.
 
 It reads the run directories of a sweep (the models are working state, not committed: sweeping the
-grid remakes them) and writes ``bn_recalibration.csv`` beside the study's tables:
+grid remakes them) and writes ``bn_recalibration.csv`` beside the study's committed tables, where
+``epoch_tables.py`` makes §1b's table of it:
 
-    python experiments/paper/bn_recalibration.py experiments/paper/results/fmnist-epoch \
-        --out docs/results/fmnist-epoch
+    python experiments/paper/bn_recalibration.py SWEEP_FOLDER_WITH_RUN_DIRECTORIES
 """
 
 import argparse
@@ -26,6 +26,7 @@ from torch import nn
 from splitfed.data import DATASETS, Dataset
 from splitfed.models import MODELS
 
+STUDY = Path(__file__).resolve().parent / "results/fmnist-epoch"
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 FIELDS = ["run", "algorithm", "schedule", "non_iid_ratio", "lr", "seed", "as_trained", "server_bn", "all_bn"]
 
@@ -106,7 +107,7 @@ def probe(run: Path, data: dict[tuple, Dataset]) -> dict | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path, help="a sweep folder with its run directories")
-    parser.add_argument("--out", type=Path, default=Path("docs/results/fmnist-epoch"))
+    parser.add_argument("--out", type=Path, default=STUDY, help="default: the study's committed tables")
     args = parser.parse_args()
     torch.set_num_threads(1)
     data: dict[tuple, Dataset] = {}

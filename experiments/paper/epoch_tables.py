@@ -10,6 +10,7 @@ round's test accuracy, "last-5" the mean of the last 5 rounds'. A run diverged w
 turned non-finite (these ran under a splitfed that trained on and recorded the NaN rounds).
 """
 
+import csv
 import math
 import statistics
 from collections import defaultdict
@@ -334,6 +335,30 @@ def norm_table(s: Study) -> list[str]:
     return lines
 
 
+def recalibration_table(study: Path) -> list[str]:
+    """bn_recalibration.py's probe of the BatchNorm control (its csv beside the study's tables): the final
+    model's test accuracy as trained and with BatchNorm statistics recomputed over the clients' data, by
+    algorithm (mean ± std over seeds); nothing where the probe has not run."""
+    path = study / "bn_recalibration.csv"
+    if not path.exists():
+        return []
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            algorithm = IL if r["schedule"] == "interleaved" else r["algorithm"]
+            cells[float(r["non_iid_ratio"]), float(r["lr"]), (MB, V2, IL, FL).index(algorithm)].append(r)
+    head = ["algorithm", "p", "lr", "seeds", "as trained", "server-side BatchNorm recomputed"]
+    head += ["every BatchNorm recomputed", "change (server side), pts"]
+    lines = [table_row(head), table_rule(len(head))]
+    for (p, lr, i), runs in sorted(cells.items()):
+        got = {k: [float(r[k]) for r in runs] for k in ("as_trained", "server_bn", "all_bn")}
+        change = [b - a for a, b in zip(got["as_trained"], got["server_bn"], strict=True)]
+        row = [LABEL[(MB, V2, IL, FL)[i]], ratio(p), f"{lr:g}", ", ".join(sorted(r["seed"] for r in runs))]
+        row += [percent_pm(got[k]) for k in ("as_trained", "server_bn", "all_bn")]
+        lines.append(table_row([*row, percent_pm(change, True)]))
+    return lines
+
+
 def resnet_table(s: Study) -> list[str]:
     lines = [table_row(["p", "algorithm", "final", "last-5", "best"]), table_rule(5)]
     for p in (0.95, 1.0):
@@ -433,9 +458,10 @@ def tables(study: Path = STUDY) -> str:
         margins_table(s),
         tuned_table(s),
         norm_table(s),
+        recalibration_table(study),
         resnet_table(s),
     ]
-    return "\n\n".join("\n".join(b) for b in blocks) + "\n"
+    return "\n\n".join("\n".join(b) for b in blocks if b) + "\n"
 
 
 def main() -> None:
