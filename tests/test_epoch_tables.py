@@ -98,10 +98,19 @@ def test_the_normalisation_table_compares_the_variants_on_the_seeds_they_all_ran
     none, bn = et.norm_table(s)[2:]
     # margins over SFL-V2: 2, 3, 4 points (std 1, half-width 4.303 / √3 = 2.48)
     assert none == (
-        "| cnn4 | none | 0, 1, 2 | 82.0 ± 2.0 | 79.0 ± 1.0 | 80.0 ± 0.0 | 80.0 ± 0.0 "
+        "| cnn4 | none | 0.01 | 0, 1, 2 | 82.0 ± 2.0 | 79.0 ± 1.0 | 80.0 ± 0.0 | 80.0 ± 0.0 "
         "| +3.0 ± 1.0 [+0.5, +5.5] | +2.0 ± 2.0 [−3.0, +7.0] | +2.0 ± 2.0 [−3.0, +7.0] |"
     )
-    assert bn.startswith("| cnn4 | BatchNorm | 0, 1, 2 | 90.0 ± 0.0 | 70.0 ± 0.0 |")
+    assert bn.startswith("| cnn4 | BatchNorm | 0.01 | 0, 1, 2 | 90.0 ± 0.0 | 70.0 ± 0.0 |")
+    # a BatchNorm run at a second rate, seed 0: its block compares it with the plain model's seed 0 there
+    more = [cell(a, 0.95, 0.05, [t] * 3) for a, t in ((et.MB, 0.5), (et.V2, 0.4), (et.FL, 0.2))]
+    more.append(cell(et.MB, 0.95, 0.05, [0.6], others=(("model_args", (("norm", "batch"),)),)))
+    s = study(cells + more, [])
+    rows = et.norm_table(s)[2:]
+    assert rows[2:] == [
+        "| cnn4 | none | 0.05 | 0 | 50.0 | 40.0 | | 20.0 | +10.0 | | +30.0 |",
+        "| cnn4 | BatchNorm | 0.05 | 0 | 60.0 | | | | | | |",
+    ]
 
 
 def test_the_last5_table_shows_seeds_0_to_2_of_a_cell_given_more():

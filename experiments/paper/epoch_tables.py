@@ -314,24 +314,27 @@ def tuned_table(s: Study) -> list[str]:
 
 
 def norm_table(s: Study) -> list[str]:
-    """The normalisation control at p = 0.95 and lr 0.01: last-5 test accuracy of each algorithm on each
-    model variant, on the seeds every variant of its family ran, and MiniBatch-SFL's margins paired by
-    seed (with their 95 % interval over several seeds)."""
-    head = ["model", "normalisation", "seeds", *(LABEL[a] for a in (MB, V2, IL, FL))]
+    """The normalisation control at p = 0.95: last-5 test accuracy of each algorithm on each model variant,
+    at each rate a variant ran (the model without normalisation beside it), on the seeds every variant of
+    its family ran at that rate, and MiniBatch-SFL's margins paired by seed (with their 95 % interval over
+    several seeds)."""
+    head = ["model", "normalisation", "lr", "seeds", *(LABEL[a] for a in (MB, V2, IL, FL))]
     head += [f"MiniBatch-SFL over {LABEL[a]}" for a in (V2, IL, FL)]
     lines = [table_row(head), table_rule(len(head))]
     for name, family in NORM_CONTROL.items():
-        ran = [(m, n) for m, n in family if s.get(MB, 0.95, 0.01, m)]
-        if len(ran) < 2:
-            continue
-        cells = {(m, a): s.get(a, 0.95, 0.01, m) for m, _ in ran for a in (MB, V2, IL, FL)}
-        common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g))
-        for m, norm in ran:
-            got = {a: g.only(common) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
-            row = [name, norm, ", ".join(map(str, sorted(common)))]
-            row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
-            row += [margin_cell(margins(got[MB], got[a])[1]) if a in got else "" for a in (V2, IL, FL)]
-            lines.append(table_row(row))
+        variants = {m for m, _ in family[1:]}
+        for lr in sorted({lr for m, a, p, lr in s.cells if m in variants and a == MB and p == 0.95}):
+            ran = [(m, n) for m, n in family if s.get(MB, 0.95, lr, m)]
+            if len(ran) < 2:
+                continue
+            cells = {(m, a): s.get(a, 0.95, lr, m) for m, _ in ran for a in (MB, V2, IL, FL)}
+            common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g))
+            for m, norm in ran:
+                got = {a: g.only(common) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
+                row = [name, norm, f"{lr:g}", ", ".join(map(str, sorted(common)))]
+                row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
+                row += [margin_cell(margins(got[MB], got[a])[1]) if a in got else "" for a in (V2, IL, FL)]
+                lines.append(table_row(row))
     return lines
 
 
