@@ -40,21 +40,19 @@ def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
     for key, candidates in slots.items():
         candidates.sort(key=lambda g: g.lr or (0.0, 0.0))
         stable = [i for i, g in enumerate(candidates) if not g.diverged]
+        # a seed only one rate ran (the chosen rate given more seeds for its margins) is left out
         ran = Counter(seed for g in candidates for seed in {*g.seed_ids(), *g.diverged})
-        lone = len(candidates) > 1 and 1 in ran.values()
-        seeds = sorted(seed for seed, n in ran.items() if n > 1) if lone else None
-        scores = [
-            _val_score(g.only(seeds) if seeds and set(seeds) & set(g.seed_ids()) else g, k)
-            for g in candidates
-        ]
-        seeds = seeds or None
+        shared = (
+            sorted(s for s, n in ran.items() if n > 1) if len(candidates) > 1 and 1 in ran.values() else []
+        )
+        scores = [_val_score(g.only(shared) if set(shared) & set(g.seed_ids()) else g, k) for g in candidates]
         if len(candidates) == 1:
             chosen: Group | None = candidates[0] if candidates[0].histories else None
         elif stable and all(scores[i] is not None for i in stable):
             chosen = candidates[max(stable, key=lambda i: (scores[i], -i))]
         else:
             chosen = None
-        out[key] = Selection(candidates, scores, chosen, seeds)
+        out[key] = Selection(candidates, scores, chosen, shared or None)
     return out
 
 

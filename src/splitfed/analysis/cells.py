@@ -44,8 +44,8 @@ class Group:
 
     def only(self, seeds: Collection[Any]) -> "Group":
         """The cell restricted to ``seeds`` (its runs of other seeds, finished or diverged, left out)."""
-        keep = [i for i, seed in enumerate(self.seed_ids()) if seed in seeds]
         ids = self.seed_ids()
+        keep = [i for i, seed in enumerate(ids) if seed in seeds]
         return replace(
             self,
             histories=[self.histories[i] for i in keep],
