@@ -95,9 +95,8 @@ class Study:
             for s in select_lr(groups, K).values()
         }
         self.chosen = {key: s.chosen for key, s in selections.items() if s.chosen}
-        self.compared = {
-            key: s.seeds for key, s in selections.items()
-        }  # the seeds the rates were compared on
+        # the seeds each slot's rates were compared on (None: all of them)
+        self.compared = {key: s.seeds for key, s in selections.items()}
 
     def get(self, algorithm: str, p: float, lr: float, model: str = CNN) -> Group | None:
         return self.cells.get((model, algorithm, p, lr))
@@ -151,8 +150,7 @@ def score_cell(g: Group | None, chosen: bool, compared: list | None = None) -> s
     and says so."""
     if g is None:
         return ""
-    extra = sorted(set(g.seed_ids()) - set(compared)) if compared and not g.diverged else []
-    if extra:
+    if compared and not g.diverged and set(g.seed_ids()) - set(compared):
         score = percent(val(g.only(compared)))
         text = f"**{score}**" if chosen else score
         on = WORDS.get(len(compared), len(compared))
