@@ -39,8 +39,10 @@ def server_side(model: nn.Sequential, cut_layer: int) -> list[str]:
 
 @torch.no_grad()
 def recalibrate(model: nn.Module, prefixes: list[str], x: torch.Tensor, batch: int = 1000) -> None:
-    """Recompute the running statistics of the BatchNorms under ``prefixes`` as the plain mean and
-    (unbiased) variance over ``x``, every other module in evaluation mode; the weights stay as trained."""
+    """Recompute the running statistics of the BatchNorms under ``prefixes`` ("" for all) over ``x``,
+    every other module in evaluation mode; the weights stay as trained. Each batch weighs the same: over
+    equal batches the mean is the data's exactly and the variance the batches' average (unbiased) one,
+    which misses only the spread of the batch means."""
     model.eval()
     chosen = [
         m
