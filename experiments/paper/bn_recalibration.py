@@ -9,8 +9,9 @@ For each finished run of ``cnn4 norm=batch`` in a sweep folder, the test accurac
 trained, with the server side's BatchNorm statistics recomputed, and with every BatchNorm's.
 
 It reads the run directories of a sweep (the models are working state, not committed: sweeping the
-grids into an empty folder remakes them; the repository's folder holds the tables, which count as run) and writes ``bn_recalibration.csv`` beside the study's committed tables, where
-``epoch_tables.py`` makes §1b's table of it:
+grids into an empty folder remakes them; the repository's folder holds the tables, which count as run)
+and writes ``bn_recalibration.csv`` beside the study's committed tables, where ``epoch_tables.py`` makes
+§1b's table of it:
 
     python experiments/paper/bn_recalibration.py SWEEP_FOLDER_WITH_RUN_DIRECTORIES
 """
