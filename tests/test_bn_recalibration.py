@@ -51,3 +51,14 @@ def test_in_equal_batches_the_recomputed_mean_is_the_whole_data_s():
         h = model.conv1[0](x)
     assert torch.allclose(model.conv1[1].running_mean, h.mean((0, 2, 3)), atol=1e-5)
     assert not torch.equal(model.fc1[2].running_mean, torch.full_like(model.fc1[2].running_mean, 5.0))
+
+
+def test_a_sweep_folder_that_is_not_there_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["bn_recalibration.py", str(tmp_path / "nowhere")])
+    try:
+        bn.main()
+    except SystemExit as e:
+        assert e.code == 2
+    else:
+        raise AssertionError("main() accepted a missing folder")
+    assert "is not a folder" in capsys.readouterr().err

@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("sweep", type=Path, help="a sweep folder with its run directories")
     parser.add_argument("--out", type=Path, default=STUDY, help="default: the study's committed tables")
     args = parser.parse_args()
+    if not args.sweep.is_dir():
+        parser.error(f"{args.sweep} is not a folder; give the folder a sweep wrote its run directories into")
     torch.set_num_threads(1)
     data: dict[tuple, Dataset] = {}
     rows = [
