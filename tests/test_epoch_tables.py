@@ -5,7 +5,7 @@ import importlib.util
 import math
 from pathlib import Path
 
-from splitfed.analysis import Group
+from splitfed.analysis import Group, select_lr
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("epoch_tables", ROOT / "experiments/paper/epoch_tables.py")
@@ -43,28 +43,39 @@ def test_a_chosen_rate_is_said_to_sit_inside_its_grid_or_at_an_edge():
     assert s.bracket(et.IL, 1.0) == "the only rate run"
 
 
+def scored(g, chosen, *others):
+    """``g``'s cell in the selection table, scored as select_lr scores it beside ``others`` (its slot's
+    other rates)."""
+    selection = next(iter(select_lr([g, *others], et.K).values()))
+    return et.score_cell(g, selection.scores[selection.candidates.index(g)], chosen, selection.seeds)
+
+
 def test_a_rate_score_is_bold_where_chosen_and_says_its_seeds_and_divergences():
-    assert et.score_cell(cell(et.MB, 0.95, 0.1, [0.8] * 3, val=0.853), True) == "**85.3**"
+    assert scored(cell(et.MB, 0.95, 0.1, [0.8] * 3, val=0.853), True) == "**85.3**"
     one = cell(et.MB, 0.95, 0.05, [0.8], val=0.863)
-    assert et.score_cell(one, False) == "86.3 (one seed)"
+    assert scored(one, False) == "86.3 (one seed)"
     gone = cell(et.V2, 0.95, 0.2, [0.1], val=0.092, loss=math.nan)
-    assert et.score_cell(gone, False) == "9.2 (diverged, one seed)"
+    assert scored(gone, False) == "9.2 (diverged, one seed)"
     mixed = cell(et.MB, 0.95, 0.2, [0.8] * 3, val=0.605)
     mixed.histories[0][-1]["train_loss"] = math.nan
-    assert et.score_cell(mixed, False) == "60.5 (one of three seeds diverged)"
+    assert scored(mixed, False) == "60.5 (one of three seeds diverged)"
     # runs that stopped where they diverged: their seeds are the cell's diverged, the score the survivors'
     stopped = cell(et.V2, 1.0, 0.1, [0.7], val=0.701)
     stopped.diverged = [1, 2]
-    assert et.score_cell(stopped, False) == "70.1 (two of three seeds diverged)"
+    assert scored(stopped, False) == "70.1 (two of three seeds diverged)"
     stopped.histories, stopped.seeds, stopped.diverged = [], [], [0, 1, 2]
-    assert et.score_cell(stopped, False) == "diverged (three seeds)"
+    assert scored(stopped, False) == "diverged (three seeds)"
     # the chosen rate given two more seeds for its margins: scored on the seeds the others ran, as chosen
     five = cell(et.MB, 1.0, 0.005, [0.7, 0.7, 0.7, 0.4, 0.4])
+    three = cell(et.MB, 1.0, 0.01, [0.6] * 3)
+    assert scored(five, True, three) == "**70.0** (five seeds, scored on the three seeds the other rates ran)"
+    assert scored(five, True) == "**58.0**"
+    # one of them diverged too: both said, the score still the compared seeds'
+    five.diverged, five.histories, five.seeds = [3], five.histories[:3] + five.histories[4:], [0, 1, 2, 4]
     assert (
-        et.score_cell(five, True, [0, 1, 2])
-        == "**70.0** (five seeds, scored on the three seeds the other rates ran)"
+        scored(five, False, three)
+        == "70.0 (one of five seeds diverged, scored on the three seeds the other rates ran)"
     )
-    assert et.score_cell(five, True) == "**58.0**"
 
 
 def test_the_decisive_table_pairs_margins_by_seed_with_students_t_intervals():

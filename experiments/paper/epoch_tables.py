@@ -95,6 +95,13 @@ class Study:
             for s in select_lr(groups, K).values()
         }
         self.chosen = {key: s.chosen for key, s in selections.items() if s.chosen}
+        # each rate's validation score as the choice saw it (on the seeds the slot's rates were compared on)
+        self.scores = {
+            (*key, g.lr[0]): score
+            for key, s in selections.items()
+            for g, score in zip(s.candidates, s.scores, strict=True)
+            if g.lr
+        }
         # the seeds each slot's rates were compared on (None: all of them)
         self.compared = {key: s.seeds for key, s in selections.items()}
 
@@ -103,6 +110,9 @@ class Study:
 
     def tried(self, algorithm: str, p: float, lr: float, model: str = CNN) -> Group | None:
         return self.tried_cells.get((model, algorithm, p, lr))
+
+    def score(self, algorithm: str, p: float, lr: float, model: str = CNN) -> float | None:
+        return self.scores.get((model, algorithm, p, lr))
 
     def rates(self, algorithm: str, p: float, model: str = CNN) -> list[float]:
         return sorted(lr for m, a, q, lr in self.tried_cells if (m, a, q) == (model, algorithm, p))
@@ -130,11 +140,6 @@ def ratio(p: float) -> str:
     return f"{p:.1f}" if p in (0, 1) else f"{p:g}"
 
 
-def val(g: Group) -> float:
-    """The score a rate is chosen by: the last-5 mean of val_accuracy, averaged over the cell's seeds."""
-    return statistics.fmean(g.last_k(K, "val_accuracy"))
-
-
 def plural(n: int, word: str) -> str:
     return word + "s" * (n != 1)
 
@@ -143,32 +148,29 @@ def seeds_text(n: int) -> str:
     return f"{WORDS.get(n, n)} {plural(n, 'seed')}"
 
 
-def score_cell(g: Group | None, chosen: bool, compared: list | None = None) -> str:
-    """A rate's validation score (bold where it was chosen), with its seeds where it has fewer than the
-    study's three and how many of them diverged. ``compared``: the seeds the slot's rates were compared
-    on (select_lr's: a seed only one rate ran does not count); a cell run in more seeds is scored on those,
-    and says so."""
+def score_cell(g: Group | None, score: float | None, chosen: bool, compared: list | None = None) -> str:
+    """A rate's validation score as select_lr scored it (bold where it was chosen), with its seeds where
+    it has fewer than the study's three and how many of them diverged. ``compared``: the seeds the slot's
+    rates were compared on (select_lr's: a seed only one rate ran does not count); a cell run in more
+    seeds says it was scored on those."""
     if g is None:
         return ""
-    if compared and not g.diverged and set(g.seed_ids()) - set(compared):
-        score = percent(val(g.only(compared)))
-        text = f"**{score}**" if chosen else score
-        on = WORDS.get(len(compared), len(compared))
-        return f"{text} ({seeds_text(len(g.seed_ids()))}, scored on the {on} seeds the other rates ran)"
+    text = "" if score is None else f"**{percent(score)}**" if chosen else percent(score)
     # a run that diverged either trained on and recorded chance-level rounds (the study's first runs) or
     # stopped there (its seed is in g.diverged, its score is its surviving seeds')
     n = len(g.histories) + len(g.diverged)
     bad = sum(map(trained_through_nan, g.histories)) + len(g.diverged)
     if not g.histories:
         return f"diverged ({seeds_text(n)})"
-    score = percent(val(g))
-    text = f"**{score}**" if chosen else score
     notes = (
         ["diverged" if bad == n else f"{WORDS.get(bad, bad)} of {WORDS.get(n, n)} seeds diverged"]
         if bad
         else []
     )
     notes += [seeds_text(n)] if n < SEEDS and not (bad and bad < n) else []
+    if compared and set(g.seed_ids()) - set(compared):
+        on = WORDS.get(len(compared), len(compared))
+        notes += ([] if bad else [seeds_text(n)]) + [f"scored on the {on} seeds the other rates ran"]
     return text + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -187,7 +189,10 @@ def selection_table(s: Study, model: str = CNN) -> list[str]:
             chosen_cell = s.best(algorithm, p, model)
             best = chosen_cell.lr[0] if chosen_cell else None
             on = s.compared.get((model, algorithm, p))
-            cells = [score_cell(s.tried(algorithm, p, lr, model), lr == best, on) for lr in search]
+            cells = [
+                score_cell(s.tried(algorithm, p, lr, model), s.score(algorithm, p, lr, model), lr == best, on)
+                for lr in search
+            ]
             chosen = (
                 rate_text(s, algorithm, p, model) if chosen_cell else "none: every rate diverged in some seed"
             )
