@@ -54,6 +54,8 @@ def method_of(cfg: dict) -> str | None:
     """The method a run is, or None for runs outside this study."""
     if cfg.get("model") != "cnn4" or cfg.get("cut_layer") != 2 or cfg.get("local_epochs") != 1:
         return None
+    if cfg.get("model_args"):  # the normalisation control's cnn4 variants are other models
+        return None
     if cfg.get("sflv2_schedule", "client_sequential") != "client_sequential":
         return None
     (name,) = cfg["algorithm"]
