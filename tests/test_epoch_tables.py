@@ -122,6 +122,12 @@ def test_the_normalisation_table_compares_the_variants_on_the_seeds_they_all_ran
         "| cnn4 | none | 0.05 | 0 | 50.0 | 40.0 | | 20.0 | +10.0 | | +30.0 |",
         "| cnn4 | BatchNorm | 0.05 | 0 | 60.0 | | | | | | |",
     ]
+    # a cell that diverged there (trained on through NaN, or stopped): said so, neither averaged nor compared
+    more[1].histories[0][-1]["train_loss"] = math.nan
+    stopped = cell(et.IL, 0.95, 0.05, [])
+    stopped.diverged = [0]
+    rows = et.norm_table(study(cells + more + [stopped], []))[2:]
+    assert rows[2] == "| cnn4 | none | 0.05 | 0 | 50.0 | diverged | diverged | 20.0 | | | +30.0 |"
 
 
 def test_the_last5_table_shows_seeds_0_to_2_of_a_cell_given_more():

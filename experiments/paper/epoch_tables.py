@@ -331,13 +331,28 @@ def norm_table(s: Study) -> list[str]:
             ran = [(m, n) for m, n in family if s.get(MB, 0.95, lr, m)]
             if len(ran) < 2:
                 continue
-            cells = {(m, a): s.get(a, 0.95, lr, m) for m, _ in ran for a in (MB, V2, IL, FL)}
-            common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g))
+            cells = {(m, a): s.tried(a, 0.95, lr, m) for m, _ in ran for a in (MB, V2, IL, FL)}
+            common = set.intersection(*(set(g.seed_ids()) for g in cells.values() if g and g.histories))
             for m, norm in ran:
-                got = {a: g.only(common) for a in (MB, V2, IL, FL) if (g := cells[m, a])}
+                # a cell that diverged in one of these seeds is said so, never averaged or compared
+                got, gone = {}, set()
+                for a in (MB, V2, IL, FL):
+                    if not (g := cells[m, a]):
+                        continue
+                    kept = g.only(common)
+                    if set(g.diverged) & common or any(map(trained_through_nan, kept.histories)):
+                        gone.add(a)
+                    else:
+                        got[a] = kept
                 row = [name, norm, f"{lr:g}", ", ".join(map(str, sorted(common)))]
-                row += [percent_pm(got[a].last_k(K)) if a in got else "" for a in (MB, V2, IL, FL)]
-                row += [margin_cell(margins(got[MB], got[a])[1]) if a in got else "" for a in (V2, IL, FL)]
+                row += [
+                    percent_pm(got[a].last_k(K)) if a in got else "diverged" if a in gone else ""
+                    for a in (MB, V2, IL, FL)
+                ]
+                row += [
+                    margin_cell(margins(got[MB], got[a])[1]) if a in got and MB in got else ""
+                    for a in (V2, IL, FL)
+                ]
                 lines.append(table_row(row))
     return lines
 
