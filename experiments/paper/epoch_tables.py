@@ -137,6 +137,12 @@ def trained_through_nan(h: list[dict]) -> bool:
     return any(not math.isfinite(r["train_loss"]) for r in h if r.get("train_loss") is not None)
 
 
+def diverged_runs(g: Group) -> int:
+    """How many of the cell's runs diverged: trained on through NaN (the study's first runs) or stopped
+    there (their seeds are in g.diverged)."""
+    return sum(map(trained_through_nan, g.histories)) + len(g.diverged)
+
+
 def ratio(p: float) -> str:
     return f"{p:.1f}" if p in (0, 1) else f"{p:g}"
 
@@ -160,7 +166,7 @@ def score_cell(g: Group | None, score: float | None, chosen: bool, compared: lis
     # a run that diverged either trained on and recorded chance-level rounds (the study's first runs) or
     # stopped there (its seed is in g.diverged, its score is its surviving seeds')
     n = len(g.histories) + len(g.diverged)
-    bad = sum(map(trained_through_nan, g.histories)) + len(g.diverged)
+    bad = diverged_runs(g)
     if not g.histories:
         return f"diverged ({seeds_text(n)})"
     notes = (
@@ -202,12 +208,7 @@ def selection_table(s: Study, model: str = CNN) -> list[str]:
 
 
 def complete(g: Group | None) -> bool:
-    return (
-        g is not None
-        and len(g.histories) == SEEDS
-        and not g.diverged
-        and not any(map(trained_through_nan, g.histories))
-    )
+    return g is not None and len(g.histories) == SEEDS and not diverged_runs(g)
 
 
 def seeds_note(g: Group) -> str:
@@ -340,7 +341,7 @@ def norm_table(s: Study) -> list[str]:
                     if not (g := cells[m, a]):
                         continue
                     kept = g.only(common)
-                    if set(g.diverged) & common or any(map(trained_through_nan, kept.histories)):
+                    if diverged_runs(kept):
                         gone.add(a)
                     else:
                         got[a] = kept
