@@ -27,7 +27,7 @@ def study(cells, chosen):
     s.tried_cells = {(et.model_label(g), g.algorithm, g.ratio, g.lr[0]): g for g in cells}
     s.cells = {key: g for key, g in s.tried_cells.items() if g.histories}
     s.chosen = {(et.model_label(g), g.algorithm, g.ratio): g for g in chosen}
-    s.compared = {}
+    s.scores, s.compared = {}, {}
     return s
 
 
@@ -151,4 +151,41 @@ def test_the_recalibration_table_is_the_probe_s_csv_by_algorithm(tmp_path):
         "| MiniBatch-SFL | 0.95 | 0.01 | 0, 1 | 85.0 ± 1.4 | 85.5 ± 0.7 | 86.0 ± 1.4 | +0.5 ± 0.7 |",
         "| SFL-V2 | 0.95 | 0.01 | 0 | 60.0 | 40.0 | 40.0 | −20.0 |",
         "| SFL-V2 interleaved | 0.95 | 0.01 | 0 | 70.0 | 75.0 | 74.0 | +5.0 |",
+    ]
+
+
+def test_the_last5_table_says_where_a_cell_diverged():
+    cells = [cell(a, 0.8, 0.2, [0.88] * 3) for a in (et.MB, et.FL)]
+    cells[0].histories[1][-1]["train_loss"] = math.nan  # trained on through NaN in seed 1
+    stopped = cell(et.V2, 0.8, 0.2, [])
+    stopped.diverged = [0, 1, 2]  # stopped where it diverged, in every seed
+    rows = et.last5_table(study([*cells, stopped], []))[2:]
+    assert rows == [
+        "| FedAvg, lr 0.2 | | | 88.0 ± 0.0 | | |",
+        "| SFL-V2, lr 0.2 | | | diverged | | |",
+        "| MiniBatch-SFL, lr 0.2 | | | diverged in one of three seeds | | |",
+    ]
+
+
+def test_the_normalisation_control_chooses_each_variant_s_rate_on_validation_and_pairs_its_margins():
+    batch = (("model_args", (("norm", "batch"),)),)
+    # MiniBatch-SFL is best at 0.05 on validation, SFL-V2 at 0.01 (its grid's bottom; 0.05 scores lower)
+    cells = [
+        cell(et.MB, 0.95, 0.01, [0.80] * 3, val=0.81, others=batch),
+        cell(et.MB, 0.95, 0.05, [0.84, 0.86, 0.88], val=0.85, others=batch),
+        cell(et.V2, 0.95, 0.01, [0.70, 0.71, 0.72], val=0.71, others=batch),
+        cell(et.V2, 0.95, 0.05, [0.90], val=0.60, others=batch),  # seed 0 only: 0.01 scored on it too
+        cell(et.MB, 0.95, 0.1, [0.84], val=0.84, others=batch),
+    ]
+    s = et.Study(cells)
+    assert et.norm_selection_table(s)[2:] == [
+        "| cnn4 | BatchNorm | MiniBatch-SFL | 81.0 | **85.0** | 84.0 (one seed) | 0.05 |",
+        "| cnn4 | BatchNorm | SFL-V2 | **71.0** (three seeds, scored on the one seed the other rates ran) "
+        "| 60.0 (one seed) | | 0.01 (bottom of its grid) |",
+    ]
+    # margins 14, 15, 16 points at the chosen rates: the test set (0.90 at 0.05) never chose SFL-V2's rate
+    assert et.tuned_table(s, tuple(et.NAMES), (0.95,))[2:] == [
+        "| cnn4, BatchNorm | 0.95 | MiniBatch-SFL | 0.05 | 3 | 86.0 ± 2.0 | 86.0 ± 2.0 | | | | |",
+        "| cnn4, BatchNorm | 0.95 | SFL-V2 | 0.01 (bottom of its grid) | 3 | 71.0 ± 1.0 | 71.0 ± 1.0 "
+        "| +15.0 ± 1.0 | [+12.5, +17.5] | +15.0 ± 1.0 | [+12.5, +17.5] |",
     ]

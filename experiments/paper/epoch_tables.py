@@ -64,7 +64,14 @@ MARGINS = [
     (1.0, FL, "best"),
 ]
 WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
-NAMES = {CNN: "cnn4", RESNET: "ResNet-18, width 16"}
+# the decisive table's models, in its order: the paper's and the normalisation control's variants of them
+NAMES = {
+    CNN: "cnn4",
+    "cnn4 norm=batch": "cnn4, BatchNorm",
+    "cnn4 norm=group": "cnn4, GroupNorm",
+    RESNET: "ResNet-18, width 16",
+    "resnet18 norm=group width=16": "ResNet-18, width 16, GroupNorm",
+}
 # the normalisation control's families, by the name its table gives them: (model, how its hidden layers
 # are normalised)
 NORM_CONTROL = {
@@ -87,8 +94,7 @@ class Study:
     """The study's cells by (model, algorithm, p, lr), and the rate chosen for each (model, algorithm, p).
     ``get`` gives cells with a history; ``tried`` also those where every seed diverged (a search's reach)."""
 
-    def __init__(self, study: Path) -> None:
-        groups = load_groups(study, diverged_cells=True)
+    def __init__(self, groups: list[Group]) -> None:
         self.tried_cells = {(model_label(g), g.algorithm, g.ratio, g.lr[0]): g for g in groups if g.lr}
         self.cells = {key: g for key, g in self.tried_cells.items() if g.histories}
         selections = {
@@ -105,6 +111,10 @@ class Study:
         }
         # the seeds each slot's rates were compared on (None: all of them)
         self.compared = {key: s.seeds for key, s in selections.items()}
+
+    @classmethod
+    def load(cls, study: Path) -> "Study":
+        return cls(load_groups(study, diverged_cells=True))
 
     def get(self, algorithm: str, p: float, lr: float, model: str = CNN) -> Group | None:
         return self.cells.get((model, algorithm, p, lr))
@@ -177,8 +187,25 @@ def score_cell(g: Group | None, score: float | None, chosen: bool, compared: lis
     notes += [seeds_text(n)] if n < SEEDS and not (bad and bad < n) else []
     if compared and set(g.seed_ids()) - set(compared):
         on = WORDS.get(len(compared), len(compared))
-        notes += ([] if bad else [seeds_text(n)]) + [f"scored on the {on} seeds the other rates ran"]
+        notes += [] if bad else [seeds_text(n)]
+        notes += [f"scored on the {on} {plural(len(compared), 'seed')} the other rates ran"]
     return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def selection_cells(s: Study, algorithm: str, p: float, model: str, search: list[float]) -> list[str]:
+    """A row of a selection table: the validation score at each rate of ``search`` (the chosen in bold),
+    and the rate chosen with where it sits in its grid."""
+    chosen_cell = s.best(algorithm, p, model)
+    best = chosen_cell.lr[0] if chosen_cell else None
+    on = s.compared.get((model, algorithm, p))
+    cells = [
+        score_cell(s.tried(algorithm, p, lr, model), s.score(algorithm, p, lr, model), lr == best, on)
+        for lr in search
+    ]
+    return [
+        *cells,
+        rate_text(s, algorithm, p, model) if chosen_cell else "none: every rate diverged in some seed",
+    ]
 
 
 def selection_table(s: Study, model: str = CNN) -> list[str]:
@@ -191,20 +218,26 @@ def selection_table(s: Study, model: str = CNN) -> list[str]:
     ]
     for p in CHOSEN_AT:
         for algorithm in (MB, V2, IL, FL):
-            if not s.rates(algorithm, p, model):
-                continue
-            chosen_cell = s.best(algorithm, p, model)
-            best = chosen_cell.lr[0] if chosen_cell else None
-            on = s.compared.get((model, algorithm, p))
-            cells = [
-                score_cell(s.tried(algorithm, p, lr, model), s.score(algorithm, p, lr, model), lr == best, on)
-                for lr in search
-            ]
-            chosen = (
-                rate_text(s, algorithm, p, model) if chosen_cell else "none: every rate diverged in some seed"
-            )
-            lines.append(table_row([ratio(p), LABEL[algorithm], *cells, chosen]))
+            if s.rates(algorithm, p, model):
+                lines.append(
+                    table_row([ratio(p), LABEL[algorithm], *selection_cells(s, algorithm, p, model, search)])
+                )
     return lines
+
+
+def norm_selection_table(s: Study) -> list[str]:
+    """The normalisation control's rate search (p = 0.95): as selection_table, by model variant."""
+    variants = [(name, m, norm) for name, family in NORM_CONTROL.items() for m, norm in family[1:]]
+    variants = [v for v in variants if any(s.rates(a, 0.95, v[1]) for a in (MB, V2, IL, FL))]
+    search = sorted({lr for m, _, p, lr in s.tried_cells if p == 0.95 and m in {v[1] for v in variants}})
+    head = ["model", "normalisation", "algorithm", *(f"{lr:g}" for lr in search), "chosen"]
+    lines = [table_row(head), table_rule(len(head))]
+    for name, model, norm in variants:
+        for algorithm in (MB, V2, IL, FL):
+            if s.rates(algorithm, 0.95, model):
+                row = [name, norm, LABEL[algorithm], *selection_cells(s, algorithm, 0.95, model, search)]
+                lines.append(table_row(row))
+    return lines if variants else []
 
 
 def complete(g: Group | None) -> bool:
@@ -217,9 +250,19 @@ def seeds_note(g: Group) -> str:
     return "" if len(ids) >= SEEDS else f" ({plural(len(ids), 'seed')} {', '.join(map(str, ids))})"
 
 
+def last5_cell(g: Group) -> str:
+    """A cell of the last-5 table: mean ± std over its three seeds, or where its seeds diverged; nothing
+    where it has fewer seeds."""
+    n, bad = len(g.histories) + len(g.diverged), diverged_runs(g)
+    if bad:
+        return "diverged" if bad == n else f"diverged in {WORDS.get(bad, bad)} of {seeds_text(n)}"
+    return percent_pm(g.last_k(K)) if complete(g) else ""
+
+
 def last5_table(s: Study) -> list[str]:
     """Last-5 test accuracy by p: every algorithm at 0.01, and at each larger rate of SHOWN where the three
-    of the paper ran it (three seeds, none diverged); interleaved SFL-V2 at each rate but 0.01 it chose."""
+    of the paper ran it (three seeds; where some diverged, it says so); interleaved SFL-V2 at each rate but
+    0.01 it chose."""
     lines = [
         table_row(["algorithm", *(f"p = {ratio(p)}" for p in RATIOS)]),
         table_rule(6),
@@ -228,10 +271,9 @@ def last5_table(s: Study) -> list[str]:
         for algorithm in (FL, V2, IL, MB) if lr == 0.01 else (FL, V2, MB):
             cells = []
             for p in RATIOS:
-                g = s.get(algorithm, p, lr)
-                g = g.only(range(SEEDS)) if g else None
-                ran = all(s.get(a, p, lr) for a in (MB, V2, FL)) or lr == 0.01
-                cells.append(percent_pm(g.last_k(K)) if ran and complete(g) else "")
+                ran = all(s.tried(a, p, lr) for a in (MB, V2, FL)) or lr == 0.01
+                g = s.tried(algorithm, p, lr)
+                cells.append(last5_cell(g.only(range(SEEDS))) if ran and g else "")
             if any(cells):
                 lines.append(table_row([f"{LABEL[algorithm]}, lr {lr:g}", *cells]))
     chosen = {p: g for p in CHOSEN_AT if (g := s.best(IL, p)) and g.lr[0] != 0.01}
@@ -294,14 +336,17 @@ def margins_table(s: Study) -> list[str]:
     return [table_row(head), table_rule(len(head)), *(margin_row(s, *m) for m in MARGINS)]
 
 
-def tuned_table(s: Study) -> list[str]:
+def tuned_table(
+    s: Study, models: tuple[str, ...] = (CNN, RESNET), ratios: tuple[float, ...] = (0.95, 1.0)
+) -> list[str]:
     """The decisive comparison: at p = 0.95 and 1, each algorithm at the rate chosen for it on validation,
-    and MiniBatch-SFL's margin over it paired by seed, last-5 with its 95 % interval, and final."""
+    and MiniBatch-SFL's margin over it paired by seed, last-5 with its 95 % interval, and final. With the
+    normalisation control's models (NAMES) at p = 0.95, the control's tuned table."""
     head = ["model", "p", "algorithm", "lr (chosen on validation)", "seeds", "last-5", "final"]
     head += ["MiniBatch-SFL over it: last-5, pts", "95 % interval", "final, pts", "95 % interval"]
     lines = [table_row(head), table_rule(len(head))]
-    for model in (CNN, RESNET):
-        for p in (0.95, 1.0):
+    for model in models:
+        for p in ratios:
             mb = s.best(MB, p, model)
             for algorithm in (MB, V2, IL, FL):
                 g = s.best(algorithm, p, model)
@@ -474,12 +519,14 @@ def tick(s: Study, algorithm: str, p: float) -> str:
 
 def tables(study: Path = STUDY) -> str:
     """tables.md: §1b's tables, in the doc's order."""
-    s = Study(study)
+    s = Study.load(study)
     blocks = [
         selection_table(s),
         last5_table(s),
         margins_table(s),
         tuned_table(s),
+        norm_selection_table(s),
+        tuned_table(s, tuple(NAMES), (0.95,)),
         norm_table(s),
         recalibration_table(study),
         resnet_table(s),
@@ -489,7 +536,7 @@ def tables(study: Path = STUDY) -> str:
 
 def main() -> None:
     out, study = write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/fmnist-epoch", STUDY)
-    tuned_figure(Study(study), out)
+    tuned_figure(Study.load(study), out)
     print(f"wrote {out / 'tuned'}.{{png,svg}}")
 
 
