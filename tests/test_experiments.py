@@ -59,7 +59,10 @@ STUDIES = {  # results folder: the grids run to the end, and the grids of the re
         ("paper/fmnist-epoch-rest.toml", "paper/fmnist-tuned-rest.toml"),
     ),
     "paper/results/fmnist-epoch5": (("paper/fmnist-epoch5.toml",), ("paper/fmnist-epoch5-rest.toml",)),
-    "paper/results/fmnist-epoch-drift": (("paper/fmnist-epoch-drift.toml",), ()),
+    "paper/results/fmnist-epoch-drift": (
+        ("paper/fmnist-epoch-drift.toml",),
+        ("paper/fmnist-epoch-drift-rest.toml",),
+    ),
     "beyond/results/many-clients": (("beyond/many-clients.toml",), ()),
     "beyond/results/vit-cuts": (("beyond/vit-cuts.toml",), ()),
     "edge/results/phone-time": (("edge/phone-time.toml",), ()),
