@@ -147,6 +147,11 @@ def trained_through_nan(h: list[dict]) -> bool:
     return any(not math.isfinite(r["train_loss"]) for r in h if r.get("train_loss") is not None)
 
 
+def runs_of(g: Group) -> int:
+    """How many runs the cell has: those with a history and those that stopped where they diverged."""
+    return len(g.histories) + len(g.diverged)
+
+
 def diverged_runs(g: Group) -> int:
     """How many of the cell's runs diverged: trained on through NaN (the study's first runs) or stopped
     there (their seeds are in g.diverged)."""
@@ -175,8 +180,7 @@ def score_cell(g: Group | None, score: float | None, chosen: bool, compared: lis
     text = "" if score is None else f"**{percent(score)}**" if chosen else percent(score)
     # a run that diverged either trained on and recorded chance-level rounds (the study's first runs) or
     # stopped there (its seed is in g.diverged, its score is its surviving seeds')
-    n = len(g.histories) + len(g.diverged)
-    bad = diverged_runs(g)
+    n, bad = runs_of(g), diverged_runs(g)
     if not g.histories:
         return f"diverged ({seeds_text(n)})"
     notes = (
@@ -229,7 +233,8 @@ def norm_selection_table(s: Study) -> list[str]:
     """The normalisation control's rate search (p = 0.95): as selection_table, by model variant."""
     variants = [(name, m, norm) for name, family in NORM_CONTROL.items() for m, norm in family[1:]]
     variants = [v for v in variants if any(s.rates(a, 0.95, v[1]) for a in (MB, V2, IL, FL))]
-    search = sorted({lr for m, _, p, lr in s.tried_cells if p == 0.95 and m in {v[1] for v in variants}})
+    models = {m for _, m, _ in variants}
+    search = sorted({lr for m, _, p, lr in s.tried_cells if p == 0.95 and m in models})
     head = ["model", "normalisation", "algorithm", *(f"{lr:g}" for lr in search), "chosen"]
     lines = [table_row(head), table_rule(len(head))]
     for name, model, norm in variants:
@@ -253,7 +258,7 @@ def seeds_note(g: Group) -> str:
 def last5_cell(g: Group) -> str:
     """A cell of the last-5 table: mean ± std over its three seeds, or where its seeds diverged; nothing
     where it has fewer seeds."""
-    n, bad = len(g.histories) + len(g.diverged), diverged_runs(g)
+    n, bad = runs_of(g), diverged_runs(g)
     if bad:
         return "diverged" if bad == n else f"diverged in {WORDS.get(bad, bad)} of {seeds_text(n)}"
     return percent_pm(g.last_k(K)) if complete(g) else ""
