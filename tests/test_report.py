@@ -455,6 +455,33 @@ def test_rates_are_compared_on_the_seeds_they_share(tmp_path):
     )
 
 
+def test_a_rate_that_beats_the_choice_on_fewer_seeds_leaves_it_unsettled(tmp_path):
+    # a staged search: every rate in seed 0, the two best (0.05, 0.1) in seeds 1 and 2 as well. 0.1 is
+    # chosen on its three seeds (0.6 against 0.5), yet 0.2, run in seed 0 only, beats it there (0.58
+    # against 0.55): the choice stands only once 0.2 has run in seeds 1 and 2, and the report says so
+    sweep = tmp_path / "sweep"
+    runs = [(0.05, 0, 0.5), (0.05, 1, 0.5), (0.05, 2, 0.5), (0.1, 0, 0.55), (0.1, 1, 0.625), (0.1, 2, 0.625)]
+    for lr, seed, val in [*runs, (0.2, 0, 0.58)]:
+        records = [_record("minibatch_sfl", r, 0.5, val_accuracy=val) for r in range(1, 4)]
+        _write_run(sweep / f"lr={lr}__seed={seed}", lr, seed, records)
+    groups = {g.lr[0]: g for g in load_groups(sweep)}
+    (selection,) = select_lr(list(groups.values()), 3).values()
+    assert selection.chosen is groups[0.1] and selection.unsettled == [groups[0.2]]
+    assert selection.scores == pytest.approx([0.5, 0.6, 0.58])
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert (
+        "| 0.1 | 0.05: 50.0, 0.1: 60.0, 0.2: 58.0; "
+        "not settled: 0.2 beats it on seed 0 (run it in seeds 1, 2) |" in md
+    )
+    # 0.2 in seeds 1 and 2, below 0.1 there: the choice is settled
+    for seed in (1, 2):
+        records = [_record("minibatch_sfl", r, 0.5, val_accuracy=0.6) for r in range(1, 4)]
+        _write_run(sweep / f"lr=0.2__seed={seed}", 0.2, seed, records)
+    (selection,) = select_lr(load_groups(sweep), 3).values()
+    assert selection.chosen.lr[0] == 0.1 and selection.unsettled == []
+    assert "not settled" not in analysis.report(sweep, tmp_path / "out2", claims=None).read_text()
+
+
 def test_in_a_diverged_run_of_several_algorithms_only_the_one_named_diverged(tmp_path):
     # the runner trains a run's algorithms one after another and stops at the first that diverges: the
     # ones before it finished (their records count), the one its note names diverged, later ones never ran

@@ -5,7 +5,7 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .cells import DIVERGENCE_FORMS, Group
@@ -24,6 +24,10 @@ class Selection:
     # margins), the seeds the rates are compared on: those two or more candidates ran. A rate must not be
     # chosen again on seeds only it has. None: every seed counts.
     seeds: list[Any] | None = None
+    # rates run in fewer seeds than the chosen one that beat it on the seeds both ran: a staged search
+    # (every rate in one seed, the close ones in more) must run them in the chosen rate's other seeds
+    # before its choice stands. Empty: the choice is settled.
+    unsettled: list[Group] = field(default_factory=list)
 
 
 def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
@@ -52,7 +56,23 @@ def select_lr(groups: list[Group], k: int) -> dict[tuple, Selection]:
             chosen = candidates[max(stable, key=lambda i: (scores[i], -i))]
         else:
             chosen = None
-        out[key] = Selection(candidates, scores, chosen, shared or None)
+        out[key] = Selection(candidates, scores, chosen, shared or None, _unsettled(chosen, candidates, k))
+    return out
+
+
+def _unsettled(chosen: Group | None, candidates: list[Group], k: int) -> list[Group]:
+    """The stable rates lacking some of ``chosen``'s seeds that score above it on the seeds both ran."""
+    if chosen is None:
+        return []
+    mine = set(chosen.seed_ids())
+    out = []
+    for g in candidates:
+        theirs = set(g.seed_ids())
+        if g is chosen or g.diverged or mine <= theirs or not mine & theirs:
+            continue
+        ours, its = _val_score(chosen.only(theirs), k), _val_score(g.only(mine), k)
+        if ours is not None and its is not None and its > ours:
+            out.append(g)
     return out
 
 

@@ -119,6 +119,18 @@ def _no_choice(s: Selection) -> str:
     return "every rate diverged in some seed"
 
 
+def _unsettled_text(chosen: Group, g: Group) -> str:
+    """What a rate that beats the chosen one on fewer seeds must run before the choice stands."""
+    mine, theirs = chosen.seed_ids(), set(g.seed_ids())
+    shared = [seed for seed in mine if seed in theirs]
+    missing = [seed for seed in mine if seed not in theirs]
+    return f"{fmt_lr(g.lr)} beats it on {_seeds(shared)} (run it in {_seeds(missing)})"
+
+
+def _seeds(seeds: list[Any]) -> str:
+    return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
+
+
 def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
     """The learning rate chosen per cell, on validation accuracy, with every candidate's score."""
     multi = {key: s for key, s in selection.items() if len(s.candidates) > 1}
@@ -153,6 +165,8 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
         if s.seeds is not None:
             compared = ", ".join(map(str, s.seeds))
             cands += f"; compared on seeds {compared} (a seed only one rate ran does not count)"
+        if s.chosen and s.unsettled:
+            cands += "; not settled: " + "; ".join(_unsettled_text(s.chosen, g) for g in s.unsettled)
         chosen = fmt_lr(s.chosen.lr) if s.chosen else f"none ({_no_choice(s)})"
         lines.append(
             f"| {g.algorithm} | {g.cut_layer} | {'–' if g.ratio is None else g.ratio} | {chosen} | {cands} |"
