@@ -189,3 +189,35 @@ def test_the_normalisation_control_chooses_each_variant_s_rate_on_validation_and
         "| cnn4, BatchNorm | 0.95 | SFL-V2 | 0.01 (bottom of its grid) | 3 | 71.0 ± 1.0 | 71.0 ± 1.0 "
         "| +15.0 ± 1.0 | [+12.5, +17.5] | +15.0 ± 1.0 | [+12.5, +17.5] |",
     ]
+
+
+def test_the_resnet_table_lists_each_algorithm_at_lr_0_01_with_the_seeds_it_has():
+    mb = cell(et.MB, 0.95, 0.01, [0.8, 0.82, 0.84], model=et.RESNET)
+    il = cell(et.IL, 0.95, 0.01, [0.7, 0.74], model=et.RESNET)  # a schedule that has run two seeds so far
+    fl = cell(et.FL, 1.0, 0.01, [0.5] * 3, model=et.RESNET)
+    off = cell(et.V2, 0.95, 0.05, [0.9] * 3, model=et.RESNET)  # another rate: not this table's
+    lines = et.resnet_table(study([mb, il, fl, off], []))
+    assert lines[0] == "| p | algorithm | seeds | final | last-5 | best |"
+    assert lines[2:] == [
+        "| 0.95 | MiniBatch-SFL | 0, 1, 2 | 82.0 ± 2.0 | 82.0 ± 2.0 | 82.0 ± 2.0 |",
+        "| 0.95 | SFL-V2 interleaved | 0, 1 | 72.0 ± 2.8 | 72.0 ± 2.8 | 72.0 ± 2.8 |",
+        "| 1.0 | FedAvg (FL) | 0, 1, 2 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 |",
+    ]
+
+
+def test_the_plateau_table_spans_the_margin_over_the_rates_validation_cannot_tell_apart():
+    # MiniBatch-SFL: 0.05 and 0.1 score 88.0 and 88.05 on validation (0.1 chosen, 0.05 within 0.1 points),
+    # 0.2 scores 85.0 (off the plateau); SFL-V2: 0.1 chosen alone (0.05 is 0.5 points below)
+    mb = [
+        cell(et.MB, 0.95, 0.05, [0.80, 0.82, 0.84], val=0.88),
+        cell(et.MB, 0.95, 0.1, [0.81, 0.83, 0.85], val=0.8805),
+        cell(et.MB, 0.95, 0.2, [0.90] * 3, val=0.85),
+    ]
+    v2 = [cell(et.V2, 0.95, 0.05, [0.9] * 3, val=0.755), cell(et.V2, 0.95, 0.1, [0.70, 0.71, 0.72], val=0.76)]
+    s = et.Study([*mb, *v2])
+    assert et.near_rates(s, et.MB, 0.95, et.CNN) == [0.05, 0.1] and et.near_rates(s, et.V2, 0.95, et.CNN) == [
+        0.1
+    ]
+    # at the chosen rates +11, +12, +13 points by seed, mean +12.0; with MiniBatch-SFL at 0.05 one less
+    (row,) = et.plateau_table(s, ((et.CNN, 0.95),))[2:]
+    assert row == "| cnn4 | 0.95 | SFL-V2 | 0.05, 0.1 | 0.1 | +12.0 | +11.0 to +12.0 |"

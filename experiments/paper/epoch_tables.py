@@ -24,6 +24,8 @@ from splitfed.plotstyle import save_figure, style
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "experiments/paper/results/fmnist-epoch"
 K = 5
+# rates whose validation scores are this close (0.1 points) are ones validation cannot tell apart
+PLATEAU = 0.001
 CNN, RESNET = "cnn4", "resnet18 width=16"
 MB, V2, FL = "minibatch_sfl", "sfl_v2", "fedavg"
 IL = "sfl_v2 (sflv2_schedule=interleaved)"
@@ -368,6 +370,54 @@ def tuned_table(
     return lines
 
 
+def near_rates(s: Study, algorithm: str, p: float, model: str) -> list[float]:
+    """The rates whose validation score is within PLATEAU of the chosen one's, run in all its seeds:
+    rates that validation cannot tell apart from the choice."""
+    best = s.best(algorithm, p, model)
+    top, seeds = s.score(algorithm, p, best.lr[0], model), set(best.seed_ids())
+    return [
+        lr
+        for lr in s.rates(algorithm, p, model)
+        if (g := s.get(algorithm, p, lr, model))
+        and not g.diverged
+        and seeds <= set(g.seed_ids())
+        and (score := s.score(algorithm, p, lr, model)) is not None
+        and top - score <= PLATEAU
+    ]
+
+
+def plateau_table(s: Study, slots: tuple[tuple[str, float], ...]) -> list[str]:
+    """How much MiniBatch-SFL's last-5 margin depends on which of the rates validation cannot tell apart
+    was chosen: the margin at the chosen rates, and its mean at every pair of near rates (near_rates)."""
+    head = ["model", "p", "over", "MiniBatch-SFL's near rates", "its near rates", "at the chosen rates"]
+    lines = [table_row([*head, "at every pair of near rates"]), table_rule(len(head) + 1)]
+    for model, p in slots:
+        mb, near_mb = s.best(MB, p, model), near_rates(s, MB, p, model)
+        for algorithm in (V2, IL, FL):
+            if mb is None or (g := s.best(algorithm, p, model)) is None:
+                continue
+            near = near_rates(s, algorithm, p, model)
+            means = [
+                statistics.fmean(margins(s.get(MB, p, x, model), s.get(algorithm, p, y, model))[1].points)
+                for x in near_mb
+                for y in near
+            ]
+            span = (
+                f"{percent(min(means), True, 1)} to {percent(max(means), True, 1)}"
+                if len(means) > 1
+                else "(no near rate)"
+            )
+            row = [NAMES[model], ratio(p), LABEL[algorithm], rates_text(near_mb), rates_text(near)]
+            lines.append(
+                table_row([*row, percent(statistics.fmean(margins(mb, g)[1].points), True, 1), span])
+            )
+    return lines
+
+
+def rates_text(rates: list[float]) -> str:
+    return ", ".join(f"{lr:g}" for lr in rates)
+
+
 def norm_table(s: Study) -> list[str]:
     """The normalisation control at p = 0.95: last-5 test accuracy of each algorithm on each model variant,
     at each rate a variant ran (the model without normalisation beside it), on the seeds every variant of
@@ -433,23 +483,18 @@ def recalibration_table(study: Path) -> list[str]:
 
 
 def resnet_table(s: Study) -> list[str]:
-    lines = [table_row(["p", "algorithm", "final", "last-5", "best"]), table_rule(5)]
+    """ResNet-18 at the paper's lr 0.01: each algorithm's final, last-5 and best test accuracy, with its
+    seeds (interleaved SFL-V2 came later, on the CPU, a seed at a time)."""
+    lines = [table_row(["p", "algorithm", "seeds", "final", "last-5", "best"]), table_rule(6)]
     for p in (0.95, 1.0):
-        for algorithm in (MB, V2, FL):
-            g = s.get(algorithm, p, 0.01, model=RESNET)
-            if g:
-                label = OVER.get(algorithm, LABEL[algorithm])
-                lines.append(
-                    table_row(
-                        [
-                            ratio(p),
-                            label,
-                            percent_pm(g.final()),
-                            percent_pm(g.last_k(K)),
-                            percent_pm(g.best()),
-                        ]
-                    )
-                )
+        for algorithm in (MB, V2, IL, FL):
+            if g := s.get(algorithm, p, 0.01, model=RESNET):
+                row = [
+                    ratio(p),
+                    OVER.get(algorithm, LABEL[algorithm]),
+                    ", ".join(map(str, sorted(g.seed_ids()))),
+                ]
+                lines.append(table_row(row + [percent_pm(v) for v in (g.final(), g.last_k(K), g.best())]))
     return lines
 
 
@@ -532,6 +577,7 @@ def tables(study: Path = STUDY) -> str:
         tuned_table(s),
         norm_selection_table(s),
         tuned_table(s, tuple(NAMES), (0.95,)),
+        plateau_table(s, tuple((m, 0.95) for m in NAMES if m.startswith(CNN))),
         norm_table(s),
         recalibration_table(study),
         resnet_table(s),
