@@ -215,9 +215,8 @@ def test_the_plateau_table_spans_the_margin_over_the_rates_validation_cannot_tel
     ]
     v2 = [cell(et.V2, 0.95, 0.05, [0.9] * 3, val=0.755), cell(et.V2, 0.95, 0.1, [0.70, 0.71, 0.72], val=0.76)]
     s = et.Study([*mb, *v2])
-    assert et.near_rates(s, et.MB, 0.95, et.CNN) == [0.05, 0.1] and et.near_rates(s, et.V2, 0.95, et.CNN) == [
-        0.1
-    ]
+    assert et.near_rates(s, et.MB, 0.95, et.CNN) == [0.05, 0.1]
+    assert et.near_rates(s, et.V2, 0.95, et.CNN) == [0.1]
     # at the chosen rates +11, +12, +13 points by seed, mean +12.0; with MiniBatch-SFL at 0.05 one less
     (row,) = et.plateau_table(s, ((et.CNN, 0.95),))[2:]
     assert row == "| cnn4 | 0.95 | SFL-V2 | 0.05, 0.1 | 0.1 | +12.0 | +11.0 to +12.0 |"

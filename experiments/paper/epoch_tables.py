@@ -371,19 +371,18 @@ def tuned_table(
 
 
 def near_rates(s: Study, algorithm: str, p: float, model: str) -> list[float]:
-    """The rates whose validation score is within PLATEAU of the chosen one's, run in all its seeds:
+    """The chosen rate and those whose validation score is within PLATEAU of its, run in all its seeds:
     rates that validation cannot tell apart from the choice."""
     best = s.best(algorithm, p, model)
     top, seeds = s.score(algorithm, p, best.lr[0], model), set(best.seed_ids())
-    return [
-        lr
-        for lr in s.rates(algorithm, p, model)
-        if (g := s.get(algorithm, p, lr, model))
-        and not g.diverged
-        and seeds <= set(g.seed_ids())
-        and (score := s.score(algorithm, p, lr, model)) is not None
-        and top - score <= PLATEAU
-    ]
+
+    def near(lr: float) -> bool:
+        g, score = s.get(algorithm, p, lr, model), s.score(algorithm, p, lr, model)
+        if g is None or g.diverged or not seeds <= set(g.seed_ids()) or score is None:
+            return False
+        return top - score <= PLATEAU
+
+    return [lr for lr in s.rates(algorithm, p, model) if lr == best.lr[0] or near(lr)]
 
 
 def plateau_table(s: Study, slots: tuple[tuple[str, float], ...]) -> list[str]:
@@ -392,25 +391,27 @@ def plateau_table(s: Study, slots: tuple[tuple[str, float], ...]) -> list[str]:
     head = ["model", "p", "over", "MiniBatch-SFL's near rates", "its near rates", "at the chosen rates"]
     lines = [table_row([*head, "at every pair of near rates"]), table_rule(len(head) + 1)]
     for model, p in slots:
-        mb, near_mb = s.best(MB, p, model), near_rates(s, MB, p, model)
+        if (mb := s.best(MB, p, model)) is None:
+            continue
+        near_mb = near_rates(s, MB, p, model)
         for algorithm in (V2, IL, FL):
-            if mb is None or (g := s.best(algorithm, p, model)) is None:
+            if (g := s.best(algorithm, p, model)) is None:
                 continue
             near = near_rates(s, algorithm, p, model)
-            means = [
-                statistics.fmean(margins(s.get(MB, p, x, model), s.get(algorithm, p, y, model))[1].points)
+            means = {  # each pair's margin once; the chosen pair is one of them
+                (x, y): statistics.fmean(
+                    margins(s.get(MB, p, x, model), s.get(algorithm, p, y, model))[1].points
+                )
                 for x in near_mb
                 for y in near
-            ]
+            }
             span = (
-                f"{percent(min(means), True, 1)} to {percent(max(means), True, 1)}"
+                f"{percent(min(means.values()), True, 1)} to {percent(max(means.values()), True, 1)}"
                 if len(means) > 1
                 else "(no near rate)"
             )
             row = [NAMES[model], ratio(p), LABEL[algorithm], rates_text(near_mb), rates_text(near)]
-            lines.append(
-                table_row([*row, percent(statistics.fmean(margins(mb, g)[1].points), True, 1), span])
-            )
+            lines.append(table_row([*row, percent(means[mb.lr[0], g.lr[0]], True, 1), span]))
     return lines
 
 
