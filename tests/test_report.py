@@ -4,6 +4,7 @@ sweep report's numbers on hand-written runs whose every number is known."""
 import csv
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -453,6 +454,10 @@ def test_rates_are_compared_on_the_seeds_they_share(tmp_path):
         "| 0.01 | 0.01: 60.0, 0.1: 50.0; compared on seeds 0, 1 (a seed only one rate ran does not count) |"
         in md
     )
+    # with one seed shared, the report says "seed", as everywhere else
+    shutil.rmtree(sweep / "lr=0.1__seed=1")
+    md = analysis.report(sweep, tmp_path / "out", claims=None).read_text()
+    assert "; compared on seed 0 (a seed only one rate ran does not count) |" in md
 
 
 def test_a_rate_that_beats_the_choice_on_fewer_seeds_leaves_it_unsettled(tmp_path):

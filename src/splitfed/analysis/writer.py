@@ -163,8 +163,7 @@ def _selection_lines(selection: dict[tuple, Selection], k: int) -> list[str]:
             for c, v in zip(s.candidates, s.scores, strict=True)
         )
         if s.seeds is not None:
-            compared = ", ".join(map(str, s.seeds))
-            cands += f"; compared on seeds {compared} (a seed only one rate ran does not count)"
+            cands += f"; compared on {_seeds(s.seeds)} (a seed only one rate ran does not count)"
         if s.chosen and s.unsettled:
             cands += "; not settled: " + "; ".join(_unsettled_text(s.chosen, g) for g in s.unsettled)
         chosen = fmt_lr(s.chosen.lr) if s.chosen else f"none ({_no_choice(s)})"
