@@ -1,4 +1,9 @@
+import contextlib
+import fcntl
 import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +26,41 @@ def small_config(**changes) -> Config:
         figures=False,  # drawing 8 files costs more than the tiny run; the report tests draw them
     )
     return Config(**base).replace(**changes)  # a change by a section key's path or flat name: on top
+
+
+def pytest_configure(config):
+    # pytest-xdist's workers share the cores: a worker's own torch threads beyond its share only contend
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+@contextlib.contextmanager
+def room(shared: Path, alone: bool) -> Iterator[None]:
+    """A reader-writer lock of two files in ``shared``, across processes: a test inside holds the room shared,
+    or alone (no other test inside). Everyone passes the turnstile on the way in and holds it until inside;
+    so one that waits to be alone holds back the tests that come after it, and its wait ends once those
+    already inside are done (without the turnstile, tests arriving one after another could keep it out)."""
+    with open(shared / "turnstile.lock", "a") as turnstile, open(shared / "room.lock", "a") as inside:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(inside, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(turnstile, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(inside, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def _alone_or_side_by_side(request, tmp_path_factory):
+    """Under pytest-xdist, a test marked ``alone`` (it measures time, so a test beside it would skew what
+    it measures) runs with no other test running; the others run side by side."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # xdist gives each worker a folder in one root
+    with room(shared, alone=request.node.get_closest_marker("alone") is not None):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,7 @@ def _can_shape() -> str | None:
     return None
 
 
+@pytest.mark.alone  # it times a deployment against the machine's measured speed
 def test_the_model_predicts_a_shaped_deployments_round_within_15_percent(tmp_path):
     reason = _can_shape()
     if reason:
