@@ -1,8 +1,10 @@
 """The suite's lock (conftest.room): a test marked ``alone`` never runs beside another, and is not starved
 by tests that keep arriving; the others run side by side."""
 
+import fcntl
 import threading
 import time
+from pathlib import Path
 
 from .conftest import room
 
@@ -33,7 +35,7 @@ def test_tests_share_the_room_and_one_that_must_be_alone_waits_for_them_and_hold
     b.join(10)
     lone = threading.Thread(target=alone)
     lone.start()
-    time.sleep(0.3)  # it waits for a, keeping the turnstile
+    wait_until_held(tmp_path / "turnstile.lock")  # it waits for a, keeping the turnstile
     c = threading.Thread(target=shared, args=("c",))  # arrives after: waits for the lone test
     c.start()
     time.sleep(0.3)
@@ -42,3 +44,17 @@ def test_tests_share_the_room_and_one_that_must_be_alone_waits_for_them_and_hold
     for t in (a, lone, c):
         t.join(10)
     assert events == ["a in", "b in", "b out", "a out", "alone in", "alone out", "c in", "c out"]
+
+
+def wait_until_held(lock: Path, timeout: float = 10.0) -> None:
+    """Until another holder has ``lock`` (a non-blocking try of it fails)."""
+    deadline = time.monotonic() + timeout
+    with open(lock, "a") as f:
+        while time.monotonic() < deadline:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            fcntl.flock(f, fcntl.LOCK_UN)
+            time.sleep(0.01)
+    raise AssertionError(f"nobody took {lock.name} in {timeout} s")
