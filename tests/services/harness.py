@@ -22,7 +22,7 @@ from ..conftest import small_config
 
 def tiny_config(tmp_path: Path, **changes) -> Config:
     """A deployment that takes seconds: the tests' small config, 3 clients, one thread per process."""
-    base = {"clients": 3, "rounds": 3, "local_iters": 3, "synthetic_samples": 240, "divergence_every": 0}
+    base = {"clients": 3, "rounds": 3, "local_iters": 3, "synthetic.samples": 240, "divergence.every": 0}
     return small_config(
         **(base | {"threads": 1, "algorithm": ("minibatch_sfl",), "out": str(tmp_path / "run")} | changes)
     )
