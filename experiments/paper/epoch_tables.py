@@ -305,9 +305,13 @@ def margin_cell(m: Margin) -> str:
 
 
 def rate_text(s: Study, algorithm: str, p: float, model: str = CNN) -> str:
-    """The rate chosen, and where it sits in its grid where that is not inside it."""
-    where = s.bracket(algorithm, p, model)
-    return f"{s.best(algorithm, p, model).lr[0]:g}" + (f" ({where})" if where else "")
+    """The rate chosen, where it sits in its grid where that is not inside it, and the seeds it was chosen
+    on where they are fewer than the study's three (a grid searched in one seed so far)."""
+    notes = [where] if (where := s.bracket(algorithm, p, model)) else []
+    on = s.compared.get((model, algorithm, p))
+    if on and len(on) < SEEDS:
+        notes.append(f"chosen on {plural(len(on), 'seed')} {', '.join(map(str, on))}")
+    return f"{s.best(algorithm, p, model).lr[0]:g}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def margins(a: Group, b: Group) -> tuple[Margin, Margin]:
@@ -576,6 +580,7 @@ def tables(study: Path = STUDY) -> str:
         last5_table(s),
         margins_table(s),
         tuned_table(s),
+        selection_table(s, RESNET),
         norm_selection_table(s),
         tuned_table(s, tuple(NAMES), (0.95,)),
         plateau_table(s, tuple((m, 0.95) for m in NAMES if m.startswith(CNN))),
