@@ -336,6 +336,8 @@ def test_a_run_records_what_produced_it_once_per_session(tmp_path):
     for entry in sessions:
         assert entry["torch"] == torch.__version__ and entry["cuda"] == torch.version.cuda
         assert entry["device"] == "cpu" and entry["deterministic"] is False
+        # the CPU's vector instructions beside its model: they decide the last bits and the speed
+        assert entry["device_name"].endswith(f"({torch.backends.cpu.get_cpu_capability()})")
         assert entry["splitfed"] and entry["python"] and entry["started"]
     head = subprocess.run(["git", "-C", str(SOURCE), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode == 0:  # a checkout (not an installed wheel): the commit is on record
