@@ -222,3 +222,13 @@ def test_the_plateau_table_spans_the_margin_over_the_rates_validation_cannot_tel
     # at the chosen rates +11, +12, +13 points by seed, mean +12.0; with MiniBatch-SFL at 0.05 one less
     (row,) = et.plateau_table(s, ((et.CNN, 0.95),))[2:]
     assert row == "| cnn4 | 0.95 | SFL-V2 | 0.05, 0.1 | 0.1 | +12.0 | +11.0 to +12.0 |"
+
+
+def test_the_resnet_rates_figure_is_drawn_once_sfl_v2_ran_a_second_rate(tmp_path):
+    one = cell(et.V2, 0.95, 0.01, [0.7] * 3, model=et.RESNET)
+    mb = cell(et.MB, 0.95, 0.01, [0.8] * 3, model=et.RESNET)
+    assert not et.resnet_rates_figure(study([one, mb], []), tmp_path)
+    assert not list(tmp_path.iterdir())
+    two = cell(et.V2, 0.95, 0.02, [0.75], model=et.RESNET)  # seed 0 only, as the probe ran it
+    assert et.resnet_rates_figure(study([one, two, mb], []), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"resnet_rates.png", "resnet_rates.svg"}

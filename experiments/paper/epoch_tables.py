@@ -561,6 +561,41 @@ def tuned_figure(s: Study, out: Path) -> None:
     save_figure(fig, out / "tuned", dpi=130)
 
 
+def resnet_rates_figure(s: Study, out: Path) -> bool:
+    """resnet_rates.{png,svg}: ResNet-18 at p = 0.95, test accuracy by round of client-sequential SFL-V2 at
+    each rate it ran in seed 0, beside MiniBatch-SFL and interleaved SFL-V2 at 0.01 in that seed: whether
+    SFL-V2's late dips move with its rate. False (nothing drawn) where it ran one rate only."""
+    rates = s.rates(V2, 0.95, RESNET)
+    if len(rates) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    shades = plt.get_cmap("Greens")([0.45 + 0.5 * i / (len(rates) - 1) for i in range(len(rates))])
+    lines = [(V2, lr, {"color": c, "marker": "^"}) for lr, c in zip(rates, shades, strict=True)]
+    lines += [(MB, 0.01, style(MB).kwargs()), (IL, 0.01, {"color": "C8", "linestyle": ":", "marker": "s"})]
+    for algorithm, lr, look in lines:
+        g = s.get(algorithm, 0.95, lr, RESNET)
+        if g is None or 0 not in g.seed_ids():
+            continue
+        seed0 = [r for r in g.only([0]).histories[0] if r.get("test_accuracy") is not None]
+        rounds, acc = [r["round"] for r in seed0], [100 * r["test_accuracy"] for r in seed0]
+        ax.plot(rounds, acc, markersize=3, label=f"{LABEL[algorithm]}, lr {lr:g}", **look)
+    ax.set(xlabel="round", ylabel="test accuracy, %", ylim=(50, 90), xticks=range(0, 21, 2))
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower right", ncol=2)
+    ax.set_title(
+        "FMNIST, ResNet-18 (width 16), p = 0.95, seed 0: client-sequential SFL-V2 at each rate it ran",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    save_figure(fig, out / "resnet_rates", dpi=130)
+    return True
+
+
 def tick(s: Study, algorithm: str, p: float) -> str:
     """The bottom panels' label of an algorithm: its name, chosen rate (and where it sits in its grid)
     and seeds."""
@@ -593,8 +628,11 @@ def tables(study: Path = STUDY) -> str:
 
 def main() -> None:
     out, study = write_tables(__doc__.splitlines()[0], tables, ROOT / "docs/results/fmnist-epoch", STUDY)
-    tuned_figure(Study.load(study), out)
+    s = Study.load(study)
+    tuned_figure(s, out)
     print(f"wrote {out / 'tuned'}.{{png,svg}}")
+    if resnet_rates_figure(s, out):
+        print(f"wrote {out / 'resnet_rates'}.{{png,svg}}")
 
 
 if __name__ == "__main__":
