@@ -27,6 +27,12 @@ from .helpers import EVERY_HOOK, SMOOTH_MODEL, TEST_ALGORITHM, assert_same_model
 NEW = ("fedprox", "scaffold", "fedavgm", "fedadam", "fedbn", "ushaped_sl", "sfl_local_loss", EVERY_HOOK)
 ONE_STEP = {"rtol": 1e-5, "atol": 1e-6}
 FEW_STEPS = {"rtol": 1e-4, "atol": 1e-5}
+# a momentum buffer after one step is the raw gradient, whose elements that sum terms of both signs (a
+# BatchNorm weight's gradient over the batch) carry rounding errors the size of their terms, not of
+# themselves: on an AVX2-only CPU one element of 2,852 of ResNet-18's differed by 1.3e-6 (6e-5 relative)
+# between batched and one-client-at-a-time convolutions. The parameters, the gradient times lr, still
+# meet ONE_STEP; a wrong client weight or a missing client moves gradients by ~1e-2
+ONE_STEP_GRADIENTS = {"rtol": 1e-5, "atol": 1e-5}
 
 CONFIGS = {
     "plain": {},
@@ -98,7 +104,7 @@ def test_batched_equals_sequential_after_one_step_of_a_real_model(name, model):
     for a, b in ((bat.w_c, seq.w_c), (bat.w_s, seq.w_s)):
         torch.testing.assert_close(a.params, b.params, **ONE_STEP)
         torch.testing.assert_close(a.buffers, b.buffers, **ONE_STEP)  # BatchNorm running statistics
-        torch.testing.assert_close(a.opt, b.opt, **ONE_STEP)
+        torch.testing.assert_close(a.opt, b.opt, **ONE_STEP_GRADIENTS)
 
 
 @pytest.mark.parametrize("name", ["minibatch_sfl", "sfl_v1", "fedavg"])
