@@ -503,6 +503,12 @@ def resnet_table(s: Study) -> list[str]:
     return lines
 
 
+def look(algorithm: str) -> dict:
+    """An algorithm's line in the figures: plotstyle's, and interleaved SFL-V2 (a schedule plotstyle does
+    not know apart from SFL-V2) dotted in olive."""
+    return {"color": "C8", "linestyle": ":", "marker": "s"} if algorithm == IL else style(algorithm).kwargs()
+
+
 def tuned_figure(s: Study, out: Path) -> None:
     """tuned.{png,svg}: at p = 0.8, 0.95 and 1, each algorithm at the rate chosen for it on validation:
     test accuracy by round (mean over seeds, band min-max) and each seed's last-5 mean (dots, bar the mean),
@@ -513,9 +519,6 @@ def tuned_figure(s: Study, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     order = (MB, V2, IL, FL)
-    look = {a: style(a).kwargs() for a in (MB, V2, FL)} | {
-        IL: {"color": "C8", "linestyle": ":", "marker": "s"}
-    }
     fig, axes = plt.subplots(2, len(CHOSEN_AT), figsize=(11.5, 7.6), gridspec_kw={"height_ratios": [3, 2]})
     for j, p in enumerate(CHOSEN_AT):
         top, bottom = axes[0][j], axes[1][j]
@@ -530,13 +533,13 @@ def tuned_figure(s: Study, out: Path) -> None:
                 for r in h:
                     if r.get("test_accuracy") is not None:
                         per_round[r["round"]].append(100 * r["test_accuracy"])
-            top.plot(rounds, [100 * v for v in mean], **look[algorithm], markersize=3, label=LABEL[algorithm])
+            top.plot(rounds, [100 * v for v in mean], **look(algorithm), markersize=3, label=LABEL[algorithm])
             band = [min(per_round[r]) for r in rounds], [max(per_round[r]) for r in rounds]
-            top.fill_between(rounds, *band, color=look[algorithm]["color"], alpha=0.12, linewidth=0)
+            top.fill_between(rounds, *band, color=look(algorithm)["color"], alpha=0.12, linewidth=0)
             lows += [100 * v for v in mean[len(mean) // 4 :]]
             last5 = [100 * v for v in g.last_k(K)]
-            centre, colour = statistics.fmean(last5), look[algorithm]["color"]
-            marker = look[algorithm]["marker"]
+            centre, colour = statistics.fmean(last5), look(algorithm)["color"]
+            marker = look(algorithm)["marker"]
             bottom.plot([i] * len(last5), last5, linestyle="none", marker=marker, color=colour, alpha=0.7)
             bottom.hlines(centre, i - 0.3, i + 0.3, color=colour, linewidth=2)
             bottom.annotate(f"{centre:.1f}", (i + 0.32, centre), fontsize=7, va="center")
@@ -576,14 +579,14 @@ def resnet_rates_figure(s: Study, out: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     shades = plt.get_cmap("Greens")([0.45 + 0.5 * i / (len(rates) - 1) for i in range(len(rates))])
     lines = [(V2, lr, {"color": c, "marker": "^"}) for lr, c in zip(rates, shades, strict=True)]
-    lines += [(MB, 0.01, style(MB).kwargs()), (IL, 0.01, {"color": "C8", "linestyle": ":", "marker": "s"})]
-    for algorithm, lr, look in lines:
+    lines += [(MB, 0.01, look(MB)), (IL, 0.01, look(IL))]
+    for algorithm, lr, line in lines:
         g = s.get(algorithm, 0.95, lr, RESNET)
         if g is None or 0 not in g.seed_ids():
             continue
         seed0 = [r for r in g.only([0]).histories[0] if r.get("test_accuracy") is not None]
         rounds, acc = [r["round"] for r in seed0], [100 * r["test_accuracy"] for r in seed0]
-        ax.plot(rounds, acc, markersize=3, label=f"{LABEL[algorithm]}, lr {lr:g}", **look)
+        ax.plot(rounds, acc, markersize=3, label=f"{LABEL[algorithm]}, lr {lr:g}", **line)
     ax.set(xlabel="round", ylabel="test accuracy, %", ylim=(50, 90), xticks=range(0, 21, 2))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right", ncol=2)
