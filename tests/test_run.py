@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from splitfed.rundir import RunDir
 
 from .conftest import small_config
 
+REPO = Path(__file__).resolve().parents[1]
 TIME_FIELDS = {"train_time_s", "round_time_s", "wall_time_s"}
 
 
@@ -220,6 +222,19 @@ def test_resume_refuses_a_different_config_and_new_runs_refuse_a_used_directory(
 
 def _cli(*args, **kw):
     return subprocess.run([sys.executable, "-m", "splitfed.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_a_run_at_a_constant_rate_does_not_import_torch_dynamo():
+    """torch imports its compiler (torch._dynamo, 1.5 s) on a first torch.optim optimizer or a first
+    dispatch-mode call: every process that trains (a run, a rank, each role of a deployment) paid it at its
+    start, for nothing it uses. The engine's own optimizer step and FLOP count need neither."""
+    code = (
+        "import sys; from tests.conftest import small_config; from splitfed import run; "
+        "run(small_config(algorithm=('minibatch_sfl', 'sfl_v2', 'fedavg'), rounds=1, local_iters=1)); "
+        "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
 
 
 def test_a_killed_run_resumes_to_the_same_metrics(tmp_path):

@@ -199,6 +199,13 @@ class _FlopCount(TorchDispatchMode):
         super().__init__()
         self.total = 0
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in dynamo.disable unless this says no, and that wrapper
+        # imports torch._dynamo on the first count: 1.5 s of every process's start (a role's, a rank's).
+        # Nothing is compiled under this mode, so there is nothing for dynamo to skip.
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func._overloadpacket

@@ -306,15 +306,24 @@ class LRSchedule:
         self, cfg: Config, base_lr: float, half: str = "client", optimizer: TorchOptimizer | None = None
     ) -> None:
         self.name = side_schedule(cfg, half)
-        if optimizer is None:
+        self._rates: list[list[float]] = []
+        self._opt: torch.optim.Optimizer | None = None
+        self._sched: lr_scheduler.LRScheduler | None = None
+        if optimizer is None and self.name == "none":
+            # A constant rate needs no twin. Building a torch.optim optimizer imports torch._dynamo, 1.5 s
+            # of the start of every process that trains (a run, a rank, a deployment's role).
+            self._rates = [[float(base_lr)]]
+        elif optimizer is None:
             self._opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base_lr)
         else:
             self._opt = optimizer.twin()
-        self._sched = _scheduler(cfg, self.name, self._opt, half)
-        self._rates: list[list[float]] = []
+        if self._opt is not None:
+            self._sched = _scheduler(cfg, self.name, self._opt, half)
 
     def rates(self, rnd: int) -> list[float]:
         """Every parameter group's rate in round ``rnd`` (from 1)."""
+        if self._opt is None:
+            return self._rates[0]
         while len(self._rates) < rnd:
             if self._rates and self._sched is not None:
                 try:
