@@ -33,6 +33,7 @@ batch_size = 8
 divergence_every = 2
 divergence_samples = 20
 device = "cpu"
+figures = false  # each run's own figures (test_run draws them): the report's are the study's
 
 [[grid]]
 algorithm = ["minibatch_sfl", "sfl_v2", "fedavg"]

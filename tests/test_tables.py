@@ -171,6 +171,7 @@ divergence_every = 1
 divergence_samples = 10
 validation_samples = 16
 device = "cpu"
+figures = false  # each run's own figures: test_run draws them
 
 [[grid]]
 algorithm = ["minibatch_sfl", "fedavg"]

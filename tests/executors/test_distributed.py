@@ -136,10 +136,11 @@ def _cli(*args):
     return [sys.executable, "-m", "splitfed", "run", *args]
 
 
+# no figures: drawing them takes longer than these runs (test_run checks them)
 BASE = [
     "--dataset", "synthetic", "--synthetic-shape", "1,8,8", "--synthetic-samples", "400",
     "--model", "digits_cnn", "--clients", "6", "--local-iters", "30", "--batch-size", "8",
-    "--divergence-every", "0", "--threads", "1", "--device", "cpu",
+    "--divergence-every", "0", "--threads", "1", "--device", "cpu", "--no-figures",
     "--algorithm", "minibatch_sfl", "--processes", "2",
 ]  # fmt: skip
 
