@@ -152,6 +152,7 @@ def test_launch_prints_the_table_and_counts_the_bytes_on_the_wire(tmp_path, caps
         "0",
         "--device",
         "cpu",
+        "--no-figures",  # the table and the bytes are the point here; the launch below draws figures
         "--workdir",
         str(tmp_path / "work"),
         "--out",
@@ -274,7 +275,7 @@ def test_launch_restarts_a_role_that_dies_and_ends_no_healthy_role(tmp_path):
     argv = [sys.executable, "-m", "splitfed", "launch", "--clients", "2", "--dataset", "synthetic"]
     argv += ["--synthetic-shape", "1,8,8", "--synthetic-samples", "160", "--model", "digits_cnn"]
     argv += ["--rounds", "4", "--local-iters", "6", "--batch-size", "8", "--divergence-every", "0"]
-    argv += ["--device", "cpu", "--threads", "1", "--workdir", str(tmp_path / "work")]
+    argv += ["--device", "cpu", "--threads", "1", "--no-figures", "--workdir", str(tmp_path / "work")]
     argv += ["--out", str(tmp_path / "run"), "--restarts", "1"]
     launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
