@@ -36,7 +36,8 @@ def test_a_grid_point_runs_as_written_but_short(tmp_path, grid, pick):
     point = next(p for p in expand(ROOT / grid, tmp_path) if pick(p))
     among = point.config.divergence.clients  # keep the suite fast: the draw's size is not the point here
     divergence = {"every": 1, "samples": 10, "clients": None if among is None else min(among, 10)}
-    short = point.config.replace(rounds=2, local_iters=2, divergence=divergence, figures=False)  # test_run's
+    # no figures: what a run draws is test_run's and test_report's to check, not the grid's
+    short = point.config.replace(rounds=2, local_iters=2, divergence=divergence, figures=False)
     result = run(short.replace(algorithm=("minibatch_sfl",), out=str(tmp_path / "run")))
     assert [r["round"] for r in result.history] == [1, 2]
     assert all(0 <= r["test_accuracy"] <= 1 for r in result.history)
