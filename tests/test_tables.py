@@ -29,7 +29,7 @@ def test_a_run_id_is_a_digest_of_the_settings_that_differ_from_their_defaults():
     assert ids.run_id(base.replace(seed=1)) != rid
     elsewhere = {"data_dir": "/d", "device": "cpu", "threads": 2, "processes": 2, "execution": "sequential"}
     elsewhere |= {"cuda_graphs": False, "deterministic": True, "out": "/o", "resume": True, "model_every": 3}
-    elsewhere |= {"figures": False}
+    elsewhere |= {"figures": False, "channels_last": True}
     assert set(elsewhere) == MACHINE_FIELDS
     for name, value in elsewhere.items():  # where or how it executed never matters
         assert ids.run_id(base.replace(**{name: value})) == rid, name

@@ -99,6 +99,7 @@ def scenario_config(model: str, clients: int, args: argparse.Namespace) -> Confi
         rounds=1,
         divergence=Divergence(every=0),
         device=args.device,
+        channels_last=args.channels_last,
     )
 
 
@@ -122,7 +123,7 @@ def bench_scenario(
             ctx = contexts[label] = prepare_context(algo, setup)
             runners[label] = make_executor(algo, ctx, execution, cuda_graphs=graphs)
     clients = setup.participants(1)
-    times, peak = _time_rounds(runners, clients, repeats, setup.device)
+    times, peak = time_rounds(runners, clients, repeats, setup.device)
     # each reference is the fastest of its ways (eager, graphs) in this very run
     reference = {
         ref: fastest(times, [label for label, name, *_ in variants if name == ref]) for ref in REFERENCES
@@ -137,7 +138,7 @@ def bench_scenario(
     return rows
 
 
-def _time_rounds(
+def time_rounds(
     runners: dict[str, Any], clients: list[int], repeats: int, device: torch.device
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Each runner's round times (the first round of each left out) and its peak GPU memory in MB."""
@@ -300,6 +301,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resnet-width", type=int, default=8, help="resnet18 base width (64 is the full model)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per variant, after one warm-up round")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="every variant, the plain-PyTorch references included, in channels-last memory order",
+    )
     p.add_argument("--variants", help="comma-separated labels to time (default: all; see VARIANTS)")
     p.add_argument("--out", default="benchmarks/results/latest.json", help="where to write the JSON")
     p.add_argument(

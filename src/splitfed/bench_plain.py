@@ -21,13 +21,17 @@ def fastest(times: dict[str, list[float]], labels: list[str]) -> str | None:
 
 
 class PlainTorch:
-    """Training without the engine: the model's own modules and torch.optim.SGD, at the config's precision.
+    """Training without the engine: the model's own modules and torch.optim.SGD, at the config's precision
+    and memory format (``channels_last``: the module and its batches converted once, the usual way).
     ``giant``: τ steps on the union batch N·b (the floor); else τ·N steps of b (centralized written the usual
     way). ``graphed`` (CUDA only): each step (forward, backward, SGD update) captured once as a CUDA graph
     and replayed on new batches, the whole-network capture of the torch.cuda.graphs docs."""
 
     def __init__(self, setup: Setup, ctx: Context, giant: bool, graphed: bool = False) -> None:
         self.model = copy.deepcopy(setup.model).to(setup.device).train()
+        self.channels_last = setup.cfg.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # 4-D weights only
         self.opt = torch.optim.SGD(self.model.parameters(), lr=setup.cfg.lr)
         self.ctx, self.giant = ctx, giant
         self.bf16 = setup.cfg.precision == "bf16"
@@ -61,6 +65,8 @@ class PlainTorch:
         steps, size = (ctx.tau, n * ctx.cfg.batch_size) if self.giant else (ctx.tau * n, ctx.cfg.batch_size)
         for _ in range(steps):
             x, y = ctx.streams.batch(ctx.num_clients, size)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if not self.graphed:
                 self._step(x, y)
                 continue

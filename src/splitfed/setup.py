@@ -119,7 +119,7 @@ class Setup:
 
     def split_model(self) -> SplitModel:
         """The two halves run functionally, for evaluation and divergence, with the run's loss."""
-        return SplitModel(self.client_module, self.server_module, self.loss)
+        return SplitModel(self.client_module, self.server_module, self.loss, self.cfg.channels_last)
 
     def divergence(self, split: SplitModel, w_c: State, w_s: State) -> dict[str, float]:
         """Client-side and server-side gradient divergence at (w_c, w_s) on the fixed subsamples."""

@@ -75,6 +75,7 @@ class Context:
             vectorised=vectorised,
             loss=self.loss,
             precision=self.cfg.precision,
+            channels_last=self.cfg.channels_last,
         )
         side.part, side.flops_per_sample = part, spec.flops
         self.sides.append(side)

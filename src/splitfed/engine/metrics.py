@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
 from .optim import LossFn
-from .side import Layout, State
+from .side import Layout, State, channels_last
 
 _CHUNK = 1000  # samples per evaluation forward on the CPU (larger is no faster there)
 _GRAD_CHUNK = 500  # samples per forward + backward in the divergence gradients: bounds memory for ResNet-18
@@ -20,17 +20,27 @@ _GRAD_CHUNK = 500  # samples per forward + backward in the divergence gradients:
 
 class SplitModel:
     """The two halves' template modules, run functionally on given (w_c, w_s) states; ``loss`` is the
-    run's training loss, which evaluation reports and the divergence gradients differentiate."""
+    run's training loss, which evaluation reports and the divergence gradients differentiate;
+    ``channels_last`` as in ``Side``."""
 
-    def __init__(self, client: nn.Module, server: nn.Module, loss: LossFn = F.cross_entropy) -> None:
+    def __init__(
+        self,
+        client: nn.Module,
+        server: nn.Module,
+        loss: LossFn = F.cross_entropy,
+        channels_last: bool = False,
+    ) -> None:
         self.halves = ((client, Layout(client)), (server, Layout(server)))
         self.loss = loss
+        self.channels_last = channels_last
 
     def _forward(
         self, states: tuple[State, State], x: torch.Tensor, params: tuple[list, list] | None = None
     ) -> torch.Tensor:
         for i, ((module, layout), state) in enumerate(zip(self.halves, states, strict=True)):
             p = params[i] if params is not None else layout.param_views(state.params)
+            if self.channels_last:
+                p, x = [channels_last(t) for t in p], channels_last(x)
             named = dict(zip(layout.param_names(), p, strict=True))
             # A training forward updates BatchNorm statistics: on copies, so the state is left as it was.
             buffers = (

@@ -37,6 +37,14 @@ __all__ = [
 ALL = -1  # the copy index of a vectorised call over every copy at once
 
 
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A 4-D tensor (an image batch, a convolution's weight) in channels-last memory order, others as
+    they are. Given a channels-last weight, oneDNN (CPU) and cuDNN pick their NHWC kernels; the flat
+    State keeps its one order, so only this copy (made on every forward, cheap beside the convolution)
+    carries the format, and gradients flow back through it to the flat views."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
+
+
 class Side:
     """K copies of one side of the model, trained with one optimizer configuration.
 
@@ -50,6 +58,9 @@ class Side:
     any loss that works on one batch works there too. Inside a captured CUDA graph it must be pure tensor
     operations (no ``.item()``, no branch on a tensor's value). ``precision`` "bf16" runs the training
     forward passes under bfloat16 autocast; weights, gradients and optimizer state stay float32.
+    With ``channels_last`` a copy's forward takes its 4-D weights and input in channels-last memory order
+    (the function ``channels_last``); a vectorised call runs as without it, since ``torch.func.vmap``
+    cannot carry a memory format.
     """
 
     def __init__(
@@ -63,6 +74,7 @@ class Side:
         vectorised: bool = False,
         loss: LossFn = F.cross_entropy,
         precision: str = "fp32",
+        channels_last: bool = False,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -75,6 +87,7 @@ class Side:
         self.vectorised = vectorised
         self.loss = loss
         self.precision = precision
+        self.channels_last = channels_last
         self.store = State(*(t.unsqueeze(0).repeat(copies, 1) for t in (init.params, init.buffers, init.opt)))
         self.rows = [
             State(self.store.params[k], self.store.buffers[k], self.store.opt[k]) for k in range(copies)
@@ -160,6 +173,8 @@ class Side:
         updated = {n: b.clone() for n, b in buffers.items()}  # see Layout.buffer_copies
 
         def call(p: list[torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            if self.channels_last and k != ALL:
+                p, x = [channels_last(t) for t in p], channels_last(x)
             return functional_call(self.module, (dict(zip(self.names, p, strict=True)), b), (x,))
 
         # no autocast cache: a CUDA graph must not keep casts made outside its memory pool (torch docs)

@@ -27,7 +27,6 @@ import grpc
 from ..algorithms import Algorithm, create
 from ..algorithms.base import Payload
 from ..engine.checkpoint import STATE_REMEDY, load_checkpoint, save_checkpoint
-from ..engine.metrics import SplitModel
 from ..engine.record import DEPLOYMENT, round_record
 from ..engine.side import State
 from ..engine.template import Records, Tensors
@@ -78,7 +77,7 @@ class FedServer(pb_grpc.FedServerServicer):
         self.tokens = Tokens.load(deploy.tokens)
         self.run = run_identity(self.cfg)  # what every caller's run must be
         self.device = setup.device
-        self.split_model = SplitModel(setup.client_module, setup.server_module, setup.loss)
+        self.split_model = setup.split_model()
         self.state_file = Path(deploy.state_dir) / "fed_server.pt"
         self.cv = threading.Condition()
         self.round = 1
