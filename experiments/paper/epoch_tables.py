@@ -565,11 +565,11 @@ def tuned_figure(s: Study, out: Path) -> None:
 
 
 def resnet_rates_figure(s: Study, out: Path) -> bool:
-    """resnet_rates.{png,svg}: ResNet-18 at p = 0.95, test accuracy by round of client-sequential SFL-V2 at
-    each rate it ran in seed 0, beside MiniBatch-SFL and interleaved SFL-V2 at 0.01 in that seed: whether
-    SFL-V2's late dips move with its rate. False (nothing drawn) where it ran one rate only."""
-    rates = s.rates(V2, 0.95, RESNET)
-    if len(rates) < 2:
+    """resnet_rates.{png,svg}: ResNet-18 at p = 0.95, test accuracy by round in seed 0 of client-sequential
+    SFL-V2 and of MiniBatch-SFL at each rate each ran (a shade per rate, darker for larger), beside
+    interleaved SFL-V2 at its rates: whether SFL-V2's late dips move with its rate, and what a rate does to
+    each. False (nothing drawn) where SFL-V2 ran one rate only."""
+    if len(s.rates(V2, 0.95, RESNET)) < 2:
         return False
     import matplotlib
 
@@ -577,9 +577,13 @@ def resnet_rates_figure(s: Study, out: Path) -> bool:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    shades = plt.get_cmap("Greens")([0.45 + 0.5 * i / (len(rates) - 1) for i in range(len(rates))])
-    lines = [(V2, lr, {"color": c, "marker": "^"}) for lr, c in zip(rates, shades, strict=True)]
-    lines += [(MB, 0.01, look(MB)), (IL, 0.01, look(IL))]
+    lines = []
+    for algorithm, cmap, marker in ((V2, "Greens", "^"), (MB, "Reds", "o")):
+        rates = s.rates(algorithm, 0.95, RESNET)
+        shades = plt.get_cmap(cmap)([0.45 + 0.5 * i / max(1, len(rates) - 1) for i in range(len(rates))])
+        looks = [{"color": c, "marker": marker} for c in shades]
+        lines += [(algorithm, lr, line) for lr, line in zip(rates, looks, strict=True)]
+    lines += [(IL, lr, look(IL)) for lr in s.rates(IL, 0.95, RESNET)]
     for algorithm, lr, line in lines:
         g = s.get(algorithm, 0.95, lr, RESNET)
         if g is None or 0 not in g.seed_ids():
@@ -591,7 +595,7 @@ def resnet_rates_figure(s: Study, out: Path) -> bool:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7.5, loc="lower right", ncol=2)
     ax.set_title(
-        "FMNIST, ResNet-18 (width 16), p = 0.95, seed 0: client-sequential SFL-V2 at each rate it ran",
+        "FMNIST, ResNet-18 (width 16), p = 0.95, seed 0: each algorithm at each rate it ran",
         fontsize=9,
     )
     fig.tight_layout()
