@@ -115,6 +115,8 @@ def test_a_channels_last_run_is_the_same_run_to_float_rounding_and_resumes_bit_f
     # a machine setting, as a thread count is: the run's identity (its name in a sweep) is the same
     assert whole.config.run_identity() == plain.config.run_identity()
     assert whole.config.channels_last and not plain.config.channels_last
+    # six steps at lr 0.01: the orders differ in the last bits, so the losses agree far inside 1e-4, and a
+    # test sample whose two logits nearly tie may flip (0.02 is four of the 200 test samples)
     for a, b in zip(whole.history, plain.history, strict=True):
         assert (a["algorithm"], a["round"]) == (b["algorithm"], b["round"])
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4)
