@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .engine.context import Context
+from .engine.side import channels_last
 from .setup import Setup
 
 REFERENCES = ("floor", "torch")
@@ -65,8 +66,8 @@ class PlainTorch:
         steps, size = (ctx.tau, n * ctx.cfg.batch_size) if self.giant else (ctx.tau * n, ctx.cfg.batch_size)
         for _ in range(steps):
             x, y = ctx.streams.batch(ctx.num_clients, size)
-            if self.channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
+            if self.channels_last:
+                x = channels_last(x)
             if not self.graphed:
                 self._step(x, y)
                 continue
