@@ -3,6 +3,7 @@ import json
 from splitfed.bench import VARIANTS, markdown
 from splitfed.bench_plain import fastest
 from splitfed.cli import main
+from splitfed.setup import prepare
 
 
 def test_the_benchmark_runs_and_writes_its_json(tmp_path, capsys):
@@ -30,6 +31,18 @@ def test_the_benchmark_can_time_a_subset(tmp_path):
     assert main([*argv, "--variants", "sfl_v2", "--out", str(out)]) == 0
     variants = [r["variant"] for r in json.loads(out.read_text())["results"]]
     assert variants == ["floor", "torch", "centralized", "sfl_v2"]  # the references are always timed
+
+
+def test_the_benchmark_runs_every_variant_in_channels_last_order_when_asked(tmp_path, monkeypatch):
+    import splitfed.bench as bench
+
+    made = []  # the configs the scenarios were prepared from
+    monkeypatch.setattr(bench, "prepare", lambda cfg: made.append(cfg) or prepare(cfg))
+    out = tmp_path / "b.json"
+    argv = ["bench", "--models", "digits_cnn", "--clients", "2", "--samples", "64", "--repeats", "1"]
+    assert main([*argv, "--variants", "sfl_v2", "--channels-last", "--out", str(out)]) == 0
+    assert [cfg.channels_last for cfg in made] == [True]  # the floor and the engine's variants alike
+    assert json.loads(out.read_text())["settings"]["channels_last"] is True
 
 
 def test_each_reference_is_the_fastest_way_plain_pytorch_ran_and_the_table_says_which():
