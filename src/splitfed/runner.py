@@ -25,7 +25,7 @@ from .engine.metrics import LossFn
 from .engine.side import State
 from .errors import Diverged, SplitfedError, StopAlgorithm
 from .executors import train
-from .executors.distributed import Group, join, launched, share
+from .executors.distributed import Group, join, launched, leave, share
 from .models import ModelLike
 from .preflight import preflight
 from .progress import Progress, TensorBoard, scalars
@@ -228,6 +228,10 @@ def _train_all(
     except Diverged as e:
         if run_dir is not None:
             run_dir.mark_diverged(str(e))
+        if group is not None and name in spread:
+            # Every rank raised it in the same round (rank 0 shared it): they leave the job together, or
+            # the rank that exits first can make another abort (SIGABRT) instead of ending on this line.
+            leave(group)
         raise
     finally:
         recording.close()
